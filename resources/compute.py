@@ -1,0 +1,26 @@
+"""Compute: which torch device runs the model and the SAE training."""
+
+from __future__ import annotations
+
+import torch
+from dagster import ConfigurableResource
+from pydantic import Field
+
+
+class ComputeResource(ConfigurableResource):
+    """CUDA when present (or when asked for), the CPU otherwise.
+
+    A GPU deployment sets `device: cuda` (and installs a CUDA torch); nothing else changes.
+    """
+
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    num_threads: int = Field(default=0, description="CPU threads for torch; 0 keeps torch's default.")
+
+    def torch_device(self) -> str:
+        if self.num_threads > 0:
+            torch.set_num_threads(self.num_threads)
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"compute device {self.device!r} was requested but CUDA is not available")
+        return self.device

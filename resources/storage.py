@@ -1,0 +1,112 @@
+"""Storage: where artifacts land, and the IO manager that keeps tables as parquet and reports as JSON.
+
+Layout under the storage root (default `.peerlens/`, or $PEERLENS_HOME):
+
+    tables/<asset_key>.parquet               unpartitioned DataFrame assets
+    tables/<asset_key>/<partition>.parquet   one file per partition (monthly_returns)
+    tables/<asset_key>.json                  dict / list assets (small reports)
+    artifacts/<asset_key>/...                large artifacts written by the asset itself
+                                             (activation shards, SAE folders)
+
+No pickle anywhere: a stranger can open every file with pandas, pyarrow or a text editor.
+Every write goes to a temporary file first and is renamed into place, so an interrupted run
+never leaves a half-written table where the last good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from pydantic import Field
+
+HOME_ENV = "PEERLENS_HOME"
+
+
+def storage_root(root: str) -> Path:
+    return Path(root or os.environ.get(HOME_ENV) or ".peerlens").resolve()
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class ArtifactStorage(ConfigurableResource):
+    """A folder per asset for artifacts too large or too structured for a table."""
+
+    root: str = Field(default="", description="Storage root; empty means $PEERLENS_HOME, else .peerlens.")
+
+    def folder(self, asset_name: str) -> Path:
+        path = storage_root(self.root) / "artifacts" / asset_name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class TableIOManager(ConfigurableIOManager):
+    """DataFrames as parquet, dicts and lists as JSON; monthly partitions as one file each.
+
+    A run over several partitions (a single-run backfill) returns {partition_key: DataFrame}.
+    A downstream asset that reads several partitions receives them concatenated into one
+    DataFrame: each partition's rows carry their own month column, so nothing is lost.
+    """
+
+    root: str = Field(default="", description="Storage root; empty means $PEERLENS_HOME, else .peerlens.")
+
+    def _base(self, context: InputContext | OutputContext) -> Path:
+        return storage_root(self.root).joinpath("tables", *context.asset_key.path)
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        base = self._base(context)
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            parts = obj if len(keys) > 1 else {keys[0]: obj}
+            if set(parts) != set(keys):
+                raise ValueError(
+                    f"{context.asset_key.to_user_string()}: a run over partitions {keys[0]}..{keys[-1]} must "
+                    f"return a dict with exactly those keys, got {sorted(parts)[:3]}..."
+                )
+            for key, frame in parts.items():
+                self._write(base / key, frame)
+            context.add_output_metadata({"path": str(base), "partitions_written": len(parts)})
+        else:
+            path = self._write(base, obj)
+            context.add_output_metadata({"path": str(path)})
+
+    def _write(self, base: Path, obj: Any) -> Path:
+        if isinstance(obj, pd.DataFrame):
+            path = base.with_name(base.name + ".parquet")
+            _atomic_write(path, lambda tmp: obj.to_parquet(tmp, index=False))
+        elif isinstance(obj, (dict, list)):
+            path = base.with_name(base.name + ".json")
+            _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str)))
+        else:
+            raise TypeError(f"TableIOManager stores DataFrames, dicts and lists, not {type(obj).__name__}")
+        return path
+
+    def load_input(self, context: InputContext) -> Any:
+        base = self._base(context)
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            missing = [k for k in keys if not (base / f"{k}.parquet").exists()]
+            if missing:
+                raise FileNotFoundError(
+                    f"{context.asset_key.to_user_string()}: partitions {missing[:5]} are not materialized under {base}"
+                )
+            return pd.concat([pd.read_parquet(base / f"{k}.parquet") for k in keys], ignore_index=True)
+        parquet, js = base.with_name(base.name + ".parquet"), base.with_name(base.name + ".json")
+        if parquet.exists():
+            return pd.read_parquet(parquet)
+        if js.exists():
+            return json.loads(js.read_text())
+        raise FileNotFoundError(
+            f"{context.asset_key.to_user_string()} is not materialized yet (nothing at {parquet} or {js})"
+        )

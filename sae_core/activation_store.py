@@ -1,0 +1,156 @@
+"""Activation store: the residual streams of every layer, as fp16 safetensors shards with a token index.
+
+Layout of a store folder:
+
+    store.json                 manifest: model, n_layers, d_model, n_tokens, dtype, shards
+    index.parquet              one row per token: document, position, token_id, shard, row
+    shard_00000.safetensors    tensor "activations" of shape (n_layers, shard_tokens, d_model), fp16
+
+Shards are layer-major so that reading one layer of a shard is one contiguous slice: SAE training
+reads a layer (or a group of layers) at a time, never all thirty at once.
+The store is written into a temporary sibling folder and renamed into place when complete, so a
+crash never leaves a half-written store where a reader expects a whole one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+MANIFEST = "store.json"
+INDEX = "index.parquet"
+
+
+@dataclass
+class ActivationStoreWriter:
+    """Accumulates captured batches and writes full shards as they fill.
+
+    `documents` names each document (e.g. its ticker); the index refers to them by that name.
+    """
+
+    folder: Path
+    n_layers: int
+    d_model: int
+    metadata: dict = field(default_factory=dict)
+    shard_tokens: int = 4096
+    _pending: list[tuple[torch.Tensor, pd.DataFrame]] = field(default_factory=list, init=False)
+    _pending_tokens: int = field(default=0, init=False)
+    _index: list[pd.DataFrame] = field(default_factory=list, init=False)
+    _shards: list[str] = field(default_factory=list, init=False)
+    _non_finite: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        self._tmp = self.folder.with_name(self.folder.name + ".tmp")
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(parents=True)
+
+    def add(self, activations: torch.Tensor, documents: Sequence[str], position: torch.Tensor, token_id: torch.Tensor) -> None:
+        """Add tokens: activations (n_layers, n, d_model); documents, position, token_id of length n."""
+        if activations.shape[0] != self.n_layers or activations.shape[2] != self.d_model:
+            raise ValueError(
+                f"activations of shape {tuple(activations.shape)} do not match the store's "
+                f"(n_layers={self.n_layers}, n, d_model={self.d_model})"
+            )
+        half = activations.to(torch.float16)
+        # fp16 overflows above 65,504: count it so the asset check can block on it instead of storing inf.
+        self._non_finite += int((~torch.isfinite(half)).sum())
+        rows = pd.DataFrame({"document": list(documents), "position": position.numpy(), "token_id": token_id.numpy()})
+        self._pending.append((half, rows))
+        self._pending_tokens += len(rows)
+        while self._pending_tokens >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def _flush(self, n_tokens: int) -> None:
+        acts = torch.cat([a for a, _ in self._pending], dim=1)
+        rows = pd.concat([r for _, r in self._pending], ignore_index=True)
+        shard_acts, rest_acts = acts[:, :n_tokens], acts[:, n_tokens:]
+        shard_rows, rest_rows = rows.iloc[:n_tokens].copy(), rows.iloc[n_tokens:].reset_index(drop=True)
+        name = f"shard_{len(self._shards):05d}.safetensors"
+        save_file({"activations": shard_acts.contiguous()}, str(self._tmp / name))
+        shard_rows["shard"] = len(self._shards)
+        shard_rows["row"] = np.arange(len(shard_rows))
+        self._index.append(shard_rows)
+        self._shards.append(name)
+        self._pending = [(rest_acts, rest_rows)] if len(rest_rows) else []
+        self._pending_tokens = len(rest_rows)
+
+    def close(self) -> ActivationStore:
+        """Write the last shard, the index and the manifest, then move the store into place."""
+        if self._pending_tokens:
+            self._flush(self._pending_tokens)
+        if not self._shards:
+            raise ValueError("no activations were added: refusing to write an empty store")
+        index = pd.concat(self._index, ignore_index=True)
+        index.to_parquet(self._tmp / INDEX, index=False)
+        manifest = {
+            **self.metadata,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_tokens": len(index),
+            "n_documents": int(index["document"].nunique()),
+            "dtype": "float16",
+            "layout": "(n_layers, shard_tokens, d_model)",
+            "shards": self._shards,
+            "non_finite_values": self._non_finite,
+        }
+        (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        old = self.folder.with_name(self.folder.name + ".old")
+        if self.folder.exists():
+            os.replace(self.folder, old)
+        os.replace(self._tmp, self.folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return ActivationStore(self.folder)
+
+
+class ActivationStore:
+    """Read access to a finished store."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        manifest_path = self.folder / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{self.folder} is not an activation store: {MANIFEST} is missing")
+        self.manifest = json.loads(manifest_path.read_text())
+        self.n_layers: int = self.manifest["n_layers"]
+        self.d_model: int = self.manifest["d_model"]
+        self.n_tokens: int = self.manifest["n_tokens"]
+
+    @property
+    def index(self) -> pd.DataFrame:
+        """One row per token: document, position, token_id, shard, row (in store order)."""
+        return pd.read_parquet(self.folder / INDEX)
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} is out of range: the store holds layers 0..{self.n_layers - 1}")
+
+    def layer(self, layer: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """All tokens' residual stream after `layer`: (n_tokens, d_model), in store order."""
+        self._check_layer(layer)
+        parts = []
+        for name in self.manifest["shards"]:
+            with safe_open(str(self.folder / name), framework="pt") as shard:
+                parts.append(shard.get_slice("activations")[layer].to(dtype))
+        return torch.cat(parts)
+
+    def iter_shards(self, layers: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
+        """Yield each shard as (n_tokens_in_shard, n_selected_layers, d_model) float32."""
+        for layer in layers or ():
+            self._check_layer(layer)
+        for name in self.manifest["shards"]:
+            with safe_open(str(self.folder / name), framework="pt") as shard:
+                acts = shard.get_tensor("activations")
+            if layers is not None:
+                acts = acts[list(layers)]
+            yield acts.float().transpose(0, 1)

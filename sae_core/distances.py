@@ -1,0 +1,80 @@
+"""Angular distances between the layers of a model's residual stream (Group-SAE, AMAD).
+
+For one token with residual vectors x_0 … x_{L−1} (one per layer):
+    d_t(i, j) = arccos(clamp(cos(x_i, x_j), −1, 1)) / π         ∈ [0, 1]
+and the layer distance matrix is its mean over tokens, D̄(i, j) = (1/n) Σ_t d_t(i, j).
+Identical directions give 0, orthogonal ones 0.5, opposite ones 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# Tokens per chunk inside `update`: bounds the (chunk, L, L) cosine tensor's memory.
+_TOKENS_PER_CHUNK = 4096
+
+
+def _token_angular_distances(hidden: Tensor) -> Tensor:
+    """Per-token distances d_t(i, j) for hidden (n, L, d) → (n, L, L), float32."""
+    unit = hidden.float()
+    norms = unit.norm(dim=2, keepdim=True)
+    if (norms == 0).any():
+        raise ValueError("hidden contains an all-zero residual vector: its angle to other layers is undefined")
+    unit = unit / norms
+    cosines = torch.bmm(unit, unit.transpose(1, 2))
+    return torch.arccos(cosines.clamp(-1.0, 1.0)) / math.pi
+
+
+class AngularDistanceAccumulator:
+    """Streaming mean of the per-token angular distance matrices, so callers can feed shards.
+
+    `update(hidden)` adds a shard of shape (n, L, d) (any float dtype; computed in float32, summed
+    in float64); `mean()` returns D̄ (L, L) float32, exactly symmetric with a zero diagonal.
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        self.n_layers = n_layers
+        self.n_tokens = 0
+        self._distance_sum = torch.zeros(n_layers, n_layers, dtype=torch.float64)
+
+    def update(self, hidden: Tensor) -> None:
+        """Add the tokens of `hidden` (n_tokens, n_layers, d)."""
+        if hidden.ndim != 3 or hidden.shape[1] != self.n_layers:
+            raise ValueError(
+                f"hidden must have shape (n_tokens, n_layers={self.n_layers}, d), got {tuple(hidden.shape)}"
+            )
+        if not hidden.is_floating_point():
+            raise ValueError(f"hidden must be floating point, got {hidden.dtype}")
+        for start in range(0, hidden.shape[0], _TOKENS_PER_CHUNK):
+            chunk = hidden[start : start + _TOKENS_PER_CHUNK]
+            if not torch.isfinite(chunk).all():
+                raise ValueError("hidden contains NaN/inf")
+            distances = _token_angular_distances(chunk)
+            self._distance_sum += distances.sum(dim=0, dtype=torch.float64).cpu()
+        self.n_tokens += hidden.shape[0]
+
+    def mean(self) -> Tensor:
+        """D̄ (n_layers, n_layers), float32."""
+        if self.n_tokens == 0:
+            raise ValueError("no tokens accumulated: call update() before mean()")
+        mean = self._distance_sum / self.n_tokens
+        # arccos of a float32 self-cosine of 1 − ε is ≈ sqrt(2ε), not 0, and bmm need not be exactly
+        # symmetric; D̄ is a distance matrix by definition, so make it one.
+        mean = (mean + mean.T) / 2
+        mean.fill_diagonal_(0.0)
+        return mean.float()
+
+
+def angular_distances(hidden: Tensor) -> Tensor:
+    """D̄ (n_layers, n_layers) for hidden (n_tokens, n_layers, d): mean over tokens of
+    arccos(clamp(cos(x_i, x_j), −1, 1)) / π."""
+    if hidden.ndim != 3:
+        raise ValueError(f"hidden must have shape (n_tokens, n_layers, d), got {tuple(hidden.shape)}")
+    accumulator = AngularDistanceAccumulator(hidden.shape[1])
+    accumulator.update(hidden)
+    return accumulator.mean()

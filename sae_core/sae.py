@@ -1,0 +1,228 @@
+"""The TopK sparse autoencoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+
+    z = ReLU(TopK_k((x·s − b_dec) W_enc + b_enc))          (n, d_sae), k nonzeros per row at most
+    x̂ = (z W_dec + b_dec) / s                               (n, d_in)
+
+Parameter names and shapes follow SAELens: W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in),
+b_dec (d_in,). Decoder rows are kept at unit norm during training.
+
+Input scaling. The buffer `input_scale` (s, a float32 scalar, default 1) maps the model's activations
+into the space the SAE was trained in; the training loop sets it so that E‖x·s‖² = 1, which makes the
+learning rate independent of the layer's activation norm. `encode`/`forward` multiply inputs by s and
+`decode` divides outputs by s, so callers always work in the model's units. b_dec lives in the scaled
+space. FVU is a ratio of two sums of squares and so does not depend on s.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sae_core.config import SaeConfig
+
+
+class EncoderOutput(NamedTuple):
+    """The sparse code of a batch: the k kept latents of each token."""
+
+    top_acts: Tensor
+    """Activations of the kept latents after ReLU, (n, k); zero where the pre-activation was negative."""
+
+    top_indices: Tensor
+    """Indices (into d_sae) of the kept latents, (n, k) int64."""
+
+
+class ForwardOutput(NamedTuple):
+    """Everything one training step needs from the SAE."""
+
+    sae_out: Tensor
+    """Reconstruction x̂ in the model's units, (n, d_in)."""
+
+    latent_acts: Tensor
+    """Activations of the k kept latents, (n, k)."""
+
+    latent_indices: Tensor
+    """Indices of the k kept latents, (n, k) int64."""
+
+    fvu: Tensor
+    """Fraction of variance unexplained on this batch, Σ‖x−x̂‖² / Σ‖x−x̄‖² (scalar)."""
+
+    auxk_loss: Tensor
+    """AuxK loss on the dead latents, normalised by the same total variance (scalar; 0 if none dead)."""
+
+
+class TopKSae(nn.Module):
+    """A TopK sparse autoencoder; see the module docstring for the maths and the input scaling."""
+
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    input_scale: Tensor
+
+    def __init__(self, cfg: SaeConfig, *, generator: torch.Generator | None = None) -> None:
+        """Random unit-norm decoder rows, encoder = decoder transpose, zero biases, input_scale 1.
+
+        `generator` (a CPU torch.Generator) makes the initialisation reproducible.
+        """
+        super().__init__()
+        self.cfg = cfg
+        decoder = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
+        decoder /= decoder.norm(dim=1, keepdim=True)
+        # Tied initialisation (Gao et al. 2024): fewer latents start dead.
+        self.W_enc = nn.Parameter(decoder.T.clone().contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(decoder)
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.register_buffer("input_scale", torch.tensor(1.0))
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    # ---- encoding -------------------------------------------------------------------------------
+
+    def _scaled_input(self, x: Tensor) -> Tensor:
+        """x·s in the SAE's dtype, after checking x is (n, d_in)."""
+        if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
+            raise ValueError(
+                f"SAE input must have shape (n_tokens, d_in={self.cfg.d_in}), got {tuple(x.shape)}"
+            )
+        return x.to(self.W_enc.dtype) * self.input_scale
+
+    def _pre_acts(self, x_scaled: Tensor) -> Tensor:
+        """Pre-activations (x·s − b_dec) W_enc + b_enc, (n, d_sae)."""
+        return (x_scaled - self.b_dec) @ self.W_enc + self.b_enc
+
+    def _top_k(self, pre_acts: Tensor) -> EncoderOutput:
+        # TopK first, then ReLU on the survivors (as sparsify and SAELens do): a token may use
+        # fewer than k latents when fewer than k pre-activations are positive.
+        top_pre, top_indices = pre_acts.topk(self.cfg.k, dim=1, sorted=False)
+        return EncoderOutput(F.relu(top_pre), top_indices)
+
+    def encode(self, x: Tensor) -> EncoderOutput:
+        """Sparse code of x (n, d_in): the k largest pre-activations per token, ReLU'd."""
+        return self._top_k(self._pre_acts(self._scaled_input(x)))
+
+    def dense_latents(self, x: Tensor) -> Tensor:
+        """The dense code z of x (n, d_in) as an (n, d_sae) tensor, zero outside each token's top k."""
+        top_acts, top_indices = self.encode(x)
+        dense = top_acts.new_zeros(top_acts.shape[0], self.cfg.d_sae)
+        return dense.scatter_(1, top_indices, top_acts)
+
+    # ---- decoding -------------------------------------------------------------------------------
+
+    def _sparse_matmul(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
+        """z W_dec computed from the sparse code, (n, d_in), without materialising z.
+
+        embedding_bag gathers the k decoder rows of each token and sums them weighted by the
+        activations: O(n·k·d_in) work instead of O(n·d_sae·d_in).
+        """
+        if top_acts.shape != top_indices.shape or top_acts.ndim != 2:
+            raise ValueError(
+                "top_acts and top_indices must both have shape (n_tokens, k), got "
+                f"{tuple(top_acts.shape)} and {tuple(top_indices.shape)}"
+            )
+        return F.embedding_bag(
+            top_indices, self.W_dec, per_sample_weights=top_acts.to(self.W_dec.dtype), mode="sum"
+        )
+
+    def decode(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
+        """Reconstruction x̂ = (z W_dec + b_dec) / s in the model's units, (n, d_in)."""
+        return (self._sparse_matmul(top_acts, top_indices) + self.b_dec) / self.input_scale
+
+    # ---- training forward -----------------------------------------------------------------------
+
+    def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
+        """Encode, decode and score a batch x (n, d_in).
+
+        fvu = Σ‖x−x̂‖² / Σ‖x−x̄‖², x̄ the batch mean (computed in the scaled space; s cancels).
+        `dead_mask` (d_sae,) bool marks latents that have not fired for a long time; they get the
+        AuxK loss (see `_auxk_loss`).
+        """
+        x_scaled = self._scaled_input(x)
+        pre_acts = self._pre_acts(x_scaled)
+        top_acts, top_indices = self._top_k(pre_acts)
+        recon_scaled = self._sparse_matmul(top_acts, top_indices) + self.b_dec
+
+        residual = x_scaled - recon_scaled
+        total_variance = (x_scaled - x_scaled.mean(dim=0)).pow(2).sum()
+        fvu = residual.pow(2).sum() / total_variance
+        auxk_loss = self._auxk_loss(pre_acts, residual.detach(), dead_mask, total_variance)
+        return ForwardOutput(
+            sae_out=recon_scaled / self.input_scale,
+            latent_acts=top_acts,
+            latent_indices=top_indices,
+            fvu=fvu,
+            auxk_loss=auxk_loss,
+        )
+
+    def _auxk_loss(
+        self, pre_acts: Tensor, residual: Tensor, dead_mask: Tensor | None, total_variance: Tensor
+    ) -> Tensor:
+        """AuxK (Gao et al. 2024): let the dead latents explain what the live ones missed.
+
+        ê = ReLU(TopK_{k_aux} of the dead latents' pre-activations) W_dec   (no b_dec: e has none)
+        auxk_loss = scale · Σ‖e − ê‖² / Σ‖x − x̄‖²,   e = x − x̂ (detached),
+        k_aux = min(d_in // 2, n_dead)   (the paper's heuristic), scale = min(n_dead / (d_in // 2), 1).
+        The scale (from sparsify) fades the loss in as latents die, so it is 0 with none dead.
+        """
+        zero = pre_acts.new_zeros(())
+        if dead_mask is None:
+            return zero
+        if dead_mask.shape != (self.cfg.d_sae,) or dead_mask.dtype != torch.bool:
+            raise ValueError(
+                f"dead_mask must be a bool tensor of shape (d_sae={self.cfg.d_sae},), "
+                f"got {dead_mask.dtype} {tuple(dead_mask.shape)}"
+            )
+        n_dead = int(dead_mask.sum())  # one host sync per step, only when a mask is given
+        if n_dead == 0:
+            return zero
+        k_aux_max = max(self.cfg.d_in // 2, 1)
+        k_aux = min(k_aux_max, n_dead)
+        scale = min(n_dead / k_aux_max, 1.0)
+
+        dead_pre_acts = pre_acts.masked_fill(~dead_mask, float("-inf"))
+        aux_pre, aux_indices = dead_pre_acts.topk(k_aux, dim=1, sorted=False)
+        residual_hat = self._sparse_matmul(F.relu(aux_pre), aux_indices)
+        return scale * (residual_hat - residual).pow(2).sum() / total_variance
+
+    # ---- decoder geometry -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        """Rescale every decoder row W_dec[i] to unit L2 norm."""
+        norms = self.W_dec.norm(dim=1, keepdim=True)
+        self.W_dec /= norms.clamp_min(torch.finfo(self.W_dec.dtype).tiny)
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out of each row of W_dec.grad its component along that decoder row.
+
+        g_i ← g_i − (g_i·ŵ_i) ŵ_i with ŵ_i = W_dec[i] / ‖W_dec[i]‖: the step then moves rows along
+        the unit sphere, so renormalising afterwards undoes as little of the update as possible.
+        """
+        if self.W_dec.grad is None:
+            raise ValueError("W_dec.grad is None: call backward() before projecting the gradient")
+        directions = self.W_dec / self.W_dec.norm(dim=1, keepdim=True)
+        parallel = (self.W_dec.grad * directions).sum(dim=1, keepdim=True)
+        self.W_dec.grad -= parallel * directions
+
+    @torch.no_grad()
+    def reparametrize_input_scale(self, new_scale: float) -> None:
+        """Change input_scale to `new_scale` without changing the map x ↦ x̂ (or the latents).
+
+        With t = new_scale / s:  W_enc ← W_enc / t,  W_dec ← W_dec · t,  b_dec ← b_dec · t,  b_enc kept.
+        Then (x·s·t − b_dec·t) W_enc / t = (x·s − b_dec) W_enc and (z W_dec t + b_dec t) / (s t) = x̂.
+        `new_scale=1` folds the scaling into the weights (what `io.save_sae` writes); decoder rows
+        then have norm 1/s.
+        """
+        if not new_scale > 0:
+            raise ValueError(f"new_scale must be positive, got {new_scale!r}")
+        ratio = new_scale / float(self.input_scale)
+        self.W_enc /= ratio
+        self.W_dec *= ratio
+        self.b_dec *= ratio
+        self.input_scale.fill_(new_scale)
