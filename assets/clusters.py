@@ -1,0 +1,101 @@
+"""Company clusters: the SAE clustering and its baselines, one long table (method, ticker, cluster)."""
+
+import numpy as np
+import pandas as pd
+from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
+from pydantic import Field
+
+from assets.features import dense_features
+from assets.metadata import figure_markdown, plt
+from peerlens.clustering import cluster_size_summary, cosine_distance_matrix, labels_from_codes, mst_threshold_clusters
+from peerlens.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
+
+CODE_METHODS = {
+    "sic4": "sic4",
+    "sic2": "sic2",
+    "sic_division": "sic_division",
+    "gics_sector": "gics_sector",
+    "gics_sub_industry": "gics_sub_industry",
+}
+"""Baselines read straight off an industry code: method name → industry_codes column."""
+
+
+class CompanyClustersConfig(Config):
+    theta: dict[str, float] = Field(
+        default={"sae": -2.0, "minilm": -2.0, "tfidf": -2.0},
+        description="MST cut per feature method: drop tree edges whose z-scored distance exceeds θ.",
+    )
+    pca_components: int = Field(default=256, description="Components kept before cosine distances (paper: 4,000).")
+
+
+@asset(group_name="similarity", kinds={"pandas", "parquet"})
+def company_clusters(
+    context: AssetExecutionContext,
+    config: CompanyClustersConfig,
+    company_features: pd.DataFrame,
+    company_descriptions: pd.DataFrame,
+    industry_codes: pd.DataFrame,
+) -> Output[pd.DataFrame]:
+    """Long frame (method, ticker, cluster) for the SAE clustering and every baseline, on the same companies.
+
+    Feature methods (sae, minilm, tfidf): StandardScaler → PCA → 1 − cos → minimum spanning tree on the
+    z-scored distances, edges with z > θ removed, clusters = connected components. Code methods: one
+    cluster per code, a missing code its own singleton.
+    """
+    tickers, sae_matrix = dense_features(company_features)
+    descriptions = company_descriptions.set_index("ticker").loc[tickers, "description"].tolist()
+    distances = {
+        "sae": reduced_cosine_distances(sae_matrix, n_components=config.pca_components),
+        "minilm": cosine_distance_matrix(minilm_embeddings(descriptions)),
+        "tfidf": reduced_cosine_distances(tfidf_matrix(descriptions), n_components=config.pca_components),
+    }
+    unknown = sorted(set(config.theta) - set(distances))
+    missing = sorted(set(distances) - set(config.theta))
+    if unknown or missing:
+        raise ValueError(f"company_clusters theta: unknown methods {unknown}, methods without θ {missing}")
+    labels = {method: mst_threshold_clusters(d, config.theta[method]) for method, d in distances.items()}
+    codes = industry_codes.set_index("ticker").reindex(tickers)
+    for method, column in CODE_METHODS.items():
+        labels[method] = labels_from_codes(codes[column].reset_index(drop=True))
+
+    frame = pd.concat(
+        [pd.DataFrame({"method": method, "ticker": tickers, "cluster": np.asarray(l, dtype=np.int64)}) for method, l in labels.items()],
+        ignore_index=True,
+    )
+    summary = pd.DataFrame([{"method": m, **cluster_size_summary(l)} for m, l in labels.items()])
+    context.log.info("\n" + summary.to_string(index=False))
+    return Output(
+        frame,
+        metadata={
+            "methods": len(labels),
+            "companies": len(tickers),
+            "cluster_sizes": MetadataValue.md(summary.to_markdown(index=False, floatfmt=".3f")),
+            "size_histogram": _size_histogram(frame),
+        },
+    )
+
+
+def _size_histogram(frame: pd.DataFrame) -> MetadataValue:
+    sizes = frame.groupby(["method", "cluster"]).size().rename("size").reset_index()
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    bins = np.unique(np.logspace(0, np.log10(max(sizes["size"].max(), 2)) + 0.01, 15).astype(int))
+    for method, group in sizes.groupby("method"):
+        counts, _ = np.histogram(group["size"], bins=np.append(bins, bins[-1] + 1))
+        axis.plot(np.append(bins, bins[-1] + 1)[:-1], counts, marker="o", markersize=3, label=method)
+    axis.set_xscale("log")
+    axis.set_xlabel("cluster size")
+    axis.set_ylabel("clusters")
+    axis.legend(fontsize=7)
+    return figure_markdown(figure)
+
+
+@asset_check(asset=company_clusters, blocking=True)
+def every_company_clustered_by_every_method(company_clusters: pd.DataFrame) -> AssetCheckResult:
+    """Each method assigns exactly one cluster to every company in the universe."""
+    per_method = company_clusters.groupby("method").ticker.agg(["count", "nunique"])
+    universe = company_clusters.ticker.nunique()
+    incomplete = per_method[(per_method["count"] != universe) | (per_method["nunique"] != universe)]
+    return AssetCheckResult(
+        passed=incomplete.empty and not company_clusters.cluster.isna().any(),
+        metadata={"companies": universe, "methods_incomplete": ", ".join(incomplete.index) or "none"},
+    )

@@ -1,0 +1,34 @@
+"""Helpers that turn library results into Dagster metadata: counts, tables and inline images."""
+
+
+import base64
+import io
+
+import matplotlib
+import pandas as pd
+from dagster import MetadataValue
+
+matplotlib.use("Agg")  # no display on a Dagster worker: render to PNG only
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def rule_metadata(counts: dict[str, int]) -> dict[str, int]:
+    """Each cleaning/joining rule's row count as its own metadata entry, prefixed `rule/`."""
+    return {f"rule/{name}": int(value) for name, value in counts.items()}
+
+
+def table_preview(frame: pd.DataFrame, rows: int = 10) -> MetadataValue:
+    return MetadataValue.md(frame.head(rows).to_markdown(index=False))
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> MetadataValue:
+    return MetadataValue.md(frame.to_markdown(index=False, floatfmt=floatfmt))
+
+
+def figure_markdown(figure) -> MetadataValue:
+    """A matplotlib figure as an inline PNG the Dagster UI renders in the asset's metadata."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return MetadataValue.md(f"![plot](data:image/png;base64,{encoded})")

@@ -1,0 +1,139 @@
+"""Group-SAEs: one TopK SAE per AMAD layer group, plus one for the final layer."""
+
+import zlib
+
+import numpy as np
+import pandas as pd
+import torch
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    Config,
+    ConfigurableResource,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from resources import ArtifactStorage, ComputeResource
+from sae_core.activation_store import ActivationStore
+from sae_core.config import SaeConfig, TrainConfig
+from sae_core.io import save_sae
+from sae_core.metrics import evaluate_sae
+from sae_core.train import sample_group_activations, train_sae
+
+
+class SaeQualityThresholds(ConfigurableResource):
+    """Bounds the group_saes check enforces; loosen them for tiny test models, tighten them in production."""
+
+    max_fvu: float = Field(default=0.35, description="Largest acceptable held-out FVU on any layer.")
+    max_dead_fraction: float = Field(default=0.5, description="Largest acceptable share of latents that never fire.")
+
+
+class GroupSaesConfig(Config):
+    expansion_factor: int = 8
+    k: int = 32
+    total_tokens: int = Field(default=150_000, description="Training tokens per SAE.")
+    batch_size: int = 4096
+    holdout_share: float = Field(default=0.1, description="Share of companies held out for evaluation.")
+    seed: int = 0
+
+
+def holdout_mask(documents: pd.Series, share: float) -> np.ndarray:
+    """True for tokens of held-out companies: a stable hash of the ticker, so the split never depends on order."""
+    buckets = documents.map(lambda name: zlib.crc32(str(name).encode()) % 1000)
+    return (buckets < share * 1000).to_numpy()
+
+
+@asset(group_name="saes", kinds={"pytorch", "safetensors"})
+def group_saes(
+    context: AssetExecutionContext,
+    config: GroupSaesConfig,
+    llm_activations: dict,
+    layer_groups: dict,
+    compute: ComputeResource,
+    artifacts: ArtifactStorage,
+) -> Output[dict]:
+    """A TopK SAE (AuxK on dead latents) per layer group, trained on one random layer per token, saved in SAELens layout.
+
+    Returns {"saes": [{"layers", "path", "metrics": {layer: {fvu, l0, dead_fraction}}, ...}]}; metrics are on
+    the held-out companies' tokens of each layer the SAE serves.
+    """
+    device = compute.torch_device()
+    store = ActivationStore(llm_activations["folder"])
+    held_out = torch.from_numpy(holdout_mask(store.index.document, config.holdout_share))
+    if held_out.all() or not held_out.any():
+        raise ValueError(f"holdout_share {config.holdout_share} leaves no training or no evaluation tokens")
+    sae_cfg = SaeConfig(d_in=store.d_model, expansion_factor=config.expansion_factor, k=config.k)
+    train_cfg = TrainConfig(
+        batch_size=config.batch_size, total_tokens=config.total_tokens, seed=config.seed, device=device
+    )
+    root = artifacts.folder("group_saes")
+    saes, rows = [], []
+    for number, layers in enumerate(layer_groups["chosen_groups"]):
+        per_layer = [store.layer(layer, dtype=torch.float16) for layer in layers]
+        generator = torch.Generator().manual_seed(config.seed + number)
+        # Each token contributes its activation from one uniformly random layer of the group,
+        # so a group SAE sees as many activations as a per-layer SAE would.
+        train_rows = sample_group_activations([x[~held_out] for x in per_layer], generator).float()
+        result = train_sae(train_rows, sae_cfg, train_cfg, log=context.log.info)
+        del train_rows
+        metrics = {}
+        for layer, x in zip(layers, per_layer):
+            metrics[layer] = evaluate_sae(result.sae.to(device), x[held_out].float().to(device)).to_dict()
+            rows.append({"sae": number, "layer": layer, **metrics[layer]})
+        path = save_sae(
+            result.sae.cpu(),
+            root / f"sae_{number:02d}_layers_{layers[0]}-{layers[-1]}",
+            metadata={
+                "model_name": store.manifest["model"],
+                "hook_name": f"blocks.{layers[0]}.hook_resid_post",
+                "hook_layer": layers[0],
+                "layers": layers,
+            },
+        )
+        saes.append(
+            {
+                "layers": layers,
+                "path": str(path),
+                "metrics": {str(k): v for k, v in metrics.items()},
+                "train_seconds": round(result.seconds, 1),
+                "tokens_seen": result.tokens_seen,
+            }
+        )
+        context.log.info(f"SAE {number} (layers {layers}) trained in {result.seconds:.1f}s")
+    table = pd.DataFrame(rows)
+    return Output(
+        {"saes": saes, "sae_config": sae_cfg.to_dict(), "train_config": train_cfg.to_dict()},
+        metadata={
+            "saes": len(saes),
+            "d_sae": sae_cfg.d_sae,
+            "k": sae_cfg.k,
+            "mean_fvu": float(table.fvu.mean()),
+            "max_fvu": float(table.fvu.max()),
+            "max_dead_fraction": float(table.dead_fraction.max()),
+            "train_seconds_total": round(sum(s["train_seconds"] for s in saes), 1),
+            "per_layer": MetadataValue.md(table.to_markdown(index=False, floatfmt=".4f")),
+        },
+    )
+
+
+@asset_check(asset=group_saes, blocking=True)
+def saes_reconstruct_within_fvu_and_dead_thresholds(
+    group_saes: dict, sae_quality: SaeQualityThresholds
+) -> AssetCheckResult:
+    """Every layer's held-out FVU and every SAE's dead fraction are under the configured thresholds."""
+    metrics = [m for sae in group_saes["saes"] for m in sae["metrics"].values()]
+    worst_fvu = max(m["fvu"] for m in metrics)
+    worst_dead = max(m["dead_fraction"] for m in metrics)
+    return AssetCheckResult(
+        passed=worst_fvu <= sae_quality.max_fvu and worst_dead <= sae_quality.max_dead_fraction,
+        metadata={
+            "worst_fvu": worst_fvu,
+            "max_fvu": sae_quality.max_fvu,
+            "worst_dead_fraction": worst_dead,
+            "max_dead_fraction": sae_quality.max_dead_fraction,
+        },
+    )

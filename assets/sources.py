@@ -1,0 +1,256 @@
+"""Sources: company descriptions, industry codes, daily prices and monthly returns."""
+
+import os
+
+import pandas as pd
+from dagster import (
+    AssetIn,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    BackfillPolicy,
+    Config,
+    AssetCheckSpec,
+    MetadataValue,
+    MonthlyPartitionsDefinition,
+    Output,
+    asset,
+    asset_check,
+)
+from pydantic import Field
+
+from assets.metadata import rule_metadata, table_preview
+from peerlens.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
+from peerlens.tickers import normalize_ticker
+from resources import ArtifactStorage, EdgarResource, SampleDataResource, YFinanceResource
+
+MONTHS = MonthlyPartitionsDefinition(
+    # The sample's prices run 2013-02-08..2018-02-07: the first month-end return is March 2013 and
+    # the last complete month January 2018. Live deployments set these to their own window.
+    start_date=os.environ.get("PEERLENS_MONTHS_START", "2013-03-01"),
+    end_date=os.environ.get("PEERLENS_MONTHS_END", "2018-02-01") or None,
+)
+
+EDGAR_OVERRIDES = "edgar_item1.parquet"
+
+
+class CompanyDescriptionsConfig(Config):
+    tickers: list[str] = Field(default=[], description="Restrict the universe to these tickers (empty: all).")
+    require_prices: bool = Field(default=True, description="Drop companies without daily prices, and report them.")
+    refresh_from_edgar: list[str] = Field(
+        default=[],
+        description="Tickers whose latest 10-K 'Item 1. Business' is fetched from EDGAR (set by the new-filings sensor).",
+    )
+
+
+@asset(group_name="sources", kinds={"pandas", "parquet"})
+def company_descriptions(
+    context: AssetExecutionContext,
+    config: CompanyDescriptionsConfig,
+    sample_data: SampleDataResource,
+    edgar: EdgarResource,
+    artifacts: ArtifactStorage,
+) -> Output[pd.DataFrame]:
+    """One business description per company: ticker, cik, name, description, source, as_of.
+
+    The sample's Yahoo summaries, overlaid with every 10-K 'Item 1. Business' fetched from EDGAR so far
+    (the sensor fetches only companies with a new filing; earlier fetches are kept in an artifact).
+    """
+    loaded = sample_data.company_descriptions()
+    frame, counts = loaded.frame, dict(loaded.rule_counts)
+    overrides_path = artifacts.folder("company_descriptions") / EDGAR_OVERRIDES
+    overrides = pd.read_parquet(overrides_path) if overrides_path.exists() else frame.iloc[:0]
+    if config.refresh_from_edgar:
+        fetched = _fetch_item1(frame, [normalize_ticker(t) for t in config.refresh_from_edgar], edgar, context)
+        overrides = pd.concat([overrides[~overrides.ticker.isin(fetched.ticker)], fetched], ignore_index=True)
+        tmp = overrides_path.with_name(overrides_path.name + ".tmp")
+        overrides.to_parquet(tmp, index=False)
+        os.replace(tmp, overrides_path)
+    frame = pd.concat([frame[~frame.ticker.isin(overrides.ticker)], overrides], ignore_index=True)
+    counts["descriptions_from_edgar"] = len(overrides)
+
+    if config.tickers:
+        wanted = {normalize_ticker(t) for t in config.tickers}
+        unknown = sorted(wanted - set(frame.ticker))
+        if unknown:
+            raise ValueError(f"company_descriptions config: tickers {unknown} have no description in the source")
+        frame = frame[frame.ticker.isin(wanted)]
+    excluded: list[str] = []
+    if config.require_prices:
+        with_prices = sample_data.price_tickers()
+        excluded = sorted(set(frame.ticker) - with_prices)
+        frame = frame[frame.ticker.isin(with_prices)]
+    counts["excluded_without_prices"] = len(excluded)
+    frame = frame.sort_values("ticker").reset_index(drop=True)
+    if frame.empty:
+        raise ValueError("company_descriptions: no company is left after the universe filters")
+    return Output(
+        frame,
+        metadata={
+            "companies": len(frame),
+            **rule_metadata(counts),
+            "excluded_without_prices_tickers": ", ".join(excluded) or "none",
+            "mean_description_chars": float(frame.description.str.len().mean()),
+            "preview": table_preview(frame[["ticker", "cik", "name", "source"]]),
+        },
+    )
+
+
+def _fetch_item1(frame: pd.DataFrame, tickers: list[str], edgar: EdgarResource, context) -> pd.DataFrame:
+    """Latest 10-K Item 1 text for `tickers` (which must be in `frame`, for their CIKs)."""
+    client = edgar.client()
+    rows = []
+    known = frame.set_index("ticker")
+    for ticker in tickers:
+        if ticker not in known.index or pd.isna(known.at[ticker, "cik"]):
+            raise ValueError(f"refresh_from_edgar: ticker {ticker!r} has no CIK in the universe")
+        cik = int(known.at[ticker, "cik"])
+        filing = client.latest_10k(cik)
+        if filing is None:
+            context.log.warning(f"{ticker} (CIK {cik}) has no 10-K on EDGAR; keeping its previous description")
+            continue
+        rows.append(
+            {
+                "ticker": ticker,
+                "cik": cik,
+                "name": known.at[ticker, "name"],
+                "description": client.item1_business(filing),
+                "source": f"edgar:{filing.accession_number}",
+                "as_of": pd.Timestamp(filing.filing_date),
+            }
+        )
+        context.log.info(f"{ticker}: Item 1 of 10-K {filing.accession_number} ({filing.filing_date})")
+    return pd.DataFrame(rows, columns=frame.columns)
+
+
+@asset_check(asset=company_descriptions, blocking=True)
+def descriptions_are_unique_and_non_empty(company_descriptions: pd.DataFrame) -> AssetCheckResult:
+    """Every company appears once and has a non-empty description: an empty one would become a zero feature vector."""
+    empty = company_descriptions.ticker[company_descriptions.description.fillna("").str.strip() == ""].tolist()
+    duplicated = company_descriptions.ticker[company_descriptions.ticker.duplicated()].tolist()
+    return AssetCheckResult(
+        passed=not empty and not duplicated,
+        metadata={"empty": ", ".join(empty) or "none", "duplicated": ", ".join(duplicated) or "none"},
+    )
+
+
+@asset(group_name="sources", kinds={"pandas", "parquet"})
+def industry_codes(company_descriptions: pd.DataFrame, sample_data: SampleDataResource) -> Output[pd.DataFrame]:
+    """SIC (4-digit, 2-digit, division) and GICS (sector, sub-industry) per company, joined on CIK where possible."""
+    loaded = sample_data.industry_codes(company_descriptions[["ticker", "cik"]])
+    frame = loaded.frame
+    return Output(
+        frame,
+        metadata={
+            **rule_metadata(loaded.rule_counts),
+            "ticker_cik_conflicts_tickers": ", ".join(loaded.affected_tickers.get("ticker_cik_conflicts", [])) or "none",
+            "distinct_sic4": int(frame.sic4.nunique()),
+            "distinct_gics_sub_industry": int(frame.gics_sub_industry.nunique()),
+            "preview": table_preview(frame),
+        },
+    )
+
+
+@asset_check(asset=industry_codes, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
+def every_company_has_an_industry_row(
+    company_descriptions: pd.DataFrame, industry_codes: pd.DataFrame
+) -> AssetCheckResult:
+    """One industry row per company (codes may be missing, the row may not)."""
+    missing = sorted(set(company_descriptions.ticker) - set(industry_codes.ticker))
+    return AssetCheckResult(
+        passed=not missing and len(industry_codes) == len(company_descriptions),
+        metadata={
+            "missing": ", ".join(missing) or "none",
+            "sic4_missing": int(industry_codes.sic4.isna().sum()),
+            "gics_missing": int(industry_codes.gics_sub_industry.isna().sum()),
+        },
+    )
+
+
+class DailyPricesConfig(Config):
+    source: str = Field(default="sample", description="'sample' (offline) or 'yfinance' (live).")
+    max_close_outside_range: float = PriceCleaning.max_close_outside_range
+    jump_log_return: float = PriceCleaning.jump_log_return
+
+
+@asset(group_name="sources", kinds={"pandas", "parquet"})
+def daily_prices(
+    config: DailyPricesConfig, sample_data: SampleDataResource, yfinance: YFinanceResource
+) -> Output[pd.DataFrame]:
+    """Cleaned daily prices (date, ticker, open, high, low, close, volume, jump), with every cleaning rule counted."""
+    if config.source == "sample":
+        raw = sample_data.daily_prices()
+        source_counts: dict[str, int] = {}
+    elif config.source == "yfinance":
+        tickers = sorted(sample_data.company_descriptions().frame.ticker)
+        loaded = yfinance.daily_prices(tickers)
+        raw, source_counts = loaded.frame, loaded.rule_counts
+    else:
+        raise ValueError(f"daily_prices source {config.source!r} is not 'sample' or 'yfinance'")
+    cleaned = clean_daily_prices(raw, PriceCleaning(config.max_close_outside_range, config.jump_log_return))
+    prices = cleaned.prices
+    jumps = prices[prices.jump][["ticker", "date"]]
+    return Output(
+        prices,
+        metadata={
+            **rule_metadata({**source_counts, **cleaned.rule_counts}),
+            "tickers": int(prices.ticker.nunique()),
+            "first_date": str(prices.date.min().date()),
+            "last_date": str(prices.date.max().date()),
+            "jump_days": MetadataValue.md(jumps.head(25).to_markdown(index=False)),
+        },
+    )
+
+
+@asset_check(asset=daily_prices, blocking=True)
+def prices_are_positive_and_dated(daily_prices: pd.DataFrame) -> AssetCheckResult:
+    """Closes are positive, dates present, and no (ticker, date) repeats."""
+    bad_close = int((~(daily_prices.close > 0)).sum())
+    no_date = int(daily_prices.date.isna().sum())
+    repeats = int(daily_prices.duplicated(["ticker", "date"]).sum())
+    return AssetCheckResult(
+        passed=bad_close == 0 and no_date == 0 and repeats == 0,
+        metadata={"non_positive_close": bad_close, "missing_date": no_date, "repeated_rows": repeats},
+    )
+
+
+@asset(
+    group_name="sources",
+    partitions_def=MONTHS,
+    backfill_policy=BackfillPolicy.single_run(),
+    kinds={"pandas", "parquet"},
+    check_specs=[AssetCheckSpec("returns_are_finite_or_flagged", asset="monthly_returns")],
+)
+def monthly_returns(context: AssetExecutionContext, daily_prices: pd.DataFrame):
+    """Log returns of month-end closes, one partition per month: month, ticker, close_month_end, log_return, jump_in_month.
+
+    log_return = ln(C_m / C_{m-1}); NaN where an unadjusted spin-off drop falls inside the month.
+    A run over several months (single-run backfill) yields {partition_key: frame}.
+    """
+    months = context.partition_keys
+    returns = month_end_log_returns(daily_prices, last_complete_month=infer_last_complete_month(daily_prices.date))
+    returns = returns[returns.month.isin([m[:7] for m in months])]
+    parts = {key: returns[returns.month == key[:7]].reset_index(drop=True) for key in months}
+    empty = [key for key, part in parts.items() if part.empty]
+    if empty:
+        raise ValueError(f"monthly_returns: no prices cover months {empty[:5]} (the price source ends earlier)")
+    yield Output(
+        parts if len(parts) > 1 else next(iter(parts.values())),
+        metadata={
+            "months": len(parts),
+            "rows": len(returns),
+            "nan_returns_from_jumps": int(returns.jump_in_month.sum()),
+            "tickers": int(returns.ticker.nunique()),
+        },
+    )
+    # A missing return must come from a flagged jump or a gap, never an inf; |r| >= 1.5 (a 78% fall
+    # or a 350% rise in a month) on an S&P 500 name is a data error until shown otherwise.
+    values = returns.log_return
+    infinite = int(values.isin([float("inf"), float("-inf")]).sum())
+    extreme = int((values.abs() >= 1.5).sum())
+    yield AssetCheckResult(
+        check_name="returns_are_finite_or_flagged",
+        passed=infinite == 0 and extreme == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"infinite": infinite, "extreme_moves": extreme, "nan": int(values.isna().sum())},
+    )

@@ -1,0 +1,55 @@
+"""The PeerLens Definitions: every asset, check, job, schedule, sensor and resource in one place.
+
+Resources read their environment here, so one code location serves a laptop (the offline sample,
+CPU) and a deployment (EDGAR + yfinance, a GPU) with nothing but environment variables:
+
+    PEERLENS_SAMPLE_DIR         the offline sample folder (default ../shared/data)
+    PEERLENS_HOME               where tables and artifacts land (default .peerlens)
+    PEERLENS_MODEL              a Hugging Face causal LM name or path (default smollm2-135m)
+    PEERLENS_DEVICE             auto | cpu | cuda
+    PEERLENS_EDGAR_USER_AGENT   'Name email@domain' for SEC EDGAR
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions
+
+from assets import all_asset_checks, all_assets
+from assets.automation import filings_refresh_job, monthly_refresh_job, monthly_refresh_schedule, new_10k_filings
+from assets.saes import SaeQualityThresholds
+from resources import (
+    ArtifactStorage,
+    ComputeResource,
+    EdgarResource,
+    LanguageModelResource,
+    SampleDataResource,
+    TableIOManager,
+    YFinanceResource,
+)
+from sae_core.capture import DEFAULT_MODEL
+
+
+def resources_from_environment() -> dict:
+    home = os.environ.get("PEERLENS_HOME", "")
+    return {
+        "io_manager": TableIOManager(root=home),
+        "artifacts": ArtifactStorage(root=home),
+        "sample_data": SampleDataResource(path=os.environ.get("PEERLENS_SAMPLE_DIR", "")),
+        "edgar": EdgarResource(user_agent=os.environ.get("PEERLENS_EDGAR_USER_AGENT", "")),
+        "yfinance": YFinanceResource(),
+        "language_model": LanguageModelResource(name=os.environ.get("PEERLENS_MODEL", DEFAULT_MODEL)),
+        "compute": ComputeResource(device=os.environ.get("PEERLENS_DEVICE", "auto")),
+        "sae_quality": SaeQualityThresholds(),
+    }
+
+
+defs = Definitions(
+    assets=all_assets,
+    asset_checks=all_asset_checks,
+    jobs=[monthly_refresh_job, filings_refresh_job],
+    schedules=[monthly_refresh_schedule],
+    sensors=[new_10k_filings],
+    resources=resources_from_environment(),
+)

@@ -1,0 +1,83 @@
+"""Watching EDGAR for new 10-K filings of a universe of companies, one batch of CIKs per poll.
+
+The state between polls is a small JSON-friendly cursor: the latest 10-K accession seen for each
+CIK, and where the next batch starts. A company is "changed" when its latest 10-K accession
+differs from the one remembered; a company seen for the first time only sets the baseline, so
+switching the watch on does not refresh the whole universe at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pandas as pd
+
+from peerlens.edgar import Filing
+
+
+class LatestTenK(Protocol):
+    def latest_10k(self, cik: int) -> Filing | None: ...
+
+
+@dataclass
+class FilingsCursor:
+    latest: dict[str, str] = field(default_factory=dict)
+    """CIK (as a string: JSON keys) → accession number of the newest 10-K seen."""
+    next_offset: int = 0
+    """Position in the universe (sorted by CIK) where the next poll starts."""
+
+    def to_json(self) -> str:
+        return json.dumps({"latest": self.latest, "next_offset": self.next_offset}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> FilingsCursor:
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            return cls(latest=dict(data["latest"]), next_offset=int(data["next_offset"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"filings cursor is not valid JSON of the expected shape: {error}") from None
+
+
+@dataclass
+class PollResult:
+    changed: list[str]
+    """Tickers whose latest 10-K is new since the last poll that saw them."""
+    filings: dict[str, str]
+    """Changed ticker → accession number of its new 10-K."""
+    checked: int
+    cursor: FilingsCursor
+
+
+def poll_new_10k_filings(
+    universe: pd.DataFrame, client: LatestTenK, cursor: FilingsCursor, batch_size: int = 100
+) -> PollResult:
+    """Check the next `batch_size` companies of `universe` (columns ticker, cik) for a new 10-K.
+
+    Companies without a CIK are skipped. The batch wraps around the universe, so every company is
+    checked once every ceil(n / batch_size) polls.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    companies = universe.dropna(subset=["cik"]).drop_duplicates("cik").sort_values("cik").reset_index(drop=True)
+    if companies.empty:
+        raise ValueError("the universe has no company with a CIK to watch")
+    start = cursor.next_offset % len(companies)
+    positions = [(start + i) % len(companies) for i in range(min(batch_size, len(companies)))]
+    latest = dict(cursor.latest)
+    changed, filings = [], {}
+    for position in positions:
+        ticker, cik = companies.at[position, "ticker"], int(companies.at[position, "cik"])
+        filing = client.latest_10k(cik)
+        if filing is None:
+            continue
+        previous = latest.get(str(cik))
+        if previous is not None and previous != filing.accession_number:
+            changed.append(ticker)
+            filings[ticker] = filing.accession_number
+        latest[str(cik)] = filing.accession_number
+    next_offset = (start + len(positions)) % len(companies)
+    return PollResult(changed, filings, len(positions), FilingsCursor(latest, next_offset))
