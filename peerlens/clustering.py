@@ -1,0 +1,164 @@
+"""Company clusters: the paper's MST-threshold method, code-based baselines, and a size summary.
+
+Interpretable Company Similarity clusters companies per year on a complete graph whose edge
+weights are cosine distances between their feature vectors, z-scored over all pairs; it keeps the
+minimum spanning tree, deletes tree edges heavier than a threshold theta and reads the clusters off
+as connected components. Baselines (SIC codes, GICS) assign clusters from shared codes instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+
+
+def cosine_distance_matrix(X: np.ndarray) -> np.ndarray:
+    """Pairwise cosine distance ``D[i, j] = 1 - <x_i, x_j> / (|x_i| |x_j|)``.
+
+    Args:
+        X: (n, d) array, one row per company.
+
+    Returns:
+        (n, n) symmetric array with zero diagonal and values in [0, 2].
+
+    Raises:
+        ValueError: if X is not 2-D, has non-finite values, or a row has zero norm (its angle to
+            anything is undefined).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-D (n, d) array, got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError("X has NaN or infinite values")
+    norms = np.linalg.norm(X, axis=1)
+    zero_rows = np.flatnonzero(norms == 0)
+    if zero_rows.size:
+        raise ValueError(f"X has {zero_rows.size} rows with zero norm (first rows: {zero_rows[:10].tolist()})")
+    unit = X / norms[:, None]
+    distances = 1.0 - unit @ unit.T
+    # Rounding leaves tiny negatives and last-bit asymmetry; downstream checks expect neither.
+    distances = np.clip((distances + distances.T) / 2, 0.0, 2.0)
+    np.fill_diagonal(distances, 0.0)
+    return distances
+
+
+def _check_distance_matrix(distances: np.ndarray) -> np.ndarray:
+    distances = np.asarray(distances, dtype=np.float64)
+    if distances.ndim != 2 or distances.shape[0] != distances.shape[1]:
+        raise ValueError(f"distances must be a square (n, n) array, got shape {distances.shape}")
+    if distances.shape[0] == 0:
+        raise ValueError("distances is empty: there is nothing to cluster")
+    if not np.isfinite(distances).all():
+        raise ValueError("distances has NaN or infinite values")
+    if not np.allclose(distances, distances.T, rtol=0.0, atol=1e-9):
+        raise ValueError("distances is not symmetric")
+    return distances
+
+
+def _relabel_by_first_appearance(labels: np.ndarray) -> np.ndarray:
+    """Map arbitrary integer labels to 0..k-1 in the order they first appear."""
+    _, first_index, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank_of_unique = np.empty(first_index.size, dtype=np.int64)
+    rank_of_unique[np.argsort(first_index, kind="stable")] = np.arange(first_index.size)
+    return rank_of_unique[inverse.reshape(-1)]
+
+
+def mst_threshold_clusters(distances: np.ndarray, theta: float) -> np.ndarray:
+    """Cluster by cutting the minimum spanning tree of z-scored distances at ``theta``.
+
+    With w_ij = distances[i, j] over all pairs i < j,
+
+        z_ij = (w_ij - mean(w)) / std(w)        (population std over the n(n-1)/2 pairs)
+
+    build the minimum spanning tree of the complete graph weighted by z, delete the tree edges with
+    z_ij > theta, and return the connected components. Lower theta gives more, smaller clusters.
+    When every pair is equally distant (std = 0) all z are 0.
+
+    scipy's ``minimum_spanning_tree`` reads a zero weight as "no edge", and z is often negative, so
+    the tree is built on ``z - min(z) + 1`` (strictly positive; a constant shift leaves the tree
+    unchanged) while the cut compares the unshifted z with theta.
+
+    The result equals single-linkage clustering cut at theta, so ties in the tree do not change it.
+
+    Args:
+        distances: (n, n) symmetric dissimilarities, e.g. from :func:`cosine_distance_matrix`.
+        theta: cut threshold on the z-score scale.
+
+    Returns:
+        (n,) int64 cluster labels, renumbered 0..k-1 in order of first appearance.
+    """
+    distances = _check_distance_matrix(distances)
+    if not np.isfinite(theta):
+        raise ValueError(f"theta must be finite, got {theta}")
+    n = distances.shape[0]
+    if n == 1:
+        return np.zeros(1, dtype=np.int64)
+
+    rows, cols = np.triu_indices(n, k=1)
+    weights = distances[rows, cols]
+    spread = weights.std()
+    z = (weights - weights.mean()) / spread if spread > 0 else np.zeros_like(weights)
+
+    shifted = coo_matrix((z - z.min() + 1.0, (rows, cols)), shape=(n, n)).tocsr()
+    tree = minimum_spanning_tree(shifted).tocoo()
+    z_matrix = np.zeros((n, n))
+    z_matrix[rows, cols] = z
+    z_of_tree_edges = z_matrix[np.minimum(tree.row, tree.col), np.maximum(tree.row, tree.col)]
+    kept = z_of_tree_edges <= theta
+
+    forest = coo_matrix(
+        (np.ones(int(kept.sum())), (tree.row[kept], tree.col[kept])), shape=(n, n)
+    )
+    _, labels = connected_components(forest, directed=False)
+    return _relabel_by_first_appearance(labels)
+
+
+def labels_from_codes(codes: pd.Series) -> np.ndarray:
+    """Cluster labels from industry codes: companies that share a code share a cluster.
+
+    A missing code (NaN, None, or a blank string) gives that company a singleton cluster of its
+    own: an unknown code is not evidence that two companies are alike.
+
+    Args:
+        codes: one code per company (any hashable dtype), in company order.
+
+    Returns:
+        (n,) int64 labels aligned with ``codes``, renumbered 0..k-1 in order of first appearance.
+    """
+    if not isinstance(codes, pd.Series):
+        codes = pd.Series(codes)
+    labels = np.empty(len(codes), dtype=np.int64)
+    label_of_code: dict[object, int] = {}
+    next_label = 0
+    for position, code in enumerate(codes.tolist()):
+        if pd.isna(code) or (isinstance(code, str) and not code.strip()):
+            labels[position] = next_label
+            next_label += 1
+            continue
+        if code not in label_of_code:
+            label_of_code[code] = next_label
+            next_label += 1
+        labels[position] = label_of_code[code]
+    return labels
+
+
+def cluster_size_summary(labels: np.ndarray) -> dict[str, int | float]:
+    """Sizes of a clustering, as plain numbers (JSON- and metadata-ready).
+
+    Returns:
+        n_items; n_clusters; n_singletons (clusters of one); largest (members of the biggest
+        cluster); coverage = (items in clusters of size >= 2) / n_items.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+    _, sizes = np.unique(labels, return_counts=True)
+    return {
+        "n_items": int(labels.size),
+        "n_clusters": int(sizes.size),
+        "n_singletons": int((sizes == 1).sum()),
+        "largest": int(sizes.max()),
+        "coverage": float(sizes[sizes >= 2].sum() / labels.size),
+    }

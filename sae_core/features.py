@@ -1,0 +1,183 @@
+"""From token activations to SAE features: sparse codes, per-document pooling, top-activating tokens.
+
+A trained SAE turns every token's residual vector into a sparse code of k latents. A company is
+described by pooling those codes over the tokens of its description (Interpretable Company
+Similarity used one vector per 10-K), and a latent is read by the tokens that excite it most.
+Everything stays sparse ((n, k) codes) until pooling, so no (n_tokens, d_sae) matrix is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from sae_core.sae import TopKSae
+
+POOLINGS = ("mean", "max", "sum")
+
+
+class SparseCodes(NamedTuple):
+    """The TopK codes of a run of tokens, in the order the tokens were given (store order)."""
+
+    top_acts: Tensor
+    """Activations of each token's kept latents, (n_tokens, k) float32, ≥ 0 (ReLU'd)."""
+
+    top_indices: Tensor
+    """Indices into d_sae of each token's kept latents, (n_tokens, k) int64; distinct within a row."""
+
+
+def _check_codes(codes: SparseCodes) -> None:
+    acts, indices = codes.top_acts, codes.top_indices
+    if acts.ndim != 2 or acts.shape != indices.shape:
+        raise ValueError(
+            "codes.top_acts and codes.top_indices must both be (n_tokens, k), got "
+            f"{tuple(acts.shape)} and {tuple(indices.shape)}"
+        )
+
+
+def encode_tokens(sae: TopKSae, tokens: Tensor, batch_size: int = 8192) -> SparseCodes:
+    """Encode `tokens` (n, d_in) with `sae`, `batch_size` tokens at a time, without autograd.
+
+    Batches run on the SAE's device; the codes come back on the CPU so that a whole layer's codes
+    (n·k values) fit where the dense latents (n·d_sae) would not.
+
+    Returns:
+        SparseCodes with top_acts (n, k) float32 and top_indices (n, k) int64.
+    """
+    if tokens.ndim != 2 or tokens.shape[1] != sae.cfg.d_in:
+        raise ValueError(
+            f"tokens must have shape (n_tokens, d_in={sae.cfg.d_in}), got {tuple(tokens.shape)}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    acts, indices = [], []
+    with torch.inference_mode():
+        for batch in tokens.split(batch_size):
+            code = sae.encode(batch.to(sae.device))
+            acts.append(code.top_acts.float().cpu())
+            indices.append(code.top_indices.long().cpu())
+    if not acts:  # zero tokens: keep the (0, k) shape
+        k = sae.cfg.k
+        return SparseCodes(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long))
+    # Concatenating outside inference_mode returns ordinary tensors, which callers may edit in place.
+    return SparseCodes(torch.cat(acts), torch.cat(indices))
+
+
+def pool_documents(
+    codes: SparseCodes, document: np.ndarray, n_docs: int, d_sae: int, pooling: str = "mean"
+) -> Tensor:
+    """Pool token codes into one d_sae vector per document.
+
+    With z_t ∈ R^d_sae the dense code of token t (zero outside its k latents) and T_d the tokens
+    of document d:
+
+        mean:  f_d = Σ_{t ∈ T_d} z_t / |T_d|
+        sum:   f_d = Σ_{t ∈ T_d} z_t
+        max:   f_d = max_{t ∈ T_d} z_t   (elementwise; 0 where no token fired, since z ≥ 0)
+
+    The (n_tokens, k) codes are scattered straight into the (n_docs, d_sae) result through the
+    flat index d·d_sae + latent (index_add_ / scatter_reduce_), never through dense z.
+
+    Args:
+        codes: SparseCodes of n tokens.
+        document: (n,) integer document id of each token, in 0..n_docs−1.
+        n_docs: number of documents; every one must have at least one token.
+        d_sae: number of latents.
+        pooling: "mean", "max" or "sum".
+
+    Returns:
+        (n_docs, d_sae) float32 tensor on the CPU.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    _check_codes(codes)
+    n_tokens, k = codes.top_acts.shape
+    document = np.asarray(document)
+    if document.shape != (n_tokens,):
+        raise ValueError(f"document must have shape (n_tokens={n_tokens},), got {document.shape}")
+    if n_tokens and not np.issubdtype(document.dtype, np.integer):
+        raise ValueError(f"document must hold integer ids 0..n_docs-1, got dtype {document.dtype}")
+    if n_docs < 1 or d_sae < 1:
+        raise ValueError(f"n_docs and d_sae must be >= 1, got n_docs={n_docs}, d_sae={d_sae}")
+    if n_tokens and (document.min() < 0 or document.max() >= n_docs):
+        raise ValueError(
+            f"document ids must lie in 0..{n_docs - 1}, got range {document.min()}..{document.max()}"
+        )
+    indices = codes.top_indices.cpu().long()
+    if n_tokens and (int(indices.min()) < 0 or int(indices.max()) >= d_sae):
+        raise ValueError(f"codes.top_indices must lie in 0..{d_sae - 1} (d_sae={d_sae})")
+
+    doc = torch.as_tensor(document, dtype=torch.long)
+    tokens_per_doc = torch.bincount(doc, minlength=n_docs)
+    empty = torch.nonzero(tokens_per_doc == 0).flatten()
+    if empty.numel():
+        raise ValueError(
+            f"{empty.numel()} of {n_docs} documents have no tokens (first ids: {empty[:10].tolist()})"
+        )
+
+    flat_index = (doc[:, None] * d_sae + indices).flatten()  # (n·k,)
+    # Accumulate sums in float64: a document may have thousands of tokens.
+    values = codes.top_acts.cpu().to(torch.float64).flatten()
+    pooled = torch.zeros(n_docs * d_sae, dtype=torch.float64)
+    if pooling == "max":
+        pooled.scatter_reduce_(0, flat_index, values, reduce="amax", include_self=True)
+    else:
+        pooled.index_add_(0, flat_index, values)
+    pooled = pooled.view(n_docs, d_sae)
+    if pooling == "mean":
+        pooled /= tokens_per_doc[:, None].to(torch.float64)
+    return pooled.float()
+
+
+def top_activating_tokens(
+    codes: SparseCodes, n_per_latent: int = 10, latents: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """The `n_per_latent` strongest activations of each latent over all tokens.
+
+    Only entries that fire (activation > 0) count, so a latent that never fires has no rows and
+    one that fires on fewer tokens has fewer rows. Ties in activation go to the earlier token.
+
+    Args:
+        codes: SparseCodes of n tokens (store order).
+        n_per_latent: rows kept per latent.
+        latents: restrict to these latents (default: every latent that fires).
+
+    Returns:
+        DataFrame with columns latent (int64), rank (int64, 1 = strongest), token_index (int64,
+        the token's row in store order), activation (float32); sorted by latent, then rank.
+    """
+    _check_codes(codes)
+    if n_per_latent < 1:
+        raise ValueError(f"n_per_latent must be >= 1, got {n_per_latent}")
+    n_tokens, k = codes.top_acts.shape
+    activation = codes.top_acts.detach().cpu().float().numpy().reshape(-1)
+    latent = codes.top_indices.detach().cpu().long().numpy().reshape(-1)
+    token = np.repeat(np.arange(n_tokens, dtype=np.int64), k)
+
+    keep = activation > 0
+    if latents is not None:
+        keep &= np.isin(latent, np.asarray(list(latents), dtype=np.int64))
+    activation, latent, token = activation[keep], latent[keep], token[keep]
+
+    # Sort by latent, then strongest first, then earliest token; rank = offset inside the group.
+    order = np.lexsort((token, -activation, latent))
+    activation, latent, token = activation[order], latent[order], token[order]
+    starts_group = np.ones(latent.size, dtype=bool)
+    starts_group[1:] = latent[1:] != latent[:-1]
+    group_starts = np.flatnonzero(starts_group)
+    group_sizes = np.diff(np.append(group_starts, latent.size))
+    rank = np.arange(latent.size) - np.repeat(group_starts, group_sizes) + 1
+    head = rank <= n_per_latent
+    return pd.DataFrame(
+        {
+            "latent": latent[head].astype(np.int64),
+            "rank": rank[head].astype(np.int64),
+            "token_index": token[head],
+            "activation": activation[head].astype(np.float32),
+        }
+    )

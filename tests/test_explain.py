@@ -1,0 +1,183 @@
+"""Specification of cluster explanations (peerlens.explain)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from peerlens.explain import (
+    describe_latents,
+    explain_clusters,
+    explanations_markdown,
+    latent_contributions,
+)
+
+TICKERS = ["JPM", "BAC", "WFC", "XOM", "CVX", "AAPL"]
+
+
+def planted_features() -> np.ndarray:
+    """Six companies, eight latents: the three banks (rows 0–2) share latent 3 strongly,
+    the two oil companies (rows 3–4) share latent 6; everything else is small noise."""
+    rng = np.random.default_rng(0)
+    features = rng.uniform(0.0, 0.2, size=(6, 8))
+    features[:3, 3] += 5.0
+    features[3:5, 6] += 4.0
+    return features
+
+
+LABELS = np.array([0, 0, 0, 1, 1, 2])
+
+
+def mean_pairwise_cosine(rows: np.ndarray) -> float:
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    c = len(rows)
+    return float(sum(unit[a] @ unit[b] for a in range(c) for b in range(a + 1, c)) * 2 / (c * (c - 1)))
+
+
+def test_latent_contributions_single_out_the_shared_latent_and_sum_to_the_similarity():
+    features = planted_features()
+    contributions = latent_contributions(features, np.array([0, 1, 2]))
+    assert contributions.shape == (8,)
+    assert int(np.argmax(contributions)) == 3
+    assert contributions.sum() == pytest.approx(mean_pairwise_cosine(features[:3]), abs=1e-9)
+    assert (contributions >= 0).all()
+
+
+def test_latent_contribution_is_the_drop_in_similarity_when_the_latent_is_zeroed():
+    features = planted_features()
+    members = np.array([0, 1, 2, 5])
+    contributions = latent_contributions(features, members)
+    unit = features[members] / np.linalg.norm(features[members], axis=1, keepdims=True)
+    c = len(members)
+    for latent in range(8):
+        dropped = unit.copy()
+        dropped[:, latent] = 0.0  # no renormalisation: the definition of s_j
+        gram = dropped @ dropped.T
+        similarity = (gram.sum() - np.trace(gram)) / (c * (c - 1))
+        assert contributions.sum() - similarity == pytest.approx(contributions[latent], abs=1e-12)
+
+
+def test_latent_contributions_reject_a_cluster_of_one():
+    with pytest.raises(ValueError, match="at least 2 members"):
+        latent_contributions(planted_features(), np.array([4]))
+
+
+def test_latent_contributions_reject_negative_features():
+    with pytest.raises(ValueError, match="nonnegative"):
+        latent_contributions(-planted_features(), np.array([0, 1]))
+
+
+def test_explain_clusters_reports_the_planted_latent_first_with_its_share():
+    features = planted_features()
+    explained = explain_clusters(features, TICKERS, LABELS, top_latents=3)
+    assert list(explained.columns) == [
+        "cluster", "size", "members", "latent", "rank", "contribution", "share", "within_similarity"
+    ]
+    # The singleton (AAPL) is not explained; the larger cluster comes first.
+    assert explained["cluster"].unique().tolist() == [0, 1]
+    banks = explained[explained["cluster"] == 0]
+    assert banks["members"].iloc[0] == "BAC, JPM, WFC"
+    assert banks["size"].iloc[0] == 3
+    assert banks["rank"].tolist() == [1, 2, 3]
+    assert banks["latent"].iloc[0] == 3
+    assert explained.loc[explained["cluster"] == 1, "latent"].iloc[0] == 6
+
+    similarity = mean_pairwise_cosine(features[:3])
+    np.testing.assert_allclose(banks["within_similarity"], similarity, atol=1e-9)
+    np.testing.assert_allclose(banks["share"], banks["contribution"] / similarity)
+    assert banks["share"].iloc[0] > 0.9
+    assert banks["contribution"].is_monotonic_decreasing
+
+
+def test_explain_clusters_respects_min_size():
+    explained = explain_clusters(planted_features(), TICKERS, LABELS, min_size=3)
+    assert explained["cluster"].unique().tolist() == [0]
+
+
+# ---- describe_latents ------------------------------------------------------------------------------
+
+
+def toy_token_index() -> pd.DataFrame:
+    """Store order: document A (10 tokens, ids 100–109) then document B (5 tokens, ids 200–204)."""
+    return pd.DataFrame(
+        {
+            "document": ["A"] * 10 + ["B"] * 5,
+            "position": list(range(10)) + list(range(5)),
+            "token_id": list(range(100, 110)) + list(range(200, 205)),
+        }
+    )
+
+
+def toy_decode(ids: list[int]) -> str:
+    return " ".join(f"t{i}" for i in ids)
+
+
+def test_describe_latents_shows_each_hit_with_its_context_inside_its_document():
+    top_tokens = pd.DataFrame(
+        {"latent": [7, 7, 2], "rank": [1, 2, 1], "token_index": [5, 11, 0], "activation": [3.0, 2.0, 1.0]}
+    )
+    features = np.zeros((3, 8))
+    features[:, 7] = [0.5, 0.0, 2.0]
+    features[:, 2] = [0.1, 0.3, 0.2]
+    described = describe_latents(
+        top_tokens, toy_token_index(), toy_decode, features, ["A", "B", "C"], context=4, n_companies=5
+    )
+    assert described["latent"].tolist() == [2, 7]
+    by_latent = described.set_index("latent")
+    # Hit at A:5 — four tokens each side, and A:0 lies beyond the window on the left.
+    # Hit at B:1 — the left window stops at the document boundary (A's tokens are not B's context).
+    assert by_latent.at[7, "top_tokens"] == (
+        "…t101 t102 t103 t104 «t105» t106 t107 t108 t109 | t200 «t201» t202 t203 t204"
+    )
+    assert by_latent.at[2, "top_tokens"] == "«t100» t101 t102 t103 t104…"
+    assert by_latent.at[7, "top_companies"] == "C, A"  # B's value is 0: the latent is not active there
+    assert by_latent.at[2, "top_companies"] == "B, C, A"
+
+
+def test_describe_latents_finds_context_when_the_store_interleaves_documents():
+    index = toy_token_index()
+    shuffled = index.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    hit = int(np.flatnonzero((shuffled["document"] == "A") & (shuffled["position"] == 5))[0])
+    top_tokens = pd.DataFrame({"latent": [0], "rank": [1], "token_index": [hit], "activation": [1.0]})
+    described = describe_latents(top_tokens, shuffled, toy_decode, np.ones((1, 1)), ["A"], context=2)
+    assert described.at[0, "top_tokens"] == "…t103 t104 «t105» t106 t107…"
+
+
+def test_describe_latents_rejects_token_rows_outside_the_index():
+    top_tokens = pd.DataFrame({"latent": [0], "rank": [1], "token_index": [15], "activation": [1.0]})
+    with pytest.raises(ValueError, match="token_index"):
+        describe_latents(top_tokens, toy_token_index(), toy_decode, np.ones((1, 1)), ["A"])
+
+
+# ---- markdown --------------------------------------------------------------------------------------
+
+
+def test_explanations_markdown_writes_a_table_per_cluster_and_escapes_pipes():
+    explained = explain_clusters(planted_features(), TICKERS, LABELS, top_latents=2)
+    described = pd.DataFrame(
+        {
+            "latent": [3, 6],
+            "top_tokens": ["…provides «loans» to… | «deposit» accounts", "«oil»\nand gas"],
+            "top_companies": ["JPM, BAC", "XOM, CVX"],
+        }
+    )
+    markdown = explanations_markdown(explained, described)
+    assert markdown.count("## Cluster") == 2
+    bank_similarity = explained.loc[explained["cluster"] == 0, "within_similarity"].iloc[0]
+    assert f"## Cluster 0 — 3 companies, within-cluster similarity {bank_similarity:.3f}" in markdown
+    assert "Members: BAC, JPM, WFC" in markdown
+    assert "| latent | share | top tokens | top companies |" in markdown
+    share = explained.loc[(explained["cluster"] == 0) & (explained["rank"] == 1), "share"].iloc[0]
+    assert f"| 3 | {share:.1%} | …provides «loans» to… \\| «deposit» accounts | JPM, BAC |" in markdown
+    assert "| 6 | " in markdown and "«oil» and gas" in markdown  # newline flattened inside the cell
+    # A latent with no description gets a dash rather than disappearing.
+    assert "| — | — |" in markdown
+
+
+def test_explanations_markdown_caps_the_number_of_clusters():
+    explained = explain_clusters(planted_features(), TICKERS, LABELS)
+    described = pd.DataFrame(columns=["latent", "top_tokens", "top_companies"])
+    markdown = explanations_markdown(explained, described, max_clusters=1)
+    assert markdown.count("## Cluster") == 1
+    assert "1 more clusters not shown" in markdown
