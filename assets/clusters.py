@@ -96,6 +96,6 @@ def every_company_clustered_by_every_method(company_clusters: pd.DataFrame) -> A
     universe = company_clusters.ticker.nunique()
     incomplete = per_method[(per_method["count"] != universe) | (per_method["nunique"] != universe)]
     return AssetCheckResult(
-        passed=incomplete.empty and not company_clusters.cluster.isna().any(),
+        passed=bool(incomplete.empty and not company_clusters.cluster.isna().any()),
         metadata={"companies": universe, "methods_incomplete": ", ".join(incomplete.index) or "none"},
     )

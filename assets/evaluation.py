@@ -33,6 +33,10 @@ def cluster_correlations(
     MC of a cluster = mean pairwise Pearson correlation of its members' monthly log returns in that year.
     """
     table = yearly_mean_correlation(monthly_returns, company_clusters, min_months=config.min_months)
+    # A year with too few months for any correlation (the sample's January 2018) has nothing to report.
+    scored = table.groupby("year").n_companies.transform("max") > 0
+    dropped_years = sorted(table.year[~scored].unique().tolist())
+    table = table[scored].reset_index(drop=True)
     overall = (
         table.groupby("method")[["mc_cluster", "mc_pair", "coverage", "n_clusters", "n_pairs"]]
         .mean()
@@ -43,6 +47,7 @@ def cluster_correlations(
         table,
         metadata={
             "years": int(table.year.nunique()),
+            "years_without_enough_months": str(dropped_years),
             "mean_over_years": MetadataValue.md(overall.to_markdown(index=False, floatfmt=".3f")),
             "by_year": MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
             "mc_by_year_plot": _mc_plot(table),
@@ -68,9 +73,11 @@ def correlations_are_in_range_for_every_method_and_year(cluster_correlations: pd
     finite = values[np.isfinite(values)]
     grid = cluster_correlations.groupby("method").year.nunique()
     return AssetCheckResult(
-        passed=bool(((finite >= -1) & (finite <= 1)).all())
-        and cluster_correlations.coverage.between(0, 1).all()
-        and grid.nunique() == 1,
+        passed=bool(
+            ((finite >= -1) & (finite <= 1)).all()
+            and cluster_correlations.coverage.dropna().between(0, 1).all()
+            and grid.nunique() == 1
+        ),
         metadata={"years_per_method": MetadataValue.json(grid.to_dict())},
     )
 

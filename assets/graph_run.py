@@ -11,11 +11,21 @@ PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 
 
-def materialize_graph(defs: Definitions, instance: DagsterInstance, run_config: dict | None = None, log=print) -> list:
-    """Materialize every asset (and run every check) of `defs`; returns the three run results."""
+def materialize_graph(
+    defs: Definitions,
+    instance: DagsterInstance,
+    run_config: dict | None = None,
+    resources: dict | None = None,
+    log=print,
+) -> list:
+    """Materialize every asset (and run every check) of `defs`; returns the three run results.
+
+    `run_config` is one config for the whole graph ({"ops": {asset_name: {"config": ...}}}); each run
+    receives the part for its own assets. `resources` replace those of `defs` by key.
+    """
     graph = defs.resolve_asset_graph()
     assets = list(defs.assets) + list(defs.asset_checks or [])
-    resources = defs.resources
+    resources = {**defs.resources, **(resources or {})}
     months = graph.get(AssetKey("monthly_returns")).partitions_def.get_partition_keys()
     ops_config = (run_config or {}).get("ops", {})
 

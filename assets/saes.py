@@ -33,10 +33,10 @@ class SaeQualityThresholds(ConfigurableResource):
 
 
 class GroupSaesConfig(Config):
-    expansion_factor: int = 8
+    expansion_factor: int = Field(default=4, description="d_sae = expansion_factor × d_model.")
     k: int = 32
-    total_tokens: int = Field(default=150_000, description="Training tokens per SAE.")
-    batch_size: int = 4096
+    total_tokens: int = Field(default=200_000, description="Training tokens per SAE (≈ 1.7 epochs of the sample).")
+    batch_size: int = 1024
     holdout_share: float = Field(default=0.1, description="Share of companies held out for evaluation.")
     seed: int = 0
 

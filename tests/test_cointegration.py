@@ -28,8 +28,8 @@ def pair_panel(n_dates: int, n_pairs: int, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def statsmodels_reference(y: np.ndarray, x: np.ndarray, **options) -> dict[str, np.ndarray]:
-    """coint per column, and the lag adfuller chose on coint's own residual."""
-    tstat, pvalue, lags = [], [], []
+    """coint per column, and the lag (and criterion) adfuller chose on coint's own residual."""
+    tstat, pvalue, lags, icbest = [], [], [], []
     for i in range(y.shape[1]):
         result = coint(y[:, i], x[:, i], **options)
         residual = OLS(y[:, i], add_constant(x[:, i], prepend=False)).fit().resid
@@ -43,7 +43,13 @@ def statsmodels_reference(y: np.ndarray, x: np.ndarray, **options) -> dict[str, 
         tstat.append(result[0])
         pvalue.append(result[1])
         lags.append(adf.lags)
-    return {"tstat": np.array(tstat), "pvalue": np.array(pvalue), "lags": np.array(lags)}
+        icbest.append(np.nan if adf.icbest is None else adf.icbest)
+    return {
+        "tstat": np.array(tstat),
+        "pvalue": np.array(pvalue),
+        "lags": np.array(lags),
+        "icbest": np.array(icbest),
+    }
 
 
 @pytest.mark.parametrize(("n_dates", "seed"), [(252, 0), (252, 1), (252, 2), (500, 3), (500, 4)])
@@ -55,6 +61,7 @@ def test_matches_statsmodels_coint_with_its_defaults(n_dates, seed):
     np.testing.assert_allclose(result.tstat, reference["tstat"], rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(result.pvalue, reference["pvalue"], rtol=0, atol=TOLERANCE)
     np.testing.assert_array_equal(result.lags, reference["lags"])
+    np.testing.assert_allclose(result.icbest, reference["icbest"], rtol=1e-9)
     # The panel must exercise the test: cointegrated columns reject, independent walks mostly not.
     assert (result.pvalue[::2] < 0.05).mean() > 0.9
     assert (result.pvalue[1::2] > 0.05).mean() > 0.7
@@ -72,6 +79,7 @@ def test_matches_statsmodels_coint_with_other_lag_rules(options):
     np.testing.assert_allclose(result.tstat, reference["tstat"], rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(result.pvalue, reference["pvalue"], rtol=0, atol=TOLERANCE)
     np.testing.assert_array_equal(result.lags, reference["lags"])
+    np.testing.assert_allclose(result.icbest, reference["icbest"], rtol=1e-9)  # NaN == NaN without a search
 
 
 def test_critical_values_and_cointegrating_regression_match_coint_and_ols():
