@@ -6,7 +6,7 @@ from dagster import AssetIn, AssetCheckResult, Config, MetadataValue, Output, as
 from pydantic import Field
 
 from assets.features import TOP_TOKENS_FILE, dense_features
-from peerlens.explain import describe_latents, explain_clusters, explanations_markdown
+from peerlens.explain import describe_latents, explain_clusters, explanations_markdown, specificity_weighted
 from resources import ArtifactStorage, LanguageModelResource
 from sae_core.activation_store import ActivationStore
 from sae_core.capture import load_tokenizer
@@ -26,14 +26,18 @@ def cluster_explanations(
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ) -> Output[pd.DataFrame]:
-    """Per SAE cluster (≥ 2 members): its top latents by drop-one contribution to within-cluster similarity,
+    """Per SAE cluster (≥ 2 members): its top latents by drop-one contribution to within-cluster similarity
+    (of the IDF-weighted pooled latents, see `specificity_weighted`),
     each with its strongest tokens in context and the companies where it fires most.
 
     Columns: cluster, size, members, latent, rank, contribution, share, within_similarity, top_tokens, top_companies.
     """
     tickers, features = dense_features(company_features)
     sae_labels = company_clusters[company_clusters.method == "sae"].set_index("ticker").cluster.loc[tickers]
-    explained = explain_clusters(features, tickers, sae_labels.to_numpy(), top_latents=config.top_latents)
+    # Rank latents on IDF-weighted features: a latent every description shares explains no cluster.
+    explained = explain_clusters(
+        specificity_weighted(features), tickers, sae_labels.to_numpy(), top_latents=config.top_latents
+    )
     top_tokens = pd.read_parquet(artifacts.folder("company_features") / TOP_TOKENS_FILE)
     top_tokens = top_tokens[top_tokens.latent.isin(explained.latent.unique())]
     index = ActivationStore(llm_activations["folder"]).index
@@ -73,7 +77,7 @@ def every_sae_cluster_is_explained(
             "clusters_explained": len(expected & explained),
             "latents_without_tokens": undescribed,
             "mean_share_top1": float(
-                np.nan_to_num(cluster_explanations[cluster_explanations["rank"] == 0].share.mean())
+                np.nan_to_num(cluster_explanations[cluster_explanations["rank"] == 1].share.mean())
             ),
         },
     )

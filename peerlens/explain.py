@@ -88,6 +88,21 @@ def latent_contributions(features: np.ndarray, members: np.ndarray) -> np.ndarra
     return (np.square(column_sum) - column_sum_of_squares) / (c * (c - 1))
 
 
+def specificity_weighted(features: np.ndarray) -> np.ndarray:
+    """Pooled latents weighted by how rare each latent is across companies, like IDF in TF-IDF.
+
+        w_j = ln(n / df_j),   df_j = #{companies a : x_aj > 0},   returns x_aj · w_j
+
+    A latent that fires in every description (punctuation, "was founded in 19…") gets weight 0:
+    it makes all companies alike, so it cannot say why *these* companies are. Latents that never
+    fire keep weight 0 too. Shape (n, m) in, (n, m) out, still nonnegative.
+    """
+    features = _check_features(features)
+    document_frequency = (features > 0).sum(axis=0)
+    weights = np.log(features.shape[0] / np.maximum(document_frequency, 1))
+    return features * weights[None, :]
+
+
 def explain_clusters(
     features: np.ndarray,
     tickers: list[str],

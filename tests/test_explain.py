@@ -181,3 +181,13 @@ def test_explanations_markdown_caps_the_number_of_clusters():
     markdown = explanations_markdown(explained, described, max_clusters=1)
     assert markdown.count("## Cluster") == 1
     assert "1 more clusters not shown" in markdown
+
+
+def test_specificity_weighting_zeroes_a_latent_every_company_shares():
+    from peerlens.explain import specificity_weighted
+
+    features = np.array([[1.0, 2.0, 0.0], [1.0, 0.0, 3.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    weighted = specificity_weighted(features)
+    np.testing.assert_allclose(weighted[:, 0], 0.0)
+    np.testing.assert_allclose(weighted[0, 1], 2.0 * np.log(4.0))
+    np.testing.assert_allclose(weighted[1, 2], 3.0 * np.log(4.0))

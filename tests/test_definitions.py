@@ -1,0 +1,70 @@
+"""The whole Definitions, loaded and asserted in one place: an accidental rename or lost edge fails here."""
+
+from dagster import AssetKey
+
+from definitions import defs
+
+LINEAGE = {
+    "company_descriptions": set(),
+    "industry_codes": {"company_descriptions"},
+    "daily_prices": set(),
+    "monthly_returns": {"daily_prices"},
+    "llm_activations": {"company_descriptions"},
+    "layer_distances": {"llm_activations"},
+    "layer_groups": {"layer_distances"},
+    "group_saes": {"llm_activations", "layer_groups"},
+    "company_features": {"llm_activations", "group_saes"},
+    "company_clusters": {"company_features", "company_descriptions", "industry_codes"},
+    "cluster_correlations": {"company_clusters", "monthly_returns"},
+    "pairs_backtest": {"company_clusters", "daily_prices"},
+    "cluster_explanations": {"company_features", "company_clusters", "llm_activations"},
+}
+
+
+def test_every_asset_of_the_design_lineage_is_defined_with_its_upstream_edges():
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(LINEAGE)
+    for name, parents in LINEAGE.items():
+        upstream = {key.to_user_string() for key in graph.get(AssetKey(name)).parent_keys}
+        assert upstream == parents, name
+
+
+def test_every_asset_has_at_least_one_check():
+    graph = defs.resolve_asset_graph()
+    checked = {key.asset_key.to_user_string() for key in graph.asset_check_keys}
+    assert checked == set(LINEAGE)
+
+
+def test_blocking_checks_guard_the_stages_whose_failure_would_poison_what_follows():
+    graph = defs.resolve_asset_graph()
+    blocking = {
+        key.asset_key.to_user_string()
+        for key in graph.asset_check_keys
+        if graph.get_check_spec(key).blocking
+    }
+    for name in ["company_descriptions", "daily_prices", "llm_activations", "layer_groups", "group_saes",
+                 "company_features", "company_clusters", "pairs_backtest"]:
+        assert name in blocking, name
+
+
+def test_monthly_returns_is_partitioned_by_month_over_the_sample_window():
+    partitions = defs.resolve_asset_graph().get(AssetKey("monthly_returns")).partitions_def
+    keys = partitions.get_partition_keys()
+    assert keys[0] == "2013-03-01" and keys[-1] == "2018-01-01" and len(keys) == 59
+
+
+def test_schedule_sensor_and_jobs_are_registered():
+    assert defs.resolve_schedule_def("monthly_refresh_schedule").job_name == "monthly_refresh"
+    sensor = defs.resolve_sensor_def("new_10k_filings")
+    assert sensor.job_name == "filings_refresh"
+    refresh = defs.resolve_job_def("filings_refresh")
+    selected = {key.to_user_string() for key in refresh.asset_layer.selected_asset_keys}
+    assert "company_descriptions" in selected and "cluster_explanations" in selected
+    assert "daily_prices" not in selected
+
+
+def test_definitions_validate_with_every_resource_requirement_met():
+    from dagster import Definitions
+
+    Definitions.validate_loadable(defs)
