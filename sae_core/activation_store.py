@@ -57,11 +57,15 @@ class ActivationStoreWriter:
 
     def add(self, activations: torch.Tensor, documents: Sequence[str], position: torch.Tensor, token_id: torch.Tensor) -> None:
         """Add tokens: activations (n_layers, n, d_model); documents, position, token_id of length n."""
-        if activations.shape[0] != self.n_layers or activations.shape[2] != self.d_model:
+        if activations.ndim != 3 or activations.shape[0] != self.n_layers or activations.shape[2] != self.d_model:
             raise ValueError(
                 f"activations of shape {tuple(activations.shape)} do not match the store's "
                 f"(n_layers={self.n_layers}, n, d_model={self.d_model})"
             )
+        # A length mismatch would shift every later index row against its activations, silently.
+        for name, column in (("documents", documents), ("position", position), ("token_id", token_id)):
+            if len(column) != activations.shape[1]:
+                raise ValueError(f"{name} has {len(column)} entries for {activations.shape[1]} tokens of activations")
         half = activations.to(torch.float16)
         # fp16 overflows above 65,504: count it so the asset check can block on it instead of storing inf.
         self._non_finite += int((~torch.isfinite(half)).sum())
@@ -106,6 +110,7 @@ class ActivationStoreWriter:
         }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         old = self.folder.with_name(self.folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)  # a crash before the rmtree at the end leaves it behind
         if self.folder.exists():
             os.replace(self.folder, old)
         os.replace(self._tmp, self.folder)

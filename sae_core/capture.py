@@ -222,7 +222,8 @@ def capture_documents(
     log: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[list[int], CapturedBatch]]:
     """Yield (document indices, captured batch) for every document, batched by length."""
-    batches = list(length_sorted_batches([len(ids) for ids in token_ids], batch_tokens))
+    prefix = int(model.bos_token_id is not None)
+    batches = list(length_sorted_batches([prefix + len(ids) for ids in token_ids], batch_tokens))
     started, done_tokens = time.perf_counter(), 0
     for number, batch in enumerate(batches, 1):
         captured = capture_batch(model, [token_ids[i] for i in batch], device)
