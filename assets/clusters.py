@@ -7,7 +7,13 @@ from pydantic import Field
 
 from assets.features import dense_features
 from assets.metadata import figure_markdown, plt
-from peerlens.clustering import cluster_size_summary, cosine_distance_matrix, labels_from_codes, mst_threshold_clusters
+from peerlens.clustering import (
+    cluster_size_summary,
+    cosine_distance_matrix,
+    labels_from_codes,
+    mst_threshold_clusters,
+    theta_for_cluster_count,
+)
 from peerlens.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
 
 CODE_METHODS = {
@@ -22,8 +28,12 @@ CODE_METHODS = {
 
 class CompanyClustersConfig(Config):
     theta: dict[str, float] = Field(
-        default={"sae": -2.0, "minilm": -2.0, "tfidf": -2.0},
-        description="MST cut per feature method: drop tree edges whose z-scored distance exceeds θ.",
+        default={},
+        description="Explicit MST cut per feature method (sae, minilm, tfidf): drop tree edges with z > θ.",
+    )
+    match_cluster_count_of: str = Field(
+        default="gics_sub_industry",
+        description="Feature methods without an explicit θ are cut to as many clusters as this code method has.",
     )
     pca_components: int = Field(default=256, description="Components kept before cosine distances (paper: 4,000).")
 
@@ -39,8 +49,9 @@ def company_clusters(
     """Long frame (method, ticker, cluster) for the SAE clustering and every baseline, on the same companies.
 
     Feature methods (sae, minilm, tfidf): StandardScaler → PCA → 1 − cos → minimum spanning tree on the
-    z-scored distances, edges with z > θ removed, clusters = connected components. Code methods: one
-    cluster per code, a missing code its own singleton.
+    z-scored distances, edges with z > θ removed, clusters = connected components; θ explicit, or set so
+    the method has as many clusters as `match_cluster_count_of`. Code methods: one cluster per code, a
+    missing code its own singleton.
     """
     tickers, sae_matrix = dense_features(company_features)
     descriptions = company_descriptions.set_index("ticker").loc[tickers, "description"].tolist()
@@ -50,13 +61,20 @@ def company_clusters(
         "tfidf": reduced_cosine_distances(tfidf_matrix(descriptions), n_components=config.pca_components),
     }
     unknown = sorted(set(config.theta) - set(distances))
-    missing = sorted(set(distances) - set(config.theta))
-    if unknown or missing:
-        raise ValueError(f"company_clusters theta: unknown methods {unknown}, methods without θ {missing}")
-    labels = {method: mst_threshold_clusters(d, config.theta[method]) for method, d in distances.items()}
+    if unknown:
+        raise ValueError(f"company_clusters theta: unknown methods {unknown}; feature methods are {sorted(distances)}")
+    if config.match_cluster_count_of not in CODE_METHODS:
+        raise ValueError(f"match_cluster_count_of {config.match_cluster_count_of!r} is not one of {sorted(CODE_METHODS)}")
     codes = industry_codes.set_index("ticker").reindex(tickers)
-    for method, column in CODE_METHODS.items():
-        labels[method] = labels_from_codes(codes[column].reset_index(drop=True))
+    labels = {
+        method: labels_from_codes(codes[column].reset_index(drop=True)) for method, column in CODE_METHODS.items()
+    }
+    # A θ fixed on the z scale means a different granularity for every representation; by default
+    # every feature method is cut to the reference's cluster count, so methods differ in how they group.
+    target = len(np.unique(labels[config.match_cluster_count_of]))
+    thetas = {m: config.theta.get(m, theta_for_cluster_count(d, target)) for m, d in distances.items()}
+    for method, d in distances.items():
+        labels[method] = mst_threshold_clusters(d, thetas[method])
 
     frame = pd.concat(
         [pd.DataFrame({"method": method, "ticker": tickers, "cluster": np.asarray(l, dtype=np.int64)}) for method, l in labels.items()],
@@ -68,6 +86,7 @@ def company_clusters(
         frame,
         metadata={
             "methods": len(labels),
+            "theta": MetadataValue.json({m: round(t, 4) for m, t in thetas.items()}),
             "companies": len(tickers),
             "cluster_sizes": MetadataValue.md(summary.to_markdown(index=False, floatfmt=".3f")),
             "size_histogram": _size_histogram(frame),

@@ -8,6 +8,8 @@ as connected components. Baselines (SIC codes, GICS) assign clusters from shared
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
@@ -89,13 +91,32 @@ def mst_threshold_clusters(distances: np.ndarray, theta: float) -> np.ndarray:
     Returns:
         (n,) int64 cluster labels, renumbered 0..k-1 in order of first appearance.
     """
-    distances = _check_distance_matrix(distances)
     if not np.isfinite(theta):
         raise ValueError(f"theta must be finite, got {theta}")
+    tree = minimum_spanning_tree_z(distances)
+    kept = tree.z <= theta
+    n = tree.n
+    forest = coo_matrix((np.ones(int(kept.sum())), (tree.row[kept], tree.col[kept])), shape=(n, n))
+    _, labels = connected_components(forest, directed=False)
+    return _relabel_by_first_appearance(labels)
+
+
+class SpanningTree(NamedTuple):
+    """The minimum spanning tree of the z-scored distance graph: n − 1 edges (row[e], col[e]) of weight z[e]."""
+
+    n: int
+    row: np.ndarray
+    col: np.ndarray
+    z: np.ndarray
+
+
+def minimum_spanning_tree_z(distances: np.ndarray) -> SpanningTree:
+    """Minimum spanning tree of the complete graph on z-scored distances (see `mst_threshold_clusters`)."""
+    distances = _check_distance_matrix(distances)
     n = distances.shape[0]
     if n == 1:
-        return np.zeros(1, dtype=np.int64)
-
+        empty = np.zeros(0, dtype=np.int64)
+        return SpanningTree(1, empty, empty, np.zeros(0))
     rows, cols = np.triu_indices(n, k=1)
     weights = distances[rows, cols]
     spread = weights.std()
@@ -106,13 +127,27 @@ def mst_threshold_clusters(distances: np.ndarray, theta: float) -> np.ndarray:
     z_matrix = np.zeros((n, n))
     z_matrix[rows, cols] = z
     z_of_tree_edges = z_matrix[np.minimum(tree.row, tree.col), np.maximum(tree.row, tree.col)]
-    kept = z_of_tree_edges <= theta
+    return SpanningTree(n, tree.row, tree.col, z_of_tree_edges)
 
-    forest = coo_matrix(
-        (np.ones(int(kept.sum())), (tree.row[kept], tree.col[kept])), shape=(n, n)
-    )
-    _, labels = connected_components(forest, directed=False)
-    return _relabel_by_first_appearance(labels)
+
+def theta_for_cluster_count(distances: np.ndarray, n_clusters: int) -> float:
+    """The θ at which `mst_threshold_clusters` yields `n_clusters` clusters.
+
+    Cutting the K − 1 heaviest of the n − 1 tree edges leaves exactly K components, so θ is set
+    midway between the lightest edge cut, z_(K−1), and the heaviest edge kept, z_(K), with edges
+    sorted heaviest first. Comparing methods at the same K compares how they group, not how
+    finely: a θ fixed on the z scale means a different granularity for every representation.
+    Tied edge weights at the cut can make the count differ from K; the caller should check.
+    """
+    tree = minimum_spanning_tree_z(distances)
+    if not 1 <= n_clusters <= tree.n:
+        raise ValueError(f"n_clusters must be in 1..{tree.n} (the number of items), got {n_clusters}")
+    heaviest_first = np.sort(tree.z)[::-1]
+    if n_clusters == 1:
+        return float(heaviest_first[0] + 1.0) if len(heaviest_first) else 0.0
+    if n_clusters == tree.n:
+        return float(heaviest_first[-1] - 1.0)
+    return float((heaviest_first[n_clusters - 2] + heaviest_first[n_clusters - 1]) / 2)
 
 
 def labels_from_codes(codes: pd.Series) -> np.ndarray:

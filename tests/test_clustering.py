@@ -107,3 +107,21 @@ def test_cluster_size_summary_counts_sizes_and_coverage():
     assert summary == {"n_items": 7, "n_clusters": 4, "n_singletons": 2, "largest": 3, "coverage": 5 / 7}
     with pytest.raises(ValueError, match="non-empty"):
         cluster_size_summary(np.array([], dtype=int))
+
+
+def test_theta_for_cluster_count_gives_exactly_that_many_clusters():
+    from peerlens.clustering import theta_for_cluster_count
+
+    rng = np.random.default_rng(7)
+    points = rng.normal(size=(40, 5))
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    for k in (1, 2, 5, 17, 40):
+        labels = mst_threshold_clusters(distances, theta_for_cluster_count(distances, k))
+        assert len(np.unique(labels)) == k
+
+
+def test_theta_for_cluster_count_rejects_impossible_counts():
+    from peerlens.clustering import theta_for_cluster_count
+
+    with pytest.raises(ValueError, match="n_clusters"):
+        theta_for_cluster_count(np.zeros((3, 3)), 4)
