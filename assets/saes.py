@@ -1,7 +1,5 @@
 """Group-SAEs: one TopK SAE per AMAD layer group, plus one for the final layer."""
 
-import zlib
-
 import numpy as np
 import pandas as pd
 import torch
@@ -22,6 +20,7 @@ from sae_core.activation_store import ActivationStore
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import save_sae
 from sae_core.metrics import evaluate_sae
+from sae_core.splice import holdout_documents
 from sae_core.train import sample_group_activations, train_sae
 
 
@@ -42,9 +41,10 @@ class GroupSaesConfig(Config):
 
 
 def holdout_mask(documents: pd.Series, share: float) -> np.ndarray:
-    """True for tokens of held-out companies: a stable hash of the ticker, so the split never depends on order."""
-    buckets = documents.map(lambda name: zlib.crc32(str(name).encode()) % 1000)
-    return (buckets < share * 1000).to_numpy()
+    """True for tokens of held-out companies (the stable crc32-of-ticker split of `holdout_documents`)."""
+    names = documents.unique()
+    held_out = set(names[holdout_documents(list(names), share)])
+    return documents.isin(held_out).to_numpy()
 
 
 @asset(group_name="saes", kinds={"pytorch", "safetensors"})

@@ -37,6 +37,8 @@ class LoadedModel:
     n_layers: int
     bos_token_id: int | None = None
     """Prepended to every document and dropped from the capture (see `capture_batch`)."""
+    causal_lm: nn.Module | None = None
+    """The whole causal LM, LM head included; capture never runs it, spliced evaluation reads its head."""
 
 
 def smollm2_gguf_path() -> Path:
@@ -117,6 +119,7 @@ def wrap_model(name: str, model: nn.Module, tokenizer: object, device: str = "cp
         d_model=int(model.config.hidden_size),
         n_layers=len(layers),
         bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        causal_lm=model,
     )
 
 

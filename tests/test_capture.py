@@ -197,7 +197,8 @@ def test_capture_documents_yields_every_document_once_with_its_own_states(model_
             alone = capture_batch(model_with_bos, [docs[doc]])
             torch.testing.assert_close(captured.activations[:, mine], alone.activations, atol=ATOL, rtol=0)
     assert sorted(seen) == list(range(len(docs)))
-    assert len(messages) == len(list(length_sorted_batches([len(d) for d in docs], 8)))
+    # The budget counts the BOS that capture prepends to every document.
+    assert len(messages) == len(list(length_sorted_batches([1 + len(d) for d in docs], 8)))
     assert messages[-1].startswith(f"captured batch {len(messages)}/{len(messages)}: 16 tokens")
 
 

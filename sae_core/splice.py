@@ -1,0 +1,354 @@
+"""Spliced evaluation: how much of the model's next-token prediction survives when an SAE's
+reconstruction replaces the residual stream at one layer.
+
+The same documents go through the model three times; the runs differ only in what decoder layer
+`layer` outputs at the patched positions (a forward hook replaces the layer's output hidden state):
+
+    clean           h                 nothing replaced
+    SAE             x̂ = SAE(h)        the SAE's reconstruction, in the model's units
+    zero ablation   0                 the layer's output deleted
+
+Each run m gives next-token distributions p_m(· | ≤ t) at every predicting position t, and over the
+N predictions (y_{t+1} the true next token):
+
+    CE_m          = (1/N) Σ_t −log p_m(y_{t+1} | ≤ t)                                  (nats)
+    CE-loss score = (CE_zero − CE_sae) / (CE_zero − CE_clean)        1: as good as clean, 0: as bad as zero
+    KL_m          = (1/N) Σ_t Σ_v p_clean(v | ≤ t) [log p_clean(v | ≤ t) − log p_m(v | ≤ t)]
+
+Which positions. A BOS token is prepended when the tokenizer has one, as `capture.capture_batch`
+does, and it is never patched: the first position is the model's attention sink, whose residual
+norm is a hundred times a text token's in the middle layers; the SAE was trained on text tokens
+only (capture drops BOS), so its reconstruction of the sink would be an extrapolation that measures
+nothing about the SAE, and it would swamp every later position through attention. Padding is
+never patched either. The patched positions are thus exactly the tokens the SAE was trained on.
+A prediction counts when it is made at a patched position and its target is a real token: every
+text token but the first is a target. (With BOS, the first text token is predicted from BOS, where
+all three runs agree: it would add the same CE to each and no KL, so it is left out; without BOS,
+nothing predicts it.) A document of n tokens therefore contributes n − 1 predictions.
+
+Logits are computed as the LM head applied to the base model's final states, only at the
+predicting positions and in chunks, so the (tokens × vocabulary) logits of a whole batch
+(800 MB in float32 for 4,096 SmolLM2 tokens) never exist at once. A probe checks once that this
+reproduces the model's own logits (a model with logit soft-capping or scaling would not).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sae_core.capture import LoadedModel, length_sorted_batches
+
+_HEAD_CHUNK_TOKENS = 512
+"""Predictions whose logits are materialised at once: 512 × 49,152 × 4 B ≈ 100 MB per run for SmolLM2."""
+
+_PROBE_TOKENS = 8
+"""Length of the probe that checks head(base(x)) against the causal LM's own logits."""
+
+
+@dataclass(frozen=True)
+class SplicedMetrics:
+    """Next-token loss of the model with an SAE spliced in at one layer, against clean and zero ablation."""
+
+    ce_clean: float
+    """Mean next-token cross-entropy (nats) of the unmodified model."""
+    ce_sae: float
+    """Mean cross-entropy with the layer's output replaced by the SAE's reconstruction."""
+    ce_zero_ablation: float
+    """Mean cross-entropy with the layer's output replaced by zeros."""
+    ce_loss_score: float
+    """(ce_zero_ablation − ce_sae) / (ce_zero_ablation − ce_clean): 1 is lossless, 0 no better than zeros."""
+    kl_sae: float
+    """Mean KL(p_clean ‖ p_sae) per predicted token (nats)."""
+    kl_zero: float
+    """Mean KL(p_clean ‖ p_zero) per predicted token (nats)."""
+    n_tokens: int
+    """Number of predicted tokens the means run over."""
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+class SplicedTokenLosses(NamedTuple):
+    """Per-prediction losses of one batch of documents, ordered by document, then position."""
+
+    document: Tensor
+    """(n,) int64: index of the document within the batch."""
+    position: Tensor
+    """(n,) int64: position of the predicted token within its document's text (≥ 1; BOS not counted)."""
+    ce_clean: Tensor
+    """(n,) float32: −log p_clean(target)."""
+    ce_sae: Tensor
+    """(n,) float32: −log p_sae(target)."""
+    ce_zero_ablation: Tensor
+    """(n,) float32: −log p_zero(target)."""
+    kl_sae: Tensor
+    """(n,) float32: KL(p_clean ‖ p_sae)."""
+    kl_zero: Tensor
+    """(n,) float32: KL(p_clean ‖ p_zero)."""
+
+
+class ResidualPatch:
+    """A forward hook on one decoder layer that replaces its output hidden state at chosen positions.
+
+    output'[b, t] = replace(output[positions])[i] at the i-th True entry of positions (B, W),
+    output[b, t] elsewhere. `replace` maps (n, d_model) to (n, d_model).
+    """
+
+    def __init__(self, layer: nn.Module, positions: Tensor, replace: Callable[[Tensor], Tensor]):
+        self.layer = layer
+        self.positions = positions
+        self.replace = replace
+        self._handle = None
+
+    def __enter__(self) -> ResidualPatch:
+        self._handle = self.layer.register_forward_hook(self._patch)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _patch(self, _module, _inputs, output):
+        # Decoder layers return a tensor (transformers >= 5) or a tuple whose first item is the hidden state.
+        hidden = output[0] if isinstance(output, tuple) else output
+        positions = self.positions.to(hidden.device)
+        original = hidden[positions]
+        replacement = self.replace(original)
+        if replacement.shape != original.shape:
+            raise ValueError(
+                f"the replacement of the residual stream has shape {tuple(replacement.shape)}, "
+                f"expected {tuple(original.shape)} (n_tokens, d_model)"
+            )
+        patched = hidden.clone()
+        patched[positions] = replacement.to(hidden.dtype)
+        return (patched, *output[1:]) if isinstance(output, tuple) else patched
+
+
+def holdout_documents(names: Sequence[str], share: float) -> list[int]:
+    """Indices of the documents held out for evaluation: about `share` of them, chosen by name.
+
+    A document is held out when crc32(name) mod 1000 < share · 1000 (the group_saes asset holds
+    out the same companies), so the choice depends on neither the order of the documents nor
+    a seed, and a larger share holds out a superset.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share!r}")
+    return [i for i, name in enumerate(names) if zlib.crc32(str(name).encode()) % 1000 < share * 1000]
+
+
+def _check_layer(model: LoadedModel, layer: int) -> None:
+    if not isinstance(layer, int) or not 0 <= layer < model.n_layers:
+        raise ValueError(f"layer must be an integer in 0..{model.n_layers - 1} for model {model.name!r}, got {layer!r}")
+
+
+def _check_documents(model: LoadedModel, token_ids: Sequence[Sequence[int]]) -> None:
+    """Every document non-empty and in the vocabulary; at least one prediction to make."""
+    if len(token_ids) == 0:
+        raise ValueError("token_ids is empty: spliced evaluation needs at least one document")
+    vocab_size = model.causal_lm.get_input_embeddings().num_embeddings
+    for index, ids in enumerate(token_ids):
+        if len(ids) == 0:
+            raise ValueError(f"document {index} has no tokens")
+        ids = torch.as_tensor(ids)
+        if ids.is_floating_point() or ids.ndim != 1 or int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+            raise ValueError(f"document {index} must be a list of token ids in 0..{vocab_size - 1}")
+    if all(len(ids) < 2 for ids in token_ids):
+        raise ValueError("every document has a single token: there is no next token to predict")
+
+
+def _lm_head(model: LoadedModel, device: str) -> nn.Module:
+    """The model's output projection, moved (in place) to `device`, where `wrap_model` put the base model."""
+    if model.causal_lm is None:
+        raise ValueError(
+            f"model {model.name!r} has no causal LM attached (LoadedModel.causal_lm is None): "
+            "build it with load_model or wrap_model, which keep the LM head"
+        )
+    head = model.causal_lm.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"model {model.name!r} has no LM head (get_output_embeddings() returned None)")
+    return head.to(device)
+
+
+def _check_head_reproduces_logits(model: LoadedModel, head: nn.Module, ids: Sequence[int], device: str) -> None:
+    """Raise unless head(base(x)) equals the causal LM's own logits on a short probe."""
+    prefix = [] if model.bos_token_id is None else [model.bos_token_id]
+    probe = torch.tensor([[*prefix, *ids[:_PROBE_TOKENS]]], device=device)
+    reference = model.causal_lm(input_ids=probe, use_cache=False).logits.float()
+    ours = head(model.base(input_ids=probe, use_cache=False).last_hidden_state).float()
+    tolerance = 1e-3 * float(reference.abs().max()) + 1e-5
+    if ours.shape != reference.shape or not torch.allclose(ours, reference, rtol=1e-3, atol=tolerance):
+        raise ValueError(
+            f"model {model.name!r}: its LM head applied to the base model's output does not reproduce the "
+            "model's logits (logit soft-capping or scaling?); spliced evaluation does not support it"
+        )
+
+
+def _reconstruct_with(sae: nn.Module, layer: int) -> Callable[[Tensor], Tensor]:
+    def reconstruct(x: Tensor) -> Tensor:
+        x_hat = sae(x).sae_out
+        if not torch.isfinite(x_hat).all():
+            raise ValueError(f"the SAE's reconstruction at layer {layer} contains NaN/inf")
+        return x_hat
+
+    return reconstruct
+
+
+def _final_states(
+    model: LoadedModel, input_ids: Tensor, attention_mask: Tensor, patch: ResidualPatch | None
+) -> Tensor:
+    """The base model's last hidden state (B, W, d_model), with `patch` hooked in when given."""
+    if patch is None:
+        return model.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    with patch:
+        return model.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def _batch_token_losses(
+    model: LoadedModel, head: nn.Module, sae: nn.Module, layer: int, token_ids: Sequence[Sequence[int]], device: str
+) -> SplicedTokenLosses:
+    """Per-prediction losses of one right-padded batch; see the module docstring for which positions count."""
+    prefix = [] if model.bos_token_id is None else [model.bos_token_id]
+    lengths = torch.tensor([len(prefix) + len(ids) for ids in token_ids])
+    width = int(lengths.max())
+    input_ids = torch.zeros(len(token_ids), width, dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : lengths[row]] = torch.tensor([*prefix, *ids], dtype=torch.long)
+    # Right padding: under the causal mask real tokens never attend to pads, so padding changes nothing.
+    attention_mask = torch.arange(width)[None, :] < lengths[:, None]  # (B, W)
+    patched = attention_mask.clone()
+    patched[:, : len(prefix)] = False  # BOS is the attention sink; see the module docstring
+    predicting = patched[:, :-1] & attention_mask[:, 1:]  # (B, W-1): position t predicts the token at t+1
+    targets = input_ids[:, 1:][predicting].to(device)  # (n,)
+    document, position = predicting.nonzero(as_tuple=True)
+
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    runs = {
+        "clean": None,
+        "sae": ResidualPatch(model.layers[layer], patched, _reconstruct_with(sae, layer)),
+        "zero": ResidualPatch(model.layers[layer], patched, torch.zeros_like),
+    }
+    predicting = predicting.to(device)
+    states = {  # (n, d_model) per run: final states at the predicting positions only
+        name: _final_states(model, input_ids, attention_mask, patch)[:, :-1][predicting] for name, patch in runs.items()
+    }
+
+    n = len(targets)
+    losses = {name: torch.empty(n, device=device) for name in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")}
+    for start in range(0, n, _HEAD_CHUNK_TOKENS):
+        rows = slice(start, start + _HEAD_CHUNK_TOKENS)
+        chunk_targets = targets[rows, None]
+        log_p_clean = F.log_softmax(head(states["clean"][rows]).float(), dim=-1)  # (chunk, vocab)
+        p_clean = log_p_clean.exp()
+        losses["ce_clean"][rows] = -log_p_clean.gather(1, chunk_targets)[:, 0]
+        for run in ("sae", "zero"):
+            log_p = F.log_softmax(head(states[run][rows]).float(), dim=-1)
+            losses[f"ce_{run}"][rows] = -log_p.gather(1, chunk_targets)[:, 0]
+            losses[f"kl_{run}"][rows] = (p_clean * (log_p_clean - log_p)).sum(dim=-1)
+
+    return SplicedTokenLosses(
+        document=document,
+        position=position + 1 - len(prefix),
+        ce_clean=losses["ce_clean"].cpu(),
+        ce_sae=losses["ce_sae"].cpu(),
+        ce_zero_ablation=losses["ce_zero"].cpu(),
+        kl_sae=losses["kl_sae"].cpu(),
+        kl_zero=losses["kl_zero"].cpu(),
+    )
+
+
+class _EvalMode:
+    """Put a module in eval mode for the duration of a block, then restore its training flag."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.was_training = module, module.training
+
+    def __enter__(self) -> None:
+        self.module.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.module.train(self.was_training)
+
+
+@torch.inference_mode()
+def spliced_token_losses(
+    model: LoadedModel, sae: nn.Module, layer: int, token_ids: Sequence[Sequence[int]], device: str = "cpu"
+) -> SplicedTokenLosses:
+    """Per-prediction CE and KL of the clean, SAE-spliced and zero-ablated runs, for one padded batch.
+
+    `sae(x).sae_out` must map (n, d_model) activations of `layer` to their reconstruction in the
+    model's units. The documents are run as one batch; use `spliced_evaluation` for many.
+    """
+    _check_layer(model, layer)
+    head = _lm_head(model, device)
+    _check_documents(model, token_ids)
+    _check_head_reproduces_logits(model, head, token_ids[0], device)
+    with _EvalMode(sae):
+        return _batch_token_losses(model, head, sae, layer, token_ids, device)
+
+
+@torch.inference_mode()
+def spliced_evaluation(
+    model: LoadedModel,
+    sae: nn.Module,
+    layer: int,
+    token_ids: Sequence[Sequence[int]],
+    batch_tokens: int = 4096,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> SplicedMetrics:
+    """CE-loss score and KL of `sae` spliced into `model` at `layer`, on the documents `token_ids`.
+
+    CE-loss score = (CE_zero − CE_sae) / (CE_zero − CE_clean); KL_m = mean_t KL(p_clean ‖ p_m).
+    The means run over every predicted token of every document (module docstring); documents are
+    batched by length, at most `batch_tokens` padded tokens a batch, which changes no result.
+    Pass held-out documents (see `holdout_documents`): the SAE should not have trained on them.
+    Raises ValueError for a layer out of range, bad token ids, or when CE_zero equals CE_clean
+    (to float32 precision), where the score is undefined.
+    """
+    _check_layer(model, layer)
+    if not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+    head = _lm_head(model, device)
+    _check_documents(model, token_ids)
+    _check_head_reproduces_logits(model, head, token_ids[0], device)
+
+    prefix = int(model.bos_token_id is not None)
+    batches = list(length_sorted_batches([prefix + len(ids) for ids in token_ids], batch_tokens))
+    sums = dict.fromkeys(("ce_clean", "ce_sae", "ce_zero_ablation", "kl_sae", "kl_zero"), 0.0)
+    n_tokens = 0
+    with _EvalMode(sae):
+        for number, batch in enumerate(batches, 1):
+            losses = _batch_token_losses(model, head, sae, layer, [token_ids[i] for i in batch], device)
+            for name in sums:
+                sums[name] += float(getattr(losses, name).double().sum())
+            n_tokens += len(losses.document)
+            if log is not None:
+                log(f"spliced evaluation at layer {layer}: batch {number}/{len(batches)}, {n_tokens:,} predictions")
+
+    means = {name: total / n_tokens for name, total in sums.items()}
+    if not all(math.isfinite(value) for value in means.values()):
+        raise ValueError(f"spliced evaluation at layer {layer} produced non-finite losses: {means}")
+    ablation_gap = means["ce_zero_ablation"] - means["ce_clean"]
+    if math.isclose(means["ce_zero_ablation"], means["ce_clean"], rel_tol=1e-7, abs_tol=0.0):
+        raise ValueError(
+            f"CE-loss score is undefined at layer {layer}: zero ablation leaves the cross-entropy unchanged "
+            f"(CE_clean = CE_zero = {means['ce_clean']:.6g})"
+        )
+    return SplicedMetrics(
+        ce_clean=means["ce_clean"],
+        ce_sae=means["ce_sae"],
+        ce_zero_ablation=means["ce_zero_ablation"],
+        ce_loss_score=(means["ce_zero_ablation"] - means["ce_sae"]) / ablation_gap,
+        kl_sae=means["kl_sae"],
+        kl_zero=means["kl_zero"],
+        n_tokens=n_tokens,
+    )
