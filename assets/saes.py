@@ -32,8 +32,10 @@ class SaeQualityThresholds(ConfigurableResource):
 
 
 class GroupSaesConfig(Config):
+    architecture: str = Field(default="topk", description="topk (AuxK), batchtopk, or relu (ReLU + L1).")
     expansion_factor: int = Field(default=4, description="d_sae = expansion_factor × d_model.")
-    k: int = 32
+    k: int = Field(default=32, description="Active latents per token (topk, batchtopk); ignored for relu.")
+    l1_coefficient: float = Field(default=TrainConfig.l1_coefficient, description="L1 weight (relu only).")
     total_tokens: int = Field(default=300_000, description="Training tokens per SAE (≈ 3 epochs of the sample).")
     batch_size: int = 1024
     holdout_share: float = Field(default=0.1, description="Share of companies held out for evaluation.")
@@ -56,7 +58,8 @@ def group_saes(
     compute: ComputeResource,
     artifacts: ArtifactStorage,
 ) -> Output[dict]:
-    """A TopK SAE (AuxK on dead latents) per layer group, trained on one random layer per token, saved in SAELens layout.
+    """An SAE (TopK with AuxK on dead latents by default) per layer group, trained on one random layer per
+    token, saved in SAELens layout.
 
     Returns {"saes": [{"layers", "path", "metrics": {layer: {fvu, l0, dead_fraction}}, ...}]}; metrics are on
     the held-out companies' tokens of each layer the SAE serves.
@@ -66,9 +69,18 @@ def group_saes(
     held_out = torch.from_numpy(holdout_mask(store.index.document, config.holdout_share))
     if held_out.all() or not held_out.any():
         raise ValueError(f"holdout_share {config.holdout_share} leaves no training or no evaluation tokens")
-    sae_cfg = SaeConfig(d_in=store.d_model, expansion_factor=config.expansion_factor, k=config.k)
+    sae_cfg = SaeConfig(
+        d_in=store.d_model,
+        expansion_factor=config.expansion_factor,
+        k=None if config.architecture == "relu" else config.k,
+        architecture=config.architecture,
+    )
     train_cfg = TrainConfig(
-        batch_size=config.batch_size, total_tokens=config.total_tokens, seed=config.seed, device=device
+        batch_size=config.batch_size,
+        total_tokens=config.total_tokens,
+        seed=config.seed,
+        device=device,
+        l1_coefficient=config.l1_coefficient,
     )
     root = artifacts.folder("group_saes")
     saes, rows = [], []
@@ -110,7 +122,8 @@ def group_saes(
         metadata={
             "saes": len(saes),
             "d_sae": sae_cfg.d_sae,
-            "k": sae_cfg.k,
+            "architecture": sae_cfg.architecture,
+            "k": sae_cfg.k or 0,
             "mean_fvu": float(table.fvu.mean()),
             "max_fvu": float(table.fvu.max()),
             "max_dead_fraction": float(table.dead_fraction.max()),

@@ -14,9 +14,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from sae_core.sae import TopKSae
+from sae_core.sae import SparseAutoencoder
 
 POOLINGS = ("mean", "max", "sum")
 
@@ -40,14 +41,15 @@ def _check_codes(codes: SparseCodes) -> None:
         )
 
 
-def encode_tokens(sae: TopKSae, tokens: Tensor, batch_size: int = 8192) -> SparseCodes:
+def encode_tokens(sae: SparseAutoencoder, tokens: Tensor, batch_size: int = 8192) -> SparseCodes:
     """Encode `tokens` (n, d_in) with `sae`, `batch_size` tokens at a time, without autograd.
 
     Batches run on the SAE's device; the codes come back on the CPU so that a whole layer's codes
     (n·k values) fit where the dense latents (n·d_sae) would not.
 
     Returns:
-        SparseCodes with top_acts (n, k) float32 and top_indices (n, k) int64.
+        SparseCodes with top_acts (n, w) float32 and top_indices (n, w) int64; w = k for TopK, the
+        widest batch's code for BatchTopK and ReLU.
     """
     if tokens.ndim != 2 or tokens.shape[1] != sae.cfg.d_in:
         raise ValueError(
@@ -61,9 +63,14 @@ def encode_tokens(sae: TopKSae, tokens: Tensor, batch_size: int = 8192) -> Spars
             code = sae.encode(batch.to(sae.device))
             acts.append(code.top_acts.float().cpu())
             indices.append(code.top_indices.long().cpu())
-    if not acts:  # zero tokens: keep the (0, k) shape
-        k = sae.cfg.k
-        return SparseCodes(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long))
+    if not acts:  # zero tokens: keep a (0, width) shape
+        width = sae.cfg.k or 0
+        return SparseCodes(torch.zeros(0, width), torch.zeros(0, width, dtype=torch.long))
+    # BatchTopK and ReLU codes vary in width from batch to batch; pad with zero activations (on
+    # latent 0), which add nothing to any pooling and are never counted as firing.
+    width = max(a.shape[1] for a in acts)
+    acts = [F.pad(a, (0, width - a.shape[1])) for a in acts]
+    indices = [F.pad(i, (0, width - i.shape[1])) for i in indices]
     # Concatenating outside inference_mode returns ordinary tensors, which callers may edit in place.
     return SparseCodes(torch.cat(acts), torch.cat(indices))
 

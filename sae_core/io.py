@@ -2,12 +2,23 @@
 
 A saved SAE is a folder:
     cfg.json                  SAELens config fields + "metadata" (hook, layers, model: the caller's)
-    sae_weights.safetensors   W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_enc (d_sae,), b_dec (d_in,)
+    sae_weights.safetensors   W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_enc (d_sae,), b_dec (d_in,),
+                              and threshold (d_sae,) for BatchTopK
+
+Each architecture is written as the SAELens inference architecture that computes the same code:
+    topk       "topk"       z = ReLU(TopK_k(pre))                          cfg also carries k
+    batchtopk  "jumprelu"   z = ReLU(pre) · 1[pre > threshold]             (SAELens saves its own
+                                                                           BatchTopK SAEs this way);
+                                                                           cfg carries our k, which
+                                                                           SAELens ignores
+    relu       "standard"   z = ReLU(pre)
+and `load_sae` maps them back (a legacy SAELens "standard" cfg with activation_fn "topk" is a TopK SAE).
 
 SAELens has no input scale, so `save_sae` folds ours into the weights (t = 1/s):
-    W_enc' = W_enc·s,  W_dec' = W_dec / s,  b_dec' = b_dec / s,  b_enc' = b_enc
-and a loader that computes z = TopK((x − b_dec') W_enc' + b_enc'), x̂ = z W_dec' + b_dec' on raw
-activations gets exactly our latents and reconstruction. `load_sae` therefore returns input_scale 1.
+    W_enc' = W_enc·s,  W_dec' = W_dec / s,  b_dec' = b_dec / s,  b_enc' = b_enc,  threshold' = threshold
+(the pre-activations are unchanged, so is the threshold on them) and a loader that computes
+pre = (x − b_dec') W_enc' + b_enc', z = σ(pre), x̂ = z W_dec' + b_dec' on raw activations gets
+exactly our latents and reconstruction. `load_sae` therefore returns input_scale 1.
 """
 
 from __future__ import annotations
@@ -25,22 +36,32 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sae_core.architectures import build_sae
 from sae_core.config import SaeConfig
-from sae_core.sae import TopKSae
+from sae_core.sae import SparseAutoencoder
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 WEIGHT_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec")
+THRESHOLD_NAME = "threshold"
+SAELENS_ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "relu": "standard"}
+"""Our architecture → the SAELens inference architecture it is saved as."""
+_ACTIVATION_FNS = {"topk": "topk", "batchtopk": "relu", "relu": "relu"}
+"""The legacy SAELens (< 6) spelling: activation applied before any threshold."""
 # Metadata keys SAELens (v6) reads into its own `meta` block.
 _SAELENS_META_KEYS = ("model_name", "hook_name", "hook_layer")
 
 
-def _saelens_cfg(sae: TopKSae, metadata: dict[str, Any]) -> dict[str, Any]:
-    """cfg.json contents: the SAELens TopK fields, in both its v6 ("k") and legacy
+def _weight_names(sae_cfg: SaeConfig) -> tuple[str, ...]:
+    return (*WEIGHT_NAMES, THRESHOLD_NAME) if sae_cfg.architecture == "batchtopk" else WEIGHT_NAMES
+
+
+def _saelens_cfg(sae: SparseAutoencoder, metadata: dict[str, Any]) -> dict[str, Any]:
+    """cfg.json contents: the SAELens fields of the architecture, in both its v6 and legacy
     ("activation_fn" + kwargs) spellings, plus the caller's metadata."""
-    k = sae.cfg.k
-    return {
-        "architecture": "topk",
+    architecture, k = sae.cfg.architecture, sae.cfg.k
+    cfg = {
+        "architecture": SAELENS_ARCHITECTURES[architecture],
         "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae,
         "dtype": "float32",
@@ -48,12 +69,14 @@ def _saelens_cfg(sae: TopKSae, metadata: dict[str, Any]) -> dict[str, Any]:
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "k": k,
-        "activation_fn": "topk",
-        "activation_fn_kwargs": {"k": k},
-        "meta": {key: metadata[key] for key in _SAELENS_META_KEYS if key in metadata},
-        "metadata": metadata,
     }
+    if k is not None:
+        cfg["k"] = k
+    cfg["activation_fn"] = _ACTIVATION_FNS[architecture]
+    cfg["activation_fn_kwargs"] = {"k": k} if architecture == "topk" else {}
+    cfg["meta"] = {key: metadata[key] for key in _SAELENS_META_KEYS if key in metadata}
+    cfg["metadata"] = metadata
+    return cfg
 
 
 def _replace_folder(staged: Path, folder: Path) -> None:
@@ -71,7 +94,7 @@ def _replace_folder(staged: Path, folder: Path) -> None:
     shutil.rmtree(retired)
 
 
-def save_sae(sae: TopKSae, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write `sae` to `folder` (cfg.json + sae_weights.safetensors) and return the folder's path.
 
     The input scale is folded into the weights (see the module docstring). `metadata` must be
@@ -89,7 +112,7 @@ def save_sae(sae: TopKSae, folder: str | Path, metadata: dict[str, Any] | None =
 
     folded = copy.deepcopy(sae).float().cpu()
     folded.reparametrize_input_scale(1.0)
-    weights = {name: getattr(folded, name).detach().contiguous() for name in WEIGHT_NAMES}
+    weights = {name: getattr(folded, name).detach().contiguous() for name in _weight_names(sae.cfg)}
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -110,24 +133,56 @@ def _read_cfg(cfg_path: Path) -> tuple[SaeConfig, bool]:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{cfg_path} is not valid JSON: {error}") from error
-    if cfg.get("architecture") != "topk":
-        raise ValueError(f"{cfg_path}: architecture must be 'topk', got {cfg.get('architecture')!r}")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
+    saelens_architecture = cfg.get("architecture")
+    activation_fn = cfg.get("activation_fn")
+    if saelens_architecture == "standard" and activation_fn == "topk":
+        architecture = "topk"  # how SAELens < 6 saved TopK SAEs
+    elif saelens_architecture in SAELENS_ARCHITECTURES.values():
+        architecture = next(ours for ours, theirs in SAELENS_ARCHITECTURES.items() if theirs == saelens_architecture)
+        if activation_fn not in (None, _ACTIVATION_FNS[architecture]):
+            raise ValueError(
+                f"{cfg_path}: architecture {saelens_architecture!r} with activation_fn {activation_fn!r} "
+                f"is not supported (expected {_ACTIVATION_FNS[architecture]!r})"
+            )
+    else:
+        raise ValueError(
+            f"{cfg_path}: architecture must be one of {sorted(SAELENS_ARCHITECTURES.values())}, "
+            f"got {saelens_architecture!r}"
+        )
     if cfg.get("normalize_activations", "none") != "none":
         raise ValueError(
             f"{cfg_path}: normalize_activations={cfg['normalize_activations']!r} is not supported "
             "(only 'none'; fold the normalisation into the weights first)"
         )
-    k = cfg.get("k", cfg.get("activation_fn_kwargs", {}).get("k"))
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
-    if not all(isinstance(value, int) for value in (d_in, d_sae, k)):
-        raise ValueError(f"{cfg_path}: needs integer d_in, d_sae and k, got d_in={d_in!r} d_sae={d_sae!r} k={k!r}")
-    if d_in <= 0 or d_sae % d_in != 0:
+    if not all(isinstance(value, int) for value in (d_in, d_sae)):
+        raise ValueError(f"{cfg_path}: needs integer d_in and d_sae, got d_in={d_in!r} d_sae={d_sae!r}")
+    if d_in <= 0 or d_sae <= 0 or d_sae % d_in != 0:
         raise ValueError(f"{cfg_path}: d_sae={d_sae} is not a positive multiple of d_in={d_in}")
-    return SaeConfig(d_in=d_in, expansion_factor=d_sae // d_in, k=k), bool(cfg.get("apply_b_dec_to_input", True))
+    k = None
+    if architecture == "topk":
+        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+    elif architecture == "batchtopk":
+        k = cfg.get("k")
+        if k is None:
+            raise ValueError(
+                f"{cfg_path}: a 'jumprelu' SAE needs k (the mean L0 its BatchTopK training targeted); "
+                "sae_core loads JumpReLU SAEs only as BatchTopK SAEs"
+            )
+    if k is not None and not isinstance(k, int):
+        raise ValueError(f"{cfg_path}: k must be an integer, got {k!r}")
+    try:
+        sae_cfg = SaeConfig(d_in=d_in, expansion_factor=d_sae // d_in, k=k, architecture=architecture)
+    except ValueError as error:
+        raise ValueError(f"{cfg_path}: {error}") from error
+    return sae_cfg, bool(cfg.get("apply_b_dec_to_input", True))
 
 
-def load_sae(folder: str | Path) -> TopKSae:
-    """Load an SAE saved by `save_sae` (or any SAELens TopK SAE) from `folder`, on CPU, float32.
+def load_sae(folder: str | Path) -> SparseAutoencoder:
+    """Load an SAE saved by `save_sae` (or a SAELens TopK, standard or BatchTopK-as-JumpReLU SAE)
+    from `folder`, on CPU, float32, in eval mode.
 
     The returned SAE has input_scale 1: the scale was folded into the weights at save time.
     Raises FileNotFoundError for a missing folder or file, ValueError for a malformed config or
@@ -147,18 +202,18 @@ def load_sae(folder: str | Path) -> TopKSae:
     except SafetensorError as error:
         raise ValueError(f"{weights_path} is not a readable safetensors file: {error}") from error
     # A throwaway generator keeps the (overwritten) random init from touching the global RNG.
-    sae = TopKSae(sae_cfg, generator=torch.Generator())
+    sae = build_sae(sae_cfg, generator=torch.Generator())
     with torch.no_grad():
-        for name in WEIGHT_NAMES:
+        for name in _weight_names(sae_cfg):
             if name not in weights:
                 raise ValueError(f"{weights_path} has no tensor {name!r} (found {sorted(weights)})")
-            parameter = getattr(sae, name)
-            if weights[name].shape != parameter.shape:
+            target = getattr(sae, name)
+            if weights[name].shape != target.shape:
                 raise ValueError(
                     f"{weights_path}: {name} has shape {tuple(weights[name].shape)}, "
-                    f"cfg.json implies {tuple(parameter.shape)}"
+                    f"cfg.json implies {tuple(target.shape)}"
                 )
-            parameter.copy_(weights[name].float())
+            target.copy_(weights[name].float())
         if not apply_b_dec_to_input:
             # Their pre-activation is x W_enc + b_enc; ours subtracts b_dec first, so add it back.
             sae.b_enc += sae.b_dec @ sae.W_enc

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from sae_core.sae import TopKSae
+from sae_core.sae import SparseAutoencoder
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def fvu(x: Tensor, x_hat: Tensor) -> float:
 def l0(latent_acts: Tensor) -> float:
     """Mean number of nonzero latents per token, (1/n) Σ_t #{j : acts[t, j] > 0}.
 
-    `latent_acts` is the (n, k) `top_acts` of an encoding, or a dense (n, d_sae) code.
+    `latent_acts` is the (n, w) `top_acts` of an encoding (zero padding does not count), or a
+    dense (n, d_sae) code.
     """
     if latent_acts.ndim != 2:
         raise ValueError(f"latent_acts must be (n_tokens, k), got {tuple(latent_acts.shape)}")
@@ -68,12 +69,14 @@ def dead_fraction(fire_counts: Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_sae(sae: TopKSae, x: Tensor, batch_size: int = 8192) -> SaeMetrics:
+def evaluate_sae(sae: SparseAutoencoder, x: Tensor, batch_size: int = 8192) -> SaeMetrics:
     """FVU, L0 and dead fraction of `sae` on x (n, d_in), streamed in batches, in float32.
 
     Two passes over x: the first computes the global mean x̄ (float64 accumulator), the second the
     residual and total sums of squares against that mean, so the FVU is exactly the whole-set FVU,
-    not an average of per-batch FVUs.
+    not an average of per-batch FVUs. The SAE is evaluated as it is: call `sae.eval()` first for
+    an architecture whose inference differs from training (BatchTopK); `train_sae` and `load_sae`
+    return SAEs in eval mode.
     """
     if x.ndim != 2 or x.shape[1] != sae.cfg.d_in:
         raise ValueError(f"x must have shape (n_tokens, d_in={sae.cfg.d_in}), got {tuple(x.shape)}")

@@ -1,21 +1,35 @@
-"""The TopK sparse autoencoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+"""Sparse autoencoders: the shared model (`SparseAutoencoder`) and the TopK architecture (`TopKSae`).
 
-    z = ReLU(TopK_k((x·s − b_dec) W_enc + b_enc))          (n, d_sae), k nonzeros per row at most
-    x̂ = (z W_dec + b_dec) / s                               (n, d_in)
+Every architecture computes
+
+    pre = (x·s − b_dec) W_enc + b_enc                        (n, d_sae)   pre-activations
+    z   = σ(pre)                                             (n, d_sae)   sparse code, z ≥ 0
+    x̂   = (z W_dec + b_dec) / s                              (n, d_in)    reconstruction
+
+and differs only in the activation σ: TopK here (Gao et al. 2024, σ = ReLU ∘ TopK_k per token),
+BatchTopK and ReLU in `sae_core.architectures`. `build_sae` there picks the class from
+`SaeConfig.architecture`.
 
 Parameter names and shapes follow SAELens: W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in),
-b_dec (d_in,). Decoder rows are kept at unit norm during training.
+b_dec (d_in,). Decoder rows are kept at unit norm during training, for every architecture.
 
 Input scaling. The buffer `input_scale` (s, a float32 scalar, default 1) maps the model's activations
 into the space the SAE was trained in; the training loop sets it so that E‖x·s‖² = 1, which makes the
 learning rate independent of the layer's activation norm. `encode`/`forward` multiply inputs by s and
 `decode` divides outputs by s, so callers always work in the model's units. b_dec lives in the scaled
 space. FVU is a ratio of two sums of squares and so does not depend on s.
+
+Sparse codes. `encode` returns `EncoderOutput(top_acts, top_indices)`, both (n, w): each token's w
+strongest latents. For TopK, w = k. For architectures whose number of active latents varies per
+token, w is the largest number active on any token of the batch, and tokens with fewer carry
+zero-activation padding entries (on distinct latents, so every row's indices stay distinct). The
+code is exact: decoding it gives the same x̂ as the dense code z.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from abc import ABC, abstractmethod
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +39,13 @@ from sae_core.config import SaeConfig
 
 
 class EncoderOutput(NamedTuple):
-    """The sparse code of a batch: the k kept latents of each token."""
+    """The sparse code of a batch: each token's active latents, strongest or TopK-selected."""
 
     top_acts: Tensor
-    """Activations of the kept latents after ReLU, (n, k); zero where the pre-activation was negative."""
+    """Activations of the kept latents, (n, w), ≥ 0; zero for padding or a ReLU'd negative pre-activation."""
 
     top_indices: Tensor
-    """Indices (into d_sae) of the kept latents, (n, k) int64."""
+    """Indices (into d_sae) of the kept latents, (n, w) int64, distinct within a row."""
 
 
 class ForwardOutput(NamedTuple):
@@ -41,10 +55,10 @@ class ForwardOutput(NamedTuple):
     """Reconstruction x̂ in the model's units, (n, d_in)."""
 
     latent_acts: Tensor
-    """Activations of the k kept latents, (n, k)."""
+    """Activations of the kept latents, (n, w) (w = k for TopK; see the module docstring)."""
 
     latent_indices: Tensor
-    """Indices of the k kept latents, (n, k) int64."""
+    """Indices of the kept latents, (n, w) int64."""
 
     fvu: Tensor
     """Fraction of variance unexplained on this batch, Σ‖x−x̂‖² / Σ‖x−x̄‖² (scalar)."""
@@ -52,10 +66,19 @@ class ForwardOutput(NamedTuple):
     auxk_loss: Tensor
     """AuxK loss on the dead latents, normalised by the same total variance (scalar; 0 if none dead)."""
 
+    l1_loss: Tensor
+    """Decoder-norm-weighted L1 of the code in the scaled space, (1/n) Σ_t Σ_j z_tj ‖W_dec,j‖ (scalar).
+    Computed for every architecture; only "relu" trains on it."""
 
-class TopKSae(nn.Module):
-    """A TopK sparse autoencoder; see the module docstring for the maths and the input scaling."""
 
+class SparseAutoencoder(nn.Module, ABC):
+    """What every architecture shares: parameters, input scaling, decoding, AuxK, decoder geometry.
+
+    A subclass supplies the activation: `_sparse_code` (pre-activations → EncoderOutput) and, where
+    the code is not naturally sparse, `_dense_code` (pre-activations → z); see the module docstring.
+    """
+
+    architecture: ClassVar[str]
     W_enc: nn.Parameter
     b_enc: nn.Parameter
     W_dec: nn.Parameter
@@ -68,6 +91,11 @@ class TopKSae(nn.Module):
         `generator` (a CPU torch.Generator) makes the initialisation reproducible.
         """
         super().__init__()
+        if cfg.architecture != self.architecture:
+            raise ValueError(
+                f"{type(self).__name__} implements architecture {self.architecture!r}, "
+                f"but SaeConfig.architecture is {cfg.architecture!r}; use sae_core.architectures.build_sae"
+            )
         self.cfg = cfg
         decoder = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
         decoder /= decoder.norm(dim=1, keepdim=True)
@@ -96,18 +124,28 @@ class TopKSae(nn.Module):
         """Pre-activations (x·s − b_dec) W_enc + b_enc, (n, d_sae)."""
         return (x_scaled - self.b_dec) @ self.W_enc + self.b_enc
 
-    def _top_k(self, pre_acts: Tensor) -> EncoderOutput:
-        # TopK first, then ReLU on the survivors (as sparsify and SAELens do): a token may use
-        # fewer than k latents when fewer than k pre-activations are positive.
-        top_pre, top_indices = pre_acts.topk(self.cfg.k, dim=1, sorted=False)
-        return EncoderOutput(F.relu(top_pre), top_indices)
+    @abstractmethod
+    def _dense_code(self, pre_acts: Tensor) -> Tensor:
+        """The code z = σ(pre), (n, d_sae): the architecture's activation."""
+
+    def _sparse_code(self, pre_acts: Tensor) -> EncoderOutput:
+        """The code as (n, w) activations and indices; by default the exact sparsification of z."""
+        return sparsify_code(self._dense_code(pre_acts))
+
+    def _code_and_product(self, pre_acts: Tensor) -> tuple[EncoderOutput, Tensor]:
+        """The sparse code and z W_dec (n, d_in), computed the cheaper way for the architecture.
+
+        By default z is dense and so is the product: one BLAS matmul beats a gather of many rows.
+        """
+        z = self._dense_code(pre_acts)
+        return sparsify_code(z), z @ self.W_dec
 
     def encode(self, x: Tensor) -> EncoderOutput:
-        """Sparse code of x (n, d_in): the k largest pre-activations per token, ReLU'd."""
-        return self._top_k(self._pre_acts(self._scaled_input(x)))
+        """Sparse code of x (n, d_in); see the module docstring for its width."""
+        return self._sparse_code(self._pre_acts(self._scaled_input(x)))
 
     def dense_latents(self, x: Tensor) -> Tensor:
-        """The dense code z of x (n, d_in) as an (n, d_sae) tensor, zero outside each token's top k."""
+        """The dense code z of x (n, d_in) as an (n, d_sae) tensor."""
         top_acts, top_indices = self.encode(x)
         dense = top_acts.new_zeros(top_acts.shape[0], self.cfg.d_sae)
         return dense.scatter_(1, top_indices, top_acts)
@@ -117,8 +155,8 @@ class TopKSae(nn.Module):
     def _sparse_matmul(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
         """z W_dec computed from the sparse code, (n, d_in), without materialising z.
 
-        embedding_bag gathers the k decoder rows of each token and sums them weighted by the
-        activations: O(n·k·d_in) work instead of O(n·d_sae·d_in).
+        embedding_bag gathers the w decoder rows of each token and sums them weighted by the
+        activations: O(n·w·d_in) work instead of O(n·d_sae·d_in).
         """
         if top_acts.shape != top_indices.shape or top_acts.ndim != 2:
             raise ValueError(
@@ -140,23 +178,26 @@ class TopKSae(nn.Module):
 
         fvu = Σ‖x−x̂‖² / Σ‖x−x̄‖², x̄ the batch mean (computed in the scaled space; s cancels).
         `dead_mask` (d_sae,) bool marks latents that have not fired for a long time; they get the
-        AuxK loss (see `_auxk_loss`).
+        AuxK loss (see `_auxk_loss`). l1_loss = (1/n) Σ_t Σ_j z_tj ‖W_dec,j‖ in the scaled space.
         """
         x_scaled = self._scaled_input(x)
         pre_acts = self._pre_acts(x_scaled)
-        top_acts, top_indices = self._top_k(pre_acts)
-        recon_scaled = self._sparse_matmul(top_acts, top_indices) + self.b_dec
+        code, product = self._code_and_product(pre_acts)
+        recon_scaled = product + self.b_dec
 
         residual = x_scaled - recon_scaled
         total_variance = (x_scaled - x_scaled.mean(dim=0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
         auxk_loss = self._auxk_loss(pre_acts, residual.detach(), dead_mask, total_variance)
+        decoder_norms = self.W_dec.norm(dim=1)
+        l1_loss = (code.top_acts * decoder_norms[code.top_indices]).sum() / len(x_scaled)
         return ForwardOutput(
             sae_out=recon_scaled / self.input_scale,
-            latent_acts=top_acts,
-            latent_indices=top_indices,
+            latent_acts=code.top_acts,
+            latent_indices=code.top_indices,
             fvu=fvu,
             auxk_loss=auxk_loss,
+            l1_loss=l1_loss,
         )
 
     def _auxk_loss(
@@ -216,6 +257,7 @@ class TopKSae(nn.Module):
 
         With t = new_scale / s:  W_enc ← W_enc / t,  W_dec ← W_dec · t,  b_dec ← b_dec · t,  b_enc kept.
         Then (x·s·t − b_dec·t) W_enc / t = (x·s − b_dec) W_enc and (z W_dec t + b_dec t) / (s t) = x̂.
+        The pre-activations, and so any threshold on them, are unchanged.
         `new_scale=1` folds the scaling into the weights (what `io.save_sae` writes); decoder rows
         then have norm 1/s.
         """
@@ -226,3 +268,35 @@ class TopKSae(nn.Module):
         self.W_dec *= ratio
         self.b_dec *= ratio
         self.input_scale.fill_(new_scale)
+
+
+def sparsify_code(z: Tensor) -> EncoderOutput:
+    """The exact sparse form of a dense code z (n, d_sae) ≥ 0: each row's w largest entries.
+
+    w = max_t #{j : z_tj > 0} (at least 1), so no active latent is dropped; rows with fewer active
+    latents get zero entries on other, distinct latents. Entries come strongest first.
+    """
+    width = max(int((z > 0).sum(dim=1).max()) if len(z) else 0, 1)
+    top_acts, top_indices = z.topk(width, dim=1, sorted=True)
+    return EncoderOutput(top_acts, top_indices)
+
+
+class TopKSae(SparseAutoencoder):
+    """TopK SAE (Gao et al. 2024): z = ReLU(TopK_k(pre)), exactly k kept latents per token."""
+
+    architecture = "topk"
+
+    def _sparse_code(self, pre_acts: Tensor) -> EncoderOutput:
+        # TopK first, then ReLU on the survivors (as sparsify and SAELens do): a token may use
+        # fewer than k latents when fewer than k pre-activations are positive.
+        top_pre, top_indices = pre_acts.topk(self.cfg.k, dim=1, sorted=False)
+        return EncoderOutput(F.relu(top_pre), top_indices)
+
+    def _dense_code(self, pre_acts: Tensor) -> Tensor:
+        top_acts, top_indices = self._sparse_code(pre_acts)
+        return top_acts.new_zeros(pre_acts.shape).scatter_(1, top_indices, top_acts)
+
+    def _code_and_product(self, pre_acts: Tensor) -> tuple[EncoderOutput, Tensor]:
+        # k ≪ d_sae: gathering k decoder rows per token is far cheaper than the dense matmul.
+        code = self._sparse_code(pre_acts)
+        return code, self._sparse_matmul(*code)

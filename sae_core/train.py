@@ -1,47 +1,65 @@
-"""Training loop of a TopK SAE on a tensor of activations, and the Group-SAE token sampler.
+"""Training loop of a sparse autoencoder on a tensor of activations, and the Group-SAE token sampler.
 
-One step (Gao et al. 2024, as in sparsify):
-    loss = fvu + auxk_alpha · auxk_loss
-    backward → project out the gradient parallel to each decoder row → Adam step → renormalise rows.
+One step, the same for every architecture (Gao et al. 2024, as in sparsify):
+    loss = fvu + auxk_alpha · auxk_loss          topk, batchtopk
+    loss = fvu + l1_coefficient · l1_loss        relu
+    backward → project out the gradient parallel to each decoder row → Adam step → renormalise rows
+    batchtopk only: θ ← (1 − r) θ + r · (smallest activation the batch kept)
 
 Before the first step the SAE is fitted to the data's scale and location:
     input_scale s = sqrt(1 / mean_t ‖x_t‖²)          so that E‖x·s‖² = 1
     b_dec = geometric median (or mean) of x·s          on a subsample
 A latent is dead once it has gone `dead_tokens_threshold` training tokens without firing; dead
-latents get the AuxK loss.
+latents get the AuxK loss (topk, batchtopk).
+
+With `TrainConfig.checkpoint_dir` set, the whole state is saved every `checkpoint_every` steps and
+at the end (sae_core.checkpoint); a run that finds a checkpoint of its own configuration and data
+resumes from it and ends with the same weights, bit for bit on the same device, as a run that
+was never interrupted.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from sae_core.architectures import BatchTopKSae, build_sae
+from sae_core.checkpoint import (
+    TrainingProgress,
+    checkpoint_path,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+)
 from sae_core.config import SaeConfig, TrainConfig
-from sae_core.sae import TopKSae
+from sae_core.sae import ForwardOutput, SparseAutoencoder
 
 # Rows used to fit input_scale and b_dec: enough for a stable estimate, cheap for Weiszfeld.
 _INIT_SUBSAMPLE = 32_768
 _WEISZFELD_ITERATIONS = 50
+_TRANSFERRED_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 @dataclass
 class TrainResult:
     """A trained SAE and how its training went."""
 
-    sae: TopKSae
-    """The trained SAE, on `TrainConfig.device`."""
+    sae: SparseAutoencoder
+    """The trained SAE, on `TrainConfig.device`, in eval mode."""
     history: list[dict] = field(default_factory=list)
-    """One record per log step: step, tokens, fvu, auxk_loss, dead_fraction (share of latents dead)."""
+    """One record per log step: step, tokens, fvu, dead_fraction (share of latents dead), and
+    auxk_loss (topk, batchtopk), threshold (batchtopk), l1_loss and l0 (relu)."""
     tokens_seen: int = 0
     """Training tokens consumed (a whole number of batches, >= TrainConfig.total_tokens)."""
     seconds: float = 0.0
-    """Wall-clock time of the training loop."""
+    """Wall-clock time of the training loop, summed over resumed parts."""
+    resumed_from_step: int = 0
+    """The step the run continued from a checkpoint at; 0 for a run from scratch."""
 
 
 def sample_group_activations(per_layer: list[Tensor], generator: torch.Generator) -> Tensor:
@@ -98,7 +116,7 @@ def _validate_data(data: Tensor, sae_cfg: SaeConfig) -> None:
 
 
 def _fit_input_scale_and_b_dec(
-    sae: TopKSae, data: Tensor, train_cfg: TrainConfig, generator: torch.Generator, fit_b_dec: bool
+    sae: SparseAutoencoder, data: Tensor, train_cfg: TrainConfig, generator: torch.Generator, fit_b_dec: bool
 ) -> None:
     """Set input_scale = sqrt(1 / mean‖x‖²) and (optionally) b_dec from a random subsample of data."""
     n_sample = min(len(data), _INIT_SUBSAMPLE)
@@ -119,119 +137,173 @@ def _fit_input_scale_and_b_dec(
             sae.b_dec.copy_(centre.to(sae.b_dec))
 
 
-def _copy_for_transfer(init: TopKSae, sae_cfg: SaeConfig) -> TopKSae:
-    """A trainable copy of `init` in canonical form: unit-norm decoder rows, same x ↦ x̂.
+def _copy_for_transfer(init: SparseAutoencoder, sae_cfg: SaeConfig) -> SparseAutoencoder:
+    """A trainable SAE of `sae_cfg` carrying `init`'s weights in canonical form: unit-norm decoder
+    rows, same x ↦ x̂.
 
     An SAE saved by io.save_sae and loaded back has input_scale 1 and decoder rows of norm 1/s;
     undoing that fold (exactly, when all rows share one norm) puts its weights back in the unit-scale
-    space that training works in.
+    space that training works in. The architecture and k may differ from the init's; a BatchTopK
+    threshold is carried over when both are BatchTopK (the pre-activations it applies to are the same).
     """
     if (init.cfg.d_in, init.cfg.d_sae) != (sae_cfg.d_in, sae_cfg.d_sae):
         raise ValueError(
             f"init SAE has d_in={init.cfg.d_in}, d_sae={init.cfg.d_sae}; "
             f"sae_cfg asks for d_in={sae_cfg.d_in}, d_sae={sae_cfg.d_sae}"
         )
-    sae = copy.deepcopy(init).float().cpu()
-    sae.cfg = sae_cfg  # k may differ from the init's
+    # A throwaway generator: the copied weights replace the random ones, and the run's generator
+    # must draw the same shuffles as a run from scratch would after its own init.
+    sae = build_sae(sae_cfg, generator=torch.Generator())
+    with torch.no_grad():
+        for name in _TRANSFERRED_TENSORS:
+            getattr(sae, name).copy_(getattr(init, name).detach().float().cpu())
+        sae.input_scale.copy_(init.input_scale.detach().float().cpu())
+        if isinstance(sae, BatchTopKSae) and isinstance(init, BatchTopKSae):
+            sae.threshold.copy_(init.threshold.detach().float().cpu())
     mean_row_norm = float(sae.W_dec.detach().norm(dim=1).mean())
     sae.reparametrize_input_scale(float(sae.input_scale) / mean_row_norm)
     sae.set_decoder_norm_to_unit_norm()
     return sae
 
 
-def _batches(n_rows: int, batch_size: int, n_batches: int, generator: torch.Generator) -> Iterator[Tensor]:
-    """Row indices of `n_batches` batches: a fresh random permutation per epoch, batches may straddle
-    two epochs so every batch is full even when n_rows < batch_size."""
-    order = torch.randperm(n_rows, generator=generator)
-    position = 0
-    for _ in range(n_batches):
-        while len(order) - position < batch_size:
-            order = torch.cat([order[position:], torch.randperm(n_rows, generator=generator)])
-            position = 0
-        yield order[position : position + batch_size]
-        position += batch_size
+def _next_batch_rows(progress: TrainingProgress, batch_size: int, n_rows: int) -> Tensor:
+    """Row indices of the next batch: consecutive slices of per-epoch random permutations. A batch
+    may straddle two epochs, so every batch is full even when n_rows < batch_size."""
+    while progress.batch_order.numel() - progress.batch_position < batch_size:
+        progress.batch_order = torch.cat(
+            [progress.batch_order[progress.batch_position :], torch.randperm(n_rows, generator=progress.generator)]
+        )
+        progress.batch_position = 0
+    rows = progress.batch_order[progress.batch_position : progress.batch_position + batch_size]
+    progress.batch_position += batch_size
+    return rows
+
+
+def _loss(out: ForwardOutput, sae_cfg: SaeConfig, train_cfg: TrainConfig) -> Tensor:
+    if sae_cfg.architecture == "relu":
+        return out.fvu + train_cfg.l1_coefficient * out.l1_loss
+    return out.fvu + train_cfg.auxk_alpha * out.auxk_loss
+
+
+def _history_record(
+    step: int, batch_size: int, out: ForwardOutput, sae: SparseAutoencoder, dead_fraction: float
+) -> dict:
+    record = {"step": step, "tokens": step * batch_size, "fvu": float(out.fvu.detach())}
+    if sae.cfg.architecture == "relu":
+        record["l1_loss"] = float(out.l1_loss.detach())
+        record["l0"] = float((out.latent_acts > 0).sum(dim=1).double().mean())
+    else:
+        record["auxk_loss"] = float(out.auxk_loss.detach())
+    if isinstance(sae, BatchTopKSae):
+        record["threshold"] = float(sae.threshold[0])
+    record["dead_fraction"] = dead_fraction
+    return record
 
 
 def train_sae(
     data: Tensor,
     sae_cfg: SaeConfig,
     train_cfg: TrainConfig,
-    init: TopKSae | None = None,
+    init: SparseAutoencoder | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train a TopK SAE on `data` (n_tokens, d_in), float, rows in any order.
+    """Train an SAE of `sae_cfg.architecture` on `data` (n_tokens, d_in), float, rows in any order.
 
     Runs ceil(total_tokens / batch_size) Adam steps (betas 0.9/0.999, eps 1e-8) on batches drawn
-    from per-epoch shuffles of the rows. Deterministic given `train_cfg.seed` (on CPU).
+    from per-epoch shuffles of the rows. Deterministic given `train_cfg.seed` (on CPU), including
+    across an interruption and resume from `train_cfg.checkpoint_dir`.
 
     `init`: start from a trained SAE (layer-wise transfer) instead of a random one. Its weights,
     b_dec included, are copied; input_scale is refitted to `data`, so the copied weights act on
     this layer's activations at the scale they were trained for.
+
+    Raises ValueError for malformed data (not 2-D, wrong width, NaN/inf, zero variance) and for a
+    checkpoint that is unreadable or belongs to another run (it is then left untouched).
     """
     _validate_data(data, sae_cfg)
     generator = torch.Generator().manual_seed(train_cfg.seed)
     device = torch.device(train_cfg.device)
-
-    if init is None:
-        sae = TopKSae(sae_cfg, generator=generator)
-    else:
-        sae = _copy_for_transfer(init, sae_cfg)
-    _fit_input_scale_and_b_dec(sae, data, train_cfg, generator, fit_b_dec=init is None)
-    sae.to(device).train()
-
-    lr = train_cfg.resolved_lr(sae_cfg.d_sae)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
     batch_size = train_cfg.batch_size
     n_steps = math.ceil(train_cfg.total_tokens / batch_size)
-    tokens_since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
-    history: list[dict] = []
+    lr = train_cfg.resolved_lr(sae_cfg.d_sae)
+
+    sae = build_sae(sae_cfg, generator=generator) if init is None else _copy_for_transfer(init, sae_cfg)
+    sae.to(device).train()
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+    checkpoint = None if train_cfg.checkpoint_dir is None else checkpoint_path(train_cfg.checkpoint_dir)
+    identity = None if checkpoint is None else run_identity(data, sae_cfg, train_cfg, init)
+    if checkpoint is not None and checkpoint.exists():
+        progress = load_checkpoint(checkpoint, sae, optimizer, identity, n_steps)
+    else:
+        _fit_input_scale_and_b_dec(sae, data, train_cfg, generator, fit_b_dec=init is None)
+        progress = TrainingProgress(
+            step=0,
+            tokens_since_fired=torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device),
+            batch_order=torch.randperm(len(data), generator=generator),
+            batch_position=0,
+            generator=generator,
+        )
+    resumed_from_step = progress.step
+    uses_auxk = sae_cfg.architecture != "relu"
     if log is not None:
+        resumed = f", resuming at step {resumed_from_step} from {checkpoint}" if resumed_from_step else ""
         log(
-            f"training SAE d_in={sae_cfg.d_in} d_sae={sae_cfg.d_sae} k={sae_cfg.k} on {len(data)} rows: "
-            f"{n_steps} steps of {batch_size} tokens, lr={lr:.3g}, input_scale={float(sae.input_scale):.4g}"
+            f"training {sae_cfg.architecture} SAE d_in={sae_cfg.d_in} d_sae={sae_cfg.d_sae} k={sae_cfg.k} "
+            f"on {len(data)} rows: {n_steps} steps of {batch_size} tokens, lr={lr:.3g}, "
+            f"input_scale={float(sae.input_scale):.4g}{resumed}"
         )
 
     started = time.perf_counter()
-    for step, rows in enumerate(_batches(len(data), batch_size, n_steps, generator), start=1):
-        batch = data[rows].to(device, torch.float32, non_blocking=True)
+    for step in range(progress.step + 1, n_steps + 1):
+        rows = _next_batch_rows(progress, batch_size, len(data))
+        batch = data[rows.to(data.device)].to(device, torch.float32, non_blocking=True)
         # No latent can be dead before `dead_tokens_threshold` tokens have passed; until then skip
         # the mask and the host sync that counting dead latents costs.
         dead_mask = None
-        if (step - 1) * batch_size > train_cfg.dead_tokens_threshold:
-            dead_mask = tokens_since_fired > train_cfg.dead_tokens_threshold
+        if uses_auxk and (step - 1) * batch_size > train_cfg.dead_tokens_threshold:
+            dead_mask = progress.tokens_since_fired > train_cfg.dead_tokens_threshold
         out = sae(batch, dead_mask=dead_mask)
-        loss = out.fvu + train_cfg.auxk_alpha * out.auxk_loss
+        loss = _loss(out, sae_cfg, train_cfg)
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         optimizer.step()
         sae.set_decoder_norm_to_unit_norm()
+        if isinstance(sae, BatchTopKSae):
+            sae.update_threshold(out.latent_acts, train_cfg.threshold_ema_rate)
 
         # Dead-latent clock: every latent ages by the batch; those that fired this batch reset.
         # (index_add, not boolean indexing, keeps this free of host syncs on a GPU.)
         with torch.no_grad():
-            fires = torch.zeros_like(tokens_since_fired).index_add_(
+            fires = torch.zeros_like(progress.tokens_since_fired).index_add_(
                 0, out.latent_indices.flatten(), (out.latent_acts > 0).flatten().long()
             )
-            tokens_since_fired += len(rows)
-            tokens_since_fired.masked_fill_(fires > 0, 0)
+            progress.tokens_since_fired += len(rows)
+            progress.tokens_since_fired.masked_fill_(fires > 0, 0)
+        progress.step = step
 
         if step % train_cfg.log_every == 0 or step == n_steps:
-            record = {
-                "step": step,
-                "tokens": step * batch_size,
-                "fvu": float(out.fvu.detach()),
-                "auxk_loss": float(out.auxk_loss.detach()),
-                "dead_fraction": float((tokens_since_fired > train_cfg.dead_tokens_threshold).float().mean()),
-            }
-            history.append(record)
+            dead = float((progress.tokens_since_fired > train_cfg.dead_tokens_threshold).float().mean())
+            record = _history_record(step, batch_size, out, sae, dead)
+            progress.history.append(record)
             if log is not None:
-                log(
-                    f"step {step}/{n_steps} tokens {record['tokens']} fvu {record['fvu']:.4f} "
-                    f"auxk {record['auxk_loss']:.4f} dead {record['dead_fraction']:.3f}"
+                details = " ".join(
+                    f"{key} {value:.4g}" for key, value in record.items() if key not in ("step", "tokens")
                 )
-    seconds = time.perf_counter() - started
+                log(f"step {step}/{n_steps} tokens {record['tokens']} {details}")
+        if checkpoint is not None and (step % train_cfg.checkpoint_every == 0 or step == n_steps):
+            progress.seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            save_checkpoint(checkpoint, sae, optimizer, progress, identity)
+    progress.seconds += time.perf_counter() - started
 
     sae.eval()
-    return TrainResult(sae=sae, history=history, tokens_seen=n_steps * batch_size, seconds=seconds)
+    return TrainResult(
+        sae=sae,
+        history=progress.history,
+        tokens_seen=n_steps * batch_size,
+        seconds=progress.seconds,
+        resumed_from_step=resumed_from_step,
+    )

@@ -128,3 +128,17 @@ def test_encode_tokens_rejects_the_wrong_width():
     sae = TopKSae(SaeConfig(d_in=8, expansion_factor=2, k=3))
     with pytest.raises(ValueError, match="d_in=8"):
         encode_tokens(sae, torch.zeros(4, 6))
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "relu"])
+def test_encode_tokens_joins_variable_width_codes_across_batches(architecture):
+    from sae_core.architectures import build_sae
+    from sae_core.config import SaeConfig
+
+    torch.manual_seed(0)
+    sae = build_sae(SaeConfig(d_in=8, expansion_factor=4, architecture=architecture)).eval()
+    tokens = torch.randn(50, 8)
+    joined = encode_tokens(sae, tokens, batch_size=7)
+    one_shot = encode_tokens(sae, tokens, batch_size=50)
+    dense = lambda codes: torch.zeros(50, 32).scatter_add_(1, codes.top_indices, codes.top_acts)
+    torch.testing.assert_close(dense(joined), dense(one_shot))

@@ -115,7 +115,7 @@ def test_weights_of_the_wrong_shape_raise_value_error(tmp_path):
 def test_unsupported_architecture_raises_value_error(tmp_path):
     folder = save_sae(make_sae(), tmp_path / "sae")
     cfg = json.loads((folder / "cfg.json").read_text())
-    cfg["architecture"] = "jumprelu"
+    cfg["architecture"] = "gated"
     (folder / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="architecture"):
         load_sae(folder)

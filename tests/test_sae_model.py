@@ -41,7 +41,7 @@ def dense_reference(sae: TopKSae, x: torch.Tensor) -> torch.Tensor:
         ({"d_in": 8, "expansion_factor": 0}, "expansion_factor"),
         ({"d_in": 8, "expansion_factor": 2, "k": 17}, "k"),
         ({"d_in": 8, "k": 0}, "k"),
-        ({"d_in": 8, "architecture": "relu"}, "architecture"),
+        ({"d_in": 8, "architecture": "gated"}, "architecture"),
     ],
 )
 def test_bad_sae_config_raises_value_error_naming_the_field(kwargs, field):
