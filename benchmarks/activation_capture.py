@@ -17,22 +17,16 @@ import torch
 
 from peerlens.sample import default_sample_dir, load_company_descriptions
 from sae_core.activation_store import ActivationStoreWriter
-from sae_core.capture import capture_documents, length_sorted_batches, load_model, tokenize
+from sae_core.capture import capture_documents, length_sorted_batches, load_model, padded_batch, tokenize
 
 
 def bare_forward_seconds(model, token_ids, batch_tokens: int) -> float:
     """Time the base model alone over the same padded batches capture uses (BOS included)."""
-    prefix = [] if model.bos_token_id is None else [model.bos_token_id]
+    n_prefix = int(model.bos_token_id is not None)
     started = time.perf_counter()
     with torch.inference_mode():
-        for batch in length_sorted_batches([len(prefix) + len(ids) for ids in token_ids], batch_tokens):
-            rows = [[*prefix, *token_ids[i]] for i in batch]
-            width = max(map(len, rows))
-            input_ids = torch.zeros(len(rows), width, dtype=torch.long)
-            mask = torch.zeros(len(rows), width, dtype=torch.bool)
-            for r, ids in enumerate(rows):
-                input_ids[r, : len(ids)] = torch.tensor(ids)
-                mask[r, : len(ids)] = True
+        for batch in length_sorted_batches([n_prefix + len(ids) for ids in token_ids], batch_tokens):
+            input_ids, mask, _ = padded_batch(model, [token_ids[i] for i in batch])
             model.base(input_ids=input_ids, attention_mask=mask, use_cache=False)
     return time.perf_counter() - started
 

@@ -13,6 +13,7 @@ import importlib.util
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import torch
@@ -172,6 +173,30 @@ def tokenize(tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[int]
     return [list(ids) for ids in encoded["input_ids"]]
 
 
+class PaddedBatch(NamedTuple):
+    input_ids: torch.Tensor
+    """(B, W) long: BOS (when the tokenizer has one), the document's tokens, then zeros."""
+    attention_mask: torch.Tensor
+    """(B, W) bool: True on BOS and the document's tokens."""
+    n_prefix: int
+    """Tokens prepended to every document (1 with a BOS, else 0)."""
+
+
+def padded_batch(model: LoadedModel, token_ids: Sequence[Sequence[int]]) -> PaddedBatch:
+    """Right-pad documents into one batch, each behind the model's BOS when it has one.
+
+    Right padding is exact: under the causal mask real tokens never attend to the pads after them.
+    """
+    prefix = [] if model.bos_token_id is None else [model.bos_token_id]
+    lengths = torch.tensor([len(prefix) + len(ids) for ids in token_ids])
+    width = int(lengths.max())
+    input_ids = torch.zeros(len(token_ids), width, dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : lengths[row]] = torch.tensor([*prefix, *ids], dtype=torch.long)
+    attention_mask = torch.arange(width)[None, :] < lengths[:, None]
+    return PaddedBatch(input_ids, attention_mask, len(prefix))
+
+
 @torch.inference_mode()
 def capture_batch(model: LoadedModel, token_ids: Sequence[Sequence[int]], device: str = "cpu") -> CapturedBatch:
     """Run one padded batch through the base model and return every layer's residual stream, padding dropped.
@@ -182,22 +207,15 @@ def capture_batch(model: LoadedModel, token_ids: Sequence[Sequence[int]], device
     that one token per document would hold most of the variance an SAE is asked to explain.
     With BOS in front, the sink is BOS and every stored token is a real token of the text.
     """
-    prefix = [] if model.bos_token_id is None else [model.bos_token_id]
-    lengths = torch.tensor([len(prefix) + len(ids) for ids in token_ids])
-    width = int(lengths.max())
-    input_ids = torch.zeros(len(token_ids), width, dtype=torch.long)
-    for row, ids in enumerate(token_ids):
-        input_ids[row, : lengths[row]] = torch.tensor([*prefix, *ids], dtype=torch.long)
-    # Right padding: real tokens never attend to pads under the causal mask, so their states are exact.
-    attention_mask = torch.arange(width)[None, :] < lengths[:, None]
+    input_ids, attention_mask, n_prefix = padded_batch(model, token_ids)
     with ResidualCapture(model.layers) as capture:
         model.base(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
     keep = attention_mask.clone()
-    keep[:, : len(prefix)] = False
+    keep[:, :n_prefix] = False
     activations = torch.stack([out[keep.to(out.device)] for out in capture.outputs])  # (L, n_tokens, d)
     document, position = keep.nonzero(as_tuple=True)
     return CapturedBatch(
-        activations=activations, document=document, position=position - len(prefix), token_id=input_ids[keep]
+        activations=activations, document=document, position=position - n_prefix, token_id=input_ids[keep]
     )
 
 

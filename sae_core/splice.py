@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sae_core.capture import LoadedModel, length_sorted_batches
+from sae_core.capture import LoadedModel, length_sorted_batches, padded_batch
 
 _HEAD_CHUNK_TOKENS = 512
 """Predictions whose logits are materialised at once: 512 × 49,152 × 4 B ≈ 100 MB per run for SmolLM2."""
@@ -216,16 +216,9 @@ def _batch_token_losses(
     model: LoadedModel, head: nn.Module, sae: nn.Module, layer: int, token_ids: Sequence[Sequence[int]], device: str
 ) -> SplicedTokenLosses:
     """Per-prediction losses of one right-padded batch; see the module docstring for which positions count."""
-    prefix = [] if model.bos_token_id is None else [model.bos_token_id]
-    lengths = torch.tensor([len(prefix) + len(ids) for ids in token_ids])
-    width = int(lengths.max())
-    input_ids = torch.zeros(len(token_ids), width, dtype=torch.long)
-    for row, ids in enumerate(token_ids):
-        input_ids[row, : lengths[row]] = torch.tensor([*prefix, *ids], dtype=torch.long)
-    # Right padding: under the causal mask real tokens never attend to pads, so padding changes nothing.
-    attention_mask = torch.arange(width)[None, :] < lengths[:, None]  # (B, W)
+    input_ids, attention_mask, n_prefix = padded_batch(model, token_ids)  # (B, W) each
     patched = attention_mask.clone()
-    patched[:, : len(prefix)] = False  # BOS is the attention sink; see the module docstring
+    patched[:, :n_prefix] = False  # BOS is the attention sink; see the module docstring
     predicting = patched[:, :-1] & attention_mask[:, 1:]  # (B, W-1): position t predicts the token at t+1
     targets = input_ids[:, 1:][predicting].to(device)  # (n,)
     document, position = predicting.nonzero(as_tuple=True)
@@ -256,7 +249,7 @@ def _batch_token_losses(
 
     return SplicedTokenLosses(
         document=document,
-        position=position + 1 - len(prefix),
+        position=position + 1 - n_prefix,
         ce_clean=losses["ce_clean"].cpu(),
         ce_sae=losses["ce_sae"].cpu(),
         ce_zero_ablation=losses["ce_zero"].cpu(),

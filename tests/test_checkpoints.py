@@ -128,12 +128,7 @@ def test_a_killed_and_rerun_training_ends_with_the_weights_of_an_uninterrupted_o
 # ---- in-process behaviour -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def small_data(seed: int = 0) -> torch.Tensor:

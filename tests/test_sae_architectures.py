@@ -20,13 +20,7 @@ from sae_core.train import train_sae
 D_IN, RANK, K = 32, 8, 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: OpenMP threads only add contention on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def low_rank_data(n: int = 4096, code_seed: int = 0, offset: float = 3.0) -> torch.Tensor:

@@ -35,13 +35,7 @@ FIRST_WORD = 2  # ids 0 (unused) and 1 (BOS) are not words
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors are tiny: OpenMP threads only add contention on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def successor_table() -> Tensor:
