@@ -55,7 +55,7 @@ from torch import Tensor
 
 from sae_core.architectures import build_sae
 from sae_core.config import SaeConfig
-from sae_core.io import CFG_FILENAME, SAELENS_ARCHITECTURES, THRESHOLD_NAME, WEIGHTS_FILENAME
+from sae_core.io import CFG_FILENAME, SAELENS_ARCHITECTURES, THRESHOLD_NAME, WEIGHTS_FILENAME, read_json_object
 from sae_core.sae import SparseAutoencoder
 
 SPARSIFY_WEIGHTS_FILENAME = "sae.safetensors"
@@ -88,7 +88,7 @@ def load_saelens_sae(folder: str | Path) -> SparseAutoencoder:
     sae_core cannot compute exactly or weights that do not match it.
     """
     cfg_path, weights_path = _require_files(Path(folder), CFG_FILENAME, WEIGHTS_FILENAME)
-    layout = saelens_format(_read_json_object(cfg_path), cfg_path)
+    layout = saelens_format(read_json_object(cfg_path), cfg_path)
     tensors = _read_tensors(weights_path)
     # SAELens < 6 saved an all-ones "scaling_factor" for a while; SAELens itself drops it.
     scaling_factor = tensors.pop("scaling_factor", None)
@@ -115,7 +115,7 @@ def load_sparsify_sae(folder: str | Path) -> SparseAutoencoder:
     not a TopK autoencoder or weights that do not match it.
     """
     cfg_path, weights_path = _require_files(Path(folder), CFG_FILENAME, SPARSIFY_WEIGHTS_FILENAME)
-    sae_cfg = sparsify_sae_config(_read_json_object(cfg_path), cfg_path)
+    sae_cfg = sparsify_sae_config(read_json_object(cfg_path), cfg_path)
     tensors = _read_tensors(weights_path)
     # nn.Linear stores the encoder as (d_sae, d_in); ours is (d_in, d_sae).
     renamed = {"encoder.weight": "W_enc", "encoder.bias": "b_enc"}
@@ -215,16 +215,6 @@ def _require_files(folder: Path, *names: str) -> list[Path]:
         if not path.is_file():
             raise FileNotFoundError(f"SAE folder {folder} has no {path.name}")
     return paths
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:

@@ -127,14 +127,20 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any
     return folder
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; ValueError naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _read_cfg(cfg_path: Path) -> tuple[SaeConfig, bool]:
     """The SaeConfig a cfg.json describes, and its apply_b_dec_to_input flag."""
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{cfg_path} is not valid JSON: {error}") from error
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
+    cfg = read_json_object(cfg_path)
     saelens_architecture = cfg.get("architecture")
     activation_fn = cfg.get("activation_fn")
     if saelens_architecture == "standard" and activation_fn == "topk":

@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sae_core.capture import (
     LoadedModel,
@@ -25,8 +25,8 @@ from sae_core.capture import (
     tokenize,
     wrap_model,
 )
+from tests.tiny_models import D_MODEL, N_LAYERS, VOCAB, tiny_llama_config
 
-N_LAYERS, D_MODEL, VOCAB = 3, 32, 100
 BOS = 1
 ATOL = 1e-5
 
@@ -41,15 +41,7 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="module")
 def llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        hidden_size=D_MODEL,
-        intermediate_size=64,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=128,
-    )
+    config = tiny_llama_config(max_position_embeddings=128)
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from sae_core.capture import LoadedModel, capture_batch, wrap_model
 from sae_core.config import SaeConfig, TrainConfig
@@ -27,8 +27,8 @@ from sae_core.splice import (
     spliced_token_losses,
 )
 from sae_core.train import train_sae
+from tests.tiny_models import D_MODEL, N_LAYERS, VOCAB, tiny_llama_config
 
-N_LAYERS, D_MODEL, VOCAB = 3, 32, 100
 BOS = 1
 LAYER = 1
 FIRST_WORD = 2  # ids 0 (unused) and 1 (BOS) are not words
@@ -62,15 +62,7 @@ def bigram_documents(n: int, length: int, seed: int) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def llama() -> LlamaForCausalLM:
     """A 3-layer Llama trained for a few hundred steps on the bigram language (BOS first)."""
-    config = LlamaConfig(
-        hidden_size=D_MODEL,
-        intermediate_size=64,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-    )
+    config = tiny_llama_config(max_position_embeddings=64)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
