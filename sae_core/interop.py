@@ -55,7 +55,7 @@ from torch import Tensor
 
 from sae_core.architectures import build_sae
 from sae_core.config import SaeConfig
-from sae_core.io import CFG_FILENAME, SAELENS_ARCHITECTURES, THRESHOLD_NAME, WEIGHTS_FILENAME, read_json_object
+from sae_core.io import CFG_FILENAME, SAELENS_ARCHITECTURES, THRESHOLD_NAME, WEIGHTS_FILENAME, copy_checked, read_json_object
 from sae_core.sae import SparseAutoencoder
 
 SPARSIFY_WEIGHTS_FILENAME = "sae.safetensors"
@@ -268,13 +268,7 @@ def _sae_from_tensors(sae_cfg: SaeConfig, tensors: dict[str, Tensor], source: Pa
         )
     with torch.no_grad():
         for name in names:
-            target = getattr(sae, name)
-            if tensors[name].shape != target.shape:
-                raise ValueError(
-                    f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
-                    f"the config implies {tuple(target.shape)}"
-                )
-            target.copy_(tensors[name].float())
+            copy_checked(sae, name, tensors[name], source)
     return sae.eval()
 
 

@@ -127,6 +127,17 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any
     return folder
 
 
+def copy_checked(sae: torch.nn.Module, name: str, tensor: torch.Tensor, source: object) -> None:
+    """Copy `tensor` (as float32) into `sae`'s parameter or buffer `name`; ValueError naming `source`
+    when its shape is not the one the config implies."""
+    target = getattr(sae, name)
+    if tensor.shape != target.shape:
+        raise ValueError(
+            f"{source}: {name} has shape {tuple(tensor.shape)}, the config implies {tuple(target.shape)}"
+        )
+    target.copy_(tensor.float())
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in `path`; ValueError naming the file when it is not one."""
     try:
@@ -213,13 +224,7 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
         for name in _weight_names(sae_cfg):
             if name not in weights:
                 raise ValueError(f"{weights_path} has no tensor {name!r} (found {sorted(weights)})")
-            target = getattr(sae, name)
-            if weights[name].shape != target.shape:
-                raise ValueError(
-                    f"{weights_path}: {name} has shape {tuple(weights[name].shape)}, "
-                    f"cfg.json implies {tuple(target.shape)}"
-                )
-            target.copy_(weights[name].float())
+            copy_checked(sae, name, weights[name], weights_path)
         if not apply_b_dec_to_input:
             # Their pre-activation is x W_enc + b_enc; ours subtracts b_dec first, so add it back.
             sae.b_enc += sae.b_dec @ sae.W_enc
