@@ -34,9 +34,10 @@ reproduces the model's own logits (a model with logit soft-capping or scaling wo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -202,73 +203,179 @@ def _reconstruct_with(sae: nn.Module, layer: int) -> Callable[[Tensor], Tensor]:
     return reconstruct
 
 
-def _final_states(
-    model: LoadedModel, input_ids: Tensor, attention_mask: Tensor, patch: ResidualPatch | None
-) -> Tensor:
-    """The base model's last hidden state (B, W, d_model), with `patch` hooked in when given."""
-    if patch is None:
-        return model.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    with patch:
-        return model.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+class _Batch(NamedTuple):
+    """One right-padded batch of documents and the predictions it scores (module docstring)."""
+
+    input_ids: Tensor  # (B, W) on the device
+    attention_mask: Tensor  # (B, W) bool on the device
+    patched: Tensor  # (B, W) bool: text tokens, the positions a splice replaces
+    predicting: Tensor  # (B, W-1) bool on the device: position t predicts the token at t+1
+    targets: Tensor  # (n,) int64 on the device
+    document: Tensor  # (n,) int64: the document (within the batch) of each prediction
+    position: Tensor  # (n,) int64: the predicted token's position in its document's text
 
 
-def _batch_token_losses(
-    model: LoadedModel, head: nn.Module, sae: nn.Module, layer: int, token_ids: Sequence[Sequence[int]], device: str
-) -> SplicedTokenLosses:
-    """Per-prediction losses of one right-padded batch; see the module docstring for which positions count."""
+def _prepare_batch(model: LoadedModel, token_ids: Sequence[Sequence[int]], device: str) -> _Batch:
     input_ids, attention_mask, n_prefix = padded_batch(model, token_ids)  # (B, W) each
     patched = attention_mask.clone()
     patched[:, :n_prefix] = False  # BOS is the attention sink; see the module docstring
-    predicting = patched[:, :-1] & attention_mask[:, 1:]  # (B, W-1): position t predicts the token at t+1
-    targets = input_ids[:, 1:][predicting].to(device)  # (n,)
+    predicting = patched[:, :-1] & attention_mask[:, 1:]
     document, position = predicting.nonzero(as_tuple=True)
-
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    runs = {
-        "clean": None,
-        "sae": ResidualPatch(model.layers[layer], patched, _reconstruct_with(sae, layer)),
-        "zero": ResidualPatch(model.layers[layer], patched, torch.zeros_like),
-    }
-    predicting = predicting.to(device)
-    states = {  # (n, d_model) per run: final states at the predicting positions only
-        name: _final_states(model, input_ids, attention_mask, patch)[:, :-1][predicting] for name, patch in runs.items()
-    }
-
-    n = len(targets)
-    losses = {name: torch.empty(n, device=device) for name in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")}
-    for start in range(0, n, _HEAD_CHUNK_TOKENS):
-        rows = slice(start, start + _HEAD_CHUNK_TOKENS)
-        chunk_targets = targets[rows, None]
-        log_p_clean = F.log_softmax(head(states["clean"][rows]).float(), dim=-1)  # (chunk, vocab)
-        p_clean = log_p_clean.exp()
-        losses["ce_clean"][rows] = -log_p_clean.gather(1, chunk_targets)[:, 0]
-        for run in ("sae", "zero"):
-            log_p = F.log_softmax(head(states[run][rows]).float(), dim=-1)
-            losses[f"ce_{run}"][rows] = -log_p.gather(1, chunk_targets)[:, 0]
-            losses[f"kl_{run}"][rows] = (p_clean * (log_p_clean - log_p)).sum(dim=-1)
-
-    return SplicedTokenLosses(
+    return _Batch(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        patched=patched,
+        predicting=predicting.to(device),
+        targets=input_ids[:, 1:][predicting].to(device),
         document=document,
         position=position + 1 - n_prefix,
-        ce_clean=losses["ce_clean"].cpu(),
-        ce_sae=losses["ce_sae"].cpu(),
-        ce_zero_ablation=losses["ce_zero"].cpu(),
-        kl_sae=losses["kl_sae"].cpu(),
-        kl_zero=losses["kl_zero"].cpu(),
     )
 
 
-class _EvalMode:
-    """Put a module in eval mode for the duration of a block, then restore its training flag."""
+def _predicting_states(model: LoadedModel, batch: _Batch, patch: ResidualPatch | None) -> Tensor:
+    """Final hidden states (n, d_model) at the predicting positions, with `patch` hooked in when given."""
+    with patch if patch is not None else contextlib.nullcontext():
+        states = model.base(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).last_hidden_state
+    return states[:, :-1][batch.predicting]
 
-    def __init__(self, module: nn.Module):
-        self.module, self.was_training = module, module.training
+
+def _token_losses(
+    head: nn.Module, targets: Tensor, clean: Tensor, runs: Mapping[str, Tensor]
+) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+    """CE of the clean run, and (CE, KL to clean) of every run, per prediction: tensors of shape (n,).
+
+    clean and each run are final states (n, d_model); logits are formed `_HEAD_CHUNK_TOKENS` rows at a time.
+    """
+    n = len(targets)
+    ce_clean = torch.empty(n, device=clean.device)
+    losses = {name: (torch.empty(n, device=clean.device), torch.empty(n, device=clean.device)) for name in runs}
+    for start in range(0, n, _HEAD_CHUNK_TOKENS):
+        rows = slice(start, start + _HEAD_CHUNK_TOKENS)
+        chunk_targets = targets[rows, None]
+        log_p_clean = F.log_softmax(head(clean[rows]).float(), dim=-1)  # (chunk, vocab)
+        p_clean = log_p_clean.exp()
+        ce_clean[rows] = -log_p_clean.gather(1, chunk_targets)[:, 0]
+        for name, states in runs.items():
+            log_p = F.log_softmax(head(states[rows]).float(), dim=-1)
+            ce, kl = losses[name]
+            ce[rows] = -log_p.gather(1, chunk_targets)[:, 0]
+            kl[rows] = (p_clean * (log_p_clean - log_p)).sum(dim=-1)
+    return ce_clean, losses
+
+
+class _EvalMode:
+    """Put modules in eval mode for the duration of a block, then restore their training flags."""
+
+    def __init__(self, *modules: nn.Module):
+        self.flags = [(module, module.training) for module in modules]
 
     def __enter__(self) -> None:
-        self.module.eval()
+        for module, _ in self.flags:
+            module.eval()
 
     def __exit__(self, *exc) -> None:
-        self.module.train(self.was_training)
+        for module, was_training in self.flags:
+            module.train(was_training)
+
+
+class SplicedEvaluator:
+    """Spliced evaluation of many SAEs on the same documents, sharing the runs they have in common.
+
+    Comparing R regimes over L layers naively costs L·R·3 forward passes; here the clean run is done
+    once per batch for all layers and the zero ablation once per layer, so it costs 1 + L·(1 + R).
+    The clean final states kept between layers are small: (predictions, d_model) per batch.
+
+    Documents are batched by length, at most `batch_tokens` padded tokens a batch, which changes no
+    result. Pass held-out documents (see `holdout_documents`): the SAEs should not have trained on them.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        token_ids: Sequence[Sequence[int]],
+        batch_tokens: int = 4096,
+        device: str = "cpu",
+    ):
+        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+        self.model, self.device = model, device
+        self.head = _lm_head(model, device)
+        _check_documents(model, token_ids)
+        with torch.inference_mode():
+            _check_head_reproduces_logits(model, self.head, token_ids[0], device)
+        prefix = int(model.bos_token_id is not None)
+        self.batches = [
+            _prepare_batch(model, [token_ids[i] for i in batch], device)
+            for batch in length_sorted_batches([prefix + len(ids) for ids in token_ids], batch_tokens)
+        ]
+        self._clean_states: list[Tensor | None] = [None] * len(self.batches)
+
+    @property
+    def n_predictions(self) -> int:
+        return sum(len(batch.targets) for batch in self.batches)
+
+    def _clean(self, number: int) -> Tensor:
+        if self._clean_states[number] is None:
+            self._clean_states[number] = _predicting_states(self.model, self.batches[number], None)
+        return self._clean_states[number]
+
+    @torch.inference_mode()
+    def evaluate(
+        self, layer: int, saes: Mapping[str, nn.Module], log: Callable[[str], None] | None = None
+    ) -> dict[str, SplicedMetrics]:
+        """CE-loss score and KL of each SAE in `saes` (name → SAE) spliced in at `layer`.
+
+        CE-loss score = (CE_zero − CE_sae) / (CE_zero − CE_clean); KL_m = mean_t KL(p_clean ‖ p_m), the
+        means over every predicted token of every document (module docstring). Each SAE maps
+        (n, d_model) activations of `layer` to `sae(x).sae_out` in the model's units.
+        Raises ValueError for a layer out of range, no SAEs, or when CE_zero equals CE_clean (to float32
+        precision), where the score is undefined.
+        """
+        _check_layer(self.model, layer)
+        if not saes:
+            raise ValueError("saes is empty: name at least one SAE to splice in")
+        if "zero" in saes:
+            raise ValueError("'zero' names the zero-ablation run; give the SAE another name")
+        decoder_layer = self.model.layers[layer]
+        sums = {name: 0.0 for name in ("ce_clean", "ce_zero", "kl_zero")}
+        sums |= {f"{kind}_{name}": 0.0 for name in saes for kind in ("ce", "kl")}
+        with _EvalMode(*saes.values()):
+            for number, batch in enumerate(self.batches):
+                runs = {"zero": ResidualPatch(decoder_layer, batch.patched, torch.zeros_like)}
+                runs |= {name: ResidualPatch(decoder_layer, batch.patched, _reconstruct_with(sae, layer)) for name, sae in saes.items()}
+                states = {name: _predicting_states(self.model, batch, patch) for name, patch in runs.items()}
+                ce_clean, losses = _token_losses(self.head, batch.targets, self._clean(number), states)
+                sums["ce_clean"] += float(ce_clean.double().sum())
+                for name, (ce, kl) in losses.items():
+                    sums[f"ce_{name}"] += float(ce.double().sum())
+                    sums[f"kl_{name}"] += float(kl.double().sum())
+                if log is not None:
+                    log(f"spliced evaluation at layer {layer}: batch {number + 1}/{len(self.batches)}")
+
+        n = self.n_predictions
+        means = {name: total / n for name, total in sums.items()}
+        if not all(math.isfinite(value) for value in means.values()):
+            raise ValueError(f"spliced evaluation at layer {layer} produced non-finite losses: {means}")
+        if math.isclose(means["ce_zero"], means["ce_clean"], rel_tol=1e-7, abs_tol=0.0):
+            raise ValueError(
+                f"CE-loss score is undefined at layer {layer}: zero ablation leaves the cross-entropy unchanged "
+                f"(CE_clean = CE_zero = {means['ce_clean']:.6g})"
+            )
+        ablation_gap = means["ce_zero"] - means["ce_clean"]
+        return {
+            name: SplicedMetrics(
+                ce_clean=means["ce_clean"],
+                ce_sae=means[f"ce_{name}"],
+                ce_zero_ablation=means["ce_zero"],
+                ce_loss_score=(means["ce_zero"] - means[f"ce_{name}"]) / ablation_gap,
+                kl_sae=means[f"kl_{name}"],
+                kl_zero=means["kl_zero"],
+                n_tokens=n,
+            )
+            for name in saes
+        }
 
 
 @torch.inference_mode()
@@ -284,11 +391,24 @@ def spliced_token_losses(
     head = _lm_head(model, device)
     _check_documents(model, token_ids)
     _check_head_reproduces_logits(model, head, token_ids[0], device)
+    batch = _prepare_batch(model, token_ids, device)
     with _EvalMode(sae):
-        return _batch_token_losses(model, head, sae, layer, token_ids, device)
+        states = {
+            name: _predicting_states(model, batch, ResidualPatch(model.layers[layer], batch.patched, replace))
+            for name, replace in (("sae", _reconstruct_with(sae, layer)), ("zero", torch.zeros_like))
+        }
+        ce_clean, losses = _token_losses(head, batch.targets, _predicting_states(model, batch, None), states)
+    return SplicedTokenLosses(
+        document=batch.document,
+        position=batch.position,
+        ce_clean=ce_clean.cpu(),
+        ce_sae=losses["sae"][0].cpu(),
+        ce_zero_ablation=losses["zero"][0].cpu(),
+        kl_sae=losses["sae"][1].cpu(),
+        kl_zero=losses["zero"][1].cpu(),
+    )
 
 
-@torch.inference_mode()
 def spliced_evaluation(
     model: LoadedModel,
     sae: nn.Module,
@@ -298,50 +418,11 @@ def spliced_evaluation(
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
 ) -> SplicedMetrics:
-    """CE-loss score and KL of `sae` spliced into `model` at `layer`, on the documents `token_ids`.
+    """CE-loss score and KL of one `sae` spliced into `model` at `layer`, on the documents `token_ids`.
 
     CE-loss score = (CE_zero − CE_sae) / (CE_zero − CE_clean); KL_m = mean_t KL(p_clean ‖ p_m).
-    The means run over every predicted token of every document (module docstring); documents are
-    batched by length, at most `batch_tokens` padded tokens a batch, which changes no result.
-    Pass held-out documents (see `holdout_documents`): the SAE should not have trained on them.
-    Raises ValueError for a layer out of range, bad token ids, or when CE_zero equals CE_clean
-    (to float32 precision), where the score is undefined.
+    See `SplicedEvaluator`, which scores many SAEs and layers on the same documents more cheaply.
     """
     _check_layer(model, layer)
-    if not isinstance(batch_tokens, int) or batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
-    head = _lm_head(model, device)
-    _check_documents(model, token_ids)
-    _check_head_reproduces_logits(model, head, token_ids[0], device)
-
-    prefix = int(model.bos_token_id is not None)
-    batches = list(length_sorted_batches([prefix + len(ids) for ids in token_ids], batch_tokens))
-    sums = dict.fromkeys(("ce_clean", "ce_sae", "ce_zero_ablation", "kl_sae", "kl_zero"), 0.0)
-    n_tokens = 0
-    with _EvalMode(sae):
-        for number, batch in enumerate(batches, 1):
-            losses = _batch_token_losses(model, head, sae, layer, [token_ids[i] for i in batch], device)
-            for name in sums:
-                sums[name] += float(getattr(losses, name).double().sum())
-            n_tokens += len(losses.document)
-            if log is not None:
-                log(f"spliced evaluation at layer {layer}: batch {number}/{len(batches)}, {n_tokens:,} predictions")
-
-    means = {name: total / n_tokens for name, total in sums.items()}
-    if not all(math.isfinite(value) for value in means.values()):
-        raise ValueError(f"spliced evaluation at layer {layer} produced non-finite losses: {means}")
-    ablation_gap = means["ce_zero_ablation"] - means["ce_clean"]
-    if math.isclose(means["ce_zero_ablation"], means["ce_clean"], rel_tol=1e-7, abs_tol=0.0):
-        raise ValueError(
-            f"CE-loss score is undefined at layer {layer}: zero ablation leaves the cross-entropy unchanged "
-            f"(CE_clean = CE_zero = {means['ce_clean']:.6g})"
-        )
-    return SplicedMetrics(
-        ce_clean=means["ce_clean"],
-        ce_sae=means["ce_sae"],
-        ce_zero_ablation=means["ce_zero_ablation"],
-        ce_loss_score=(means["ce_zero_ablation"] - means["ce_sae"]) / ablation_gap,
-        kl_sae=means["kl_sae"],
-        kl_zero=means["kl_zero"],
-        n_tokens=n_tokens,
-    )
+    evaluator = SplicedEvaluator(model, token_ids, batch_tokens=batch_tokens, device=device)
+    return evaluator.evaluate(layer, {"sae": sae}, log=log)["sae"]

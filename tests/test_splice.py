@@ -21,6 +21,7 @@ from transformers import LlamaForCausalLM
 from sae_core.capture import LoadedModel, capture_batch, wrap_model
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.splice import (
+    SplicedEvaluator,
     SplicedMetrics,
     holdout_documents,
     spliced_evaluation,
@@ -236,6 +237,26 @@ def test_batch_size_does_not_change_the_metrics(model_with_bos, documents, train
     assert many_batches.n_tokens == one_batch.n_tokens
     for name, value in one_batch.to_dict().items():
         assert getattr(many_batches, name) == pytest.approx(value, abs=1e-5), name
+
+
+def test_one_evaluator_scores_many_saes_and_layers_as_separate_evaluations_would(model_with_bos, documents, trained_sae):
+    evaluator = SplicedEvaluator(model_with_bos, documents, batch_tokens=64)
+    for layer in (LAYER, 0):  # the clean run cached for the first layer serves the second
+        together = evaluator.evaluate(layer, {"trained": trained_sae, "identity": IdentitySae(), "zeros": ZeroSae()})
+        for name, sae in (("trained", trained_sae), ("identity", IdentitySae()), ("zeros", ZeroSae())):
+            alone = spliced_evaluation(model_with_bos, sae, layer, documents)
+            for field, value in alone.to_dict().items():
+                assert getattr(together[name], field) == pytest.approx(value, abs=1e-5), (layer, name, field)
+    assert together["identity"].ce_loss_score == pytest.approx(1.0, abs=1e-5)
+    assert together["zeros"].ce_loss_score == pytest.approx(0.0, abs=1e-5)
+
+
+def test_an_evaluator_refuses_no_saes_and_the_reserved_name_zero(model_with_bos, documents):
+    evaluator = SplicedEvaluator(model_with_bos, documents[:2])
+    with pytest.raises(ValueError, match="saes is empty"):
+        evaluator.evaluate(LAYER, {})
+    with pytest.raises(ValueError, match="'zero'"):
+        evaluator.evaluate(LAYER, {"zero": IdentitySae()})
 
 
 def test_metrics_serialise_to_a_flat_dict(model_with_bos, documents):
