@@ -1,4 +1,8 @@
-"""Cluster explanations: the latents that hold each SAE cluster together, in words a reader can check."""
+"""Explanations in words a reader can check: the latents that hold each SAE cluster together, and each
+company's most specific latents (with every latent's description, which the `peerlens` CLI reads)."""
+
+import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -6,10 +10,39 @@ from dagster import AssetIn, AssetCheckResult, Config, MetadataValue, Output, as
 from pydantic import Field
 
 from assets.features import TOP_TOKENS_FILE, dense_features
+from peerlens import company_latents
 from peerlens.explain import describe_latents, explain_clusters, explanations_markdown, specificity_weighted
+from peerlens.peers import LATENT_DESCRIPTIONS_FILE
 from resources import ArtifactStorage, LanguageModelResource
 from sae_core.activation_store import ActivationStore
 from sae_core.capture import load_tokenizer
+
+
+def _describe(
+    latents: np.ndarray,
+    hits_per_latent: int | None,
+    context_tokens: int,
+    features: np.ndarray,
+    tickers: list[str],
+    llm_activations: dict,
+    language_model: LanguageModelResource,
+    artifacts: ArtifactStorage,
+) -> pd.DataFrame:
+    """`describe_latents` of `latents` from company_features' top tokens, at most `hits_per_latent` each
+    (None: all that company_features kept)."""
+    top_tokens = pd.read_parquet(artifacts.folder("company_features") / TOP_TOKENS_FILE)
+    top_tokens = top_tokens[top_tokens.latent.isin(latents)]
+    if hits_per_latent is not None:
+        top_tokens = top_tokens[top_tokens["rank"] <= hits_per_latent]
+    index = ActivationStore(llm_activations["folder"]).index
+    return describe_latents(
+        top_tokens[["latent", "rank", "token_index", "activation"]],
+        index[["document", "position", "token_id"]],
+        load_tokenizer(language_model.name).decode,
+        features,
+        tickers,
+        context=context_tokens,
+    )
 
 
 class ClusterExplanationsConfig(Config):
@@ -38,17 +71,9 @@ def cluster_explanations(
     explained = explain_clusters(
         specificity_weighted(features), tickers, sae_labels.to_numpy(), top_latents=config.top_latents
     )
-    top_tokens = pd.read_parquet(artifacts.folder("company_features") / TOP_TOKENS_FILE)
-    top_tokens = top_tokens[top_tokens.latent.isin(explained.latent.unique())]
-    index = ActivationStore(llm_activations["folder"]).index
-    tokenizer = load_tokenizer(language_model.name)
-    described = describe_latents(
-        top_tokens[["latent", "rank", "token_index", "activation"]],
-        index[["document", "position", "token_id"]],
-        tokenizer.decode,
-        features,
-        tickers,
-        context=config.context_tokens,
+    described = _describe(
+        explained.latent.unique(), None, config.context_tokens, features, tickers,
+        llm_activations, language_model, artifacts,
     )
     table = explained.merge(described, on="latent", how="left")
     return Output(
@@ -78,6 +103,78 @@ def every_sae_cluster_is_explained(
             "latents_without_tokens": undescribed,
             "mean_share_top1": float(
                 np.nan_to_num(cluster_explanations[cluster_explanations["rank"] == 1].share.mean())
+            ),
+        },
+    )
+
+
+class CompanyTopLatentsConfig(Config):
+    top_latents: int = Field(default=10, description="Latents kept per company.")
+    hits_per_latent: int = Field(default=3, description="Top-activating tokens shown per latent description.")
+    context_tokens: int = Field(default=6, description="Tokens of context around each top-activating token.")
+    companies_shown: int = Field(default=20, description="Companies written in the UI report (the parquet has all).")
+
+
+@asset(group_name="evaluation", kinds={"pandas", "parquet"})
+def company_top_latents(
+    config: CompanyTopLatentsConfig,
+    company_features: pd.DataFrame,
+    company_descriptions: pd.DataFrame,
+    llm_activations: dict,
+    language_model: LanguageModelResource,
+    artifacts: ArtifactStorage,
+) -> Output[pd.DataFrame]:
+    """Per company: its most specific latents, each with its strongest tokens in context and top companies.
+
+    Ranked on specificity-weighted pooled values, as the cluster explanations rank theirs: a latent that
+    fires in every description (punctuation, boilerplate) says nothing about this company, and the peer
+    query compares companies on these same weighted profiles. Also writes
+    `artifacts/company_top_latents/latent_descriptions.parquet` (latent, top_tokens, top_companies) for
+    every latent that fires, which `peerlens peers` and `peerlens explain` read.
+
+    Columns: ticker, rank, latent, value, weighted_value, share, top_tokens, top_companies.
+    """
+    tickers, features = dense_features(company_features)
+    top = company_latents.company_top_latents(features, tickers, n_latents=config.top_latents)
+    fired = np.flatnonzero(features.max(axis=0) > 0)
+    described = _describe(
+        fired, config.hits_per_latent, config.context_tokens, features, tickers,
+        llm_activations, language_model, artifacts,
+    )
+    path = artifacts.folder("company_top_latents") / LATENT_DESCRIPTIONS_FILE
+    partial = path.with_name(path.name + ".tmp")
+    described.to_parquet(partial, index=False)
+    os.replace(partial, path)
+
+    # An even spread through the alphabet, so the sample is not all A-companies.
+    shown = tickers[:: max(1, math.ceil(len(tickers) / config.companies_shown))][: config.companies_shown]
+    names = dict(zip(company_descriptions.ticker, company_descriptions.name))
+    table = top.merge(described, on="latent", how="left")
+    return Output(
+        table,
+        metadata={
+            "companies": int(table.ticker.nunique()),
+            "latents_described": len(described),
+            "latent_descriptions_path": str(path),
+            "top_latents": MetadataValue.md(company_latents.company_latents_markdown(top, described, shown, names)),
+        },
+    )
+
+
+@asset_check(asset=company_top_latents, additional_ins={"company_features": AssetIn("company_features")})
+def every_company_has_described_top_latents(
+    company_top_latents: pd.DataFrame, company_features: pd.DataFrame
+) -> AssetCheckResult:
+    """Every company with features has at least one specific latent, and every listed latent has tokens."""
+    missing = sorted(set(company_features.ticker) - set(company_top_latents.ticker))
+    undescribed = int(company_top_latents.top_tokens.isna().sum())
+    return AssetCheckResult(
+        passed=not missing and undescribed == 0,
+        metadata={
+            "companies_without_specific_latents": ", ".join(missing[:20]) or "none",
+            "latents_without_tokens": undescribed,
+            "mean_share_top1": float(
+                np.nan_to_num(company_top_latents[company_top_latents["rank"] == 1].share.mean())
             ),
         },
     )

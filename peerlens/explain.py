@@ -278,7 +278,7 @@ def describe_latents(
     return pd.DataFrame(rows, columns=list(DESCRIBED_COLUMNS))
 
 
-def _cell(text: object) -> str:
+def markdown_cell(text: object) -> str:
     """A markdown table cell: one line, with '|' escaped."""
     return _clean(str(text)).replace("|", "\\|")
 
@@ -330,7 +330,7 @@ def explanations_markdown(explained: pd.DataFrame, described: pd.DataFrame, max_
             known = row.latent in description.index
             tokens = description.at[row.latent, "top_tokens"] if known else "—"
             companies = description.at[row.latent, "top_companies"] if known else "—"
-            lines.append(f"| {row.latent} | {row.share:.1%} | {_cell(tokens)} | {_cell(companies)} |")
+            lines.append(f"| {row.latent} | {row.share:.1%} | {markdown_cell(tokens)} | {markdown_cell(companies)} |")
         lines.append("")
     if len(clusters) > max_clusters:
         lines.append(f"_{len(clusters) - max_clusters} more clusters not shown._")

@@ -1,4 +1,4 @@
-"""Specification of walk-forward cointegration pairs trading (peerlens.backtest)."""
+"""Specification of walk-forward cointegration pairs trading (peerlens.backtest, peerlens.pairs_trading)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import pandas as pd
 import pytest
 
 from peerlens.backtest import (
-    PairsConfig,
     select_pairs,
+    summarize_backtest,
+    walk_forward_pairs,
+    walk_forward_windows,
+)
+from peerlens.pairs_trading import (
+    PairsConfig,
+    simulate_pairs,
     spread_positions,
     summarize_returns,
     trade_pairs,
-    walk_forward_pairs,
-    walk_forward_windows,
 )
 
 SMALL = PairsConfig(formation_days=100, trading_days=50)
@@ -118,6 +122,55 @@ def test_position_set_at_a_close_earns_the_next_days_return_only():
         [0.0, -0.001, -simple_a[2] / 2, -simple_a[3] / 2, -simple_a[4] / 2 - 0.001, 0.0]
     )
     np.testing.assert_allclose(returns, expected)
+
+
+def test_one_round_trip_trades_one_unit_in_and_one_unit_out():
+    # Short the spread at close 1 (z 1.5), exit at close 4 (z -0.1): |Δp| = 1 on each of those closes.
+    z = np.array([0.0, 1.5, 1.0, 0.5, -0.1, 0.0])
+    log_prices = pd.DataFrame({"A": z, "B": 0.0}, index=pd.bdate_range("2021-01-04", periods=6))
+    trades = simulate_pairs(log_prices, unit_pair(), PairsConfig(cost_bps=10.0))
+    assert trades.positions["A/B"].tolist() == [0, -1, -1, -1, 0, 0]
+    assert trades.traded["A/B"].tolist() == [0, 1, 0, 0, 1, 0]
+    gross = simulate_pairs(log_prices, unit_pair(), PairsConfig(cost_bps=0.0)).returns
+    np.testing.assert_allclose(gross - trades.returns, 10.0 / 1e4 * trades.traded, atol=1e-15)
+
+
+def test_turnover_of_a_single_round_trip_over_a_window_is_two_units_per_window():
+    # Formation: 30 days of an exactly stationary spread (z known); trading: 30 days in which the
+    # spread jumps to z = +1.5 once (short at that close) and comes back to 0 (flat) the next day.
+    n_formation, n_trading = 30, 30
+    cfg = PairsConfig(formation_days=n_formation, trading_days=n_trading, pvalue_max=1.0, cost_bps=10.0)
+    dates = pd.bdate_range("2021-01-04", periods=n_formation + n_trading)
+    rng = np.random.default_rng(0)
+    log_b = np.log(20.0) + np.cumsum(rng.normal(0.0, 0.01, dates.size))
+    spread = np.tile([0.01, -0.01], dates.size // 2)  # formation mean 0, std 0.01017
+    spread[n_formation:] = 0.0
+    spread[n_formation + 10] = 1.5 * np.std(spread[:n_formation], ddof=1)
+    closes = pd.DataFrame({"A": np.exp(log_b + spread), "B": np.exp(log_b)}, index=dates)
+    result = walk_forward_pairs(closes, pd.Series({"A": 0, "B": 0}), cfg)
+    assert len(result.windows) == 1 and result.pairs["pair_id"].tolist() == ["A/B"]
+
+    expected = np.zeros(n_trading)
+    expected[[10, 11]] = 1.0  # one unit in at close 10, one unit out at close 11
+    np.testing.assert_allclose(result.daily_turnover.to_numpy(), expected, atol=1e-9)
+    summary = summarize_backtest(result)
+    assert summary["turnover_daily"] == pytest.approx(2 / n_trading)
+    assert summary["turnover_annual"] == pytest.approx(2 / n_trading * 252)
+    assert summary["n_pairs"] == 1 and summary["windows"] == 1
+
+
+def test_portfolio_costs_are_cost_bps_times_turnover_every_day():
+    closes, clusters = two_cluster_panel()
+    gross = walk_forward_pairs(closes, clusters, PairsConfig(formation_days=100, trading_days=50, cost_bps=0.0))
+    net = walk_forward_pairs(closes, clusters, SMALL)  # 10 bps
+    assert net.daily_turnover.sum() > 0
+    pd.testing.assert_index_equal(net.daily_turnover.index, net.daily_returns.index)
+    np.testing.assert_allclose(
+        gross.daily_returns - net.daily_returns, 10.0 / 1e4 * net.daily_turnover, atol=1e-15
+    )
+    summary = summarize_backtest(net)
+    assert set(summary) >= {"sharpe", "annual_return", "max_drawdown", "turnover_daily", "turnover_annual", "n_pairs"}
+    assert summary["turnover_annual"] == pytest.approx(net.daily_turnover.mean() * 252)
 
 
 def test_spread_positions_enter_exit_and_reverse_on_the_bands():

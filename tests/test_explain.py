@@ -191,3 +191,66 @@ def test_specificity_weighting_zeroes_a_latent_every_company_shares():
     np.testing.assert_allclose(weighted[:, 0], 0.0)
     np.testing.assert_allclose(weighted[0, 1], 2.0 * np.log(4.0))
     np.testing.assert_allclose(weighted[1, 2], 3.0 * np.log(4.0))
+
+
+# ---- per-company top latents -----------------------------------------------------------------------
+
+
+def test_company_top_latents_rank_by_specificity_and_leave_out_boilerplate():
+    from peerlens.company_latents import company_top_latents
+
+    # Latent 0 fires everywhere (weight 0), latent 1 in two companies (ln 2), latent 2 in one (ln 4).
+    features = np.array([[5.0, 1.0, 0.5], [5.0, 1.0, 0.0], [5.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    top = company_top_latents(features, ["A", "B", "C", "D"], n_latents=3)
+    assert list(top.columns) == ["ticker", "rank", "latent", "value", "weighted_value", "share"]
+    # A: latent 2 (0.5 ln 4 = 0.693) ties latent 1 (1 ln 2 = 0.693); equal values go by latent index.
+    a = top[top.ticker == "A"]
+    assert a["latent"].tolist() == [1, 2] and a["rank"].tolist() == [1, 2]
+    np.testing.assert_allclose(a["weighted_value"], [np.log(2.0), 0.5 * np.log(4.0)])
+    np.testing.assert_allclose(a["share"], [0.5, 0.5])  # squares of the unit profile: they sum to 1
+    assert a["value"].tolist() == [1.0, 0.5]
+    assert top[top.ticker == "B"]["latent"].tolist() == [1]
+    assert set(top.ticker) == {"A", "B"}  # C and D have nothing but boilerplate
+
+
+def test_company_top_latents_keep_n_latents_and_shares_are_the_profile_squared():
+    from peerlens.company_latents import company_profiles, company_top_latents
+
+    rng = np.random.default_rng(1)
+    features = rng.uniform(0.0, 1.0, size=(5, 12)) * (rng.uniform(size=(5, 12)) > 0.5)
+    top = company_top_latents(features, list("ABCDE"), n_latents=2)
+    assert top.groupby("ticker").size().max() == 2
+    profiles = company_profiles(features)
+    rows = top.ticker.map({t: i for i, t in enumerate("ABCDE")}).to_numpy()
+    np.testing.assert_allclose(top["share"], profiles[rows, top["latent"].to_numpy()] ** 2)
+    best = np.argmax(profiles, axis=1)
+    assert top[top["rank"] == 1].set_index("ticker").latent.tolist() == [best[i] for i in sorted(set(rows))]
+
+
+def test_company_profiles_are_unit_rows_and_zero_without_specific_latents():
+    from peerlens.company_latents import company_profiles
+
+    profiles = company_profiles(np.array([[1.0, 2.0, 0.0], [1.0, 0.0, 3.0], [1.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(np.linalg.norm(profiles[:2], axis=1), 1.0)
+    np.testing.assert_array_equal(profiles[2], 0.0)
+
+
+def test_company_latents_markdown_writes_a_section_per_chosen_company():
+    from peerlens.company_latents import company_latents_markdown, company_top_latents
+
+    # The banks share latent 3, the oil companies latent 6; XOM also has latent 1 to itself.
+    features = np.zeros((6, 8))
+    features[:3, 3], features[3:5, 6], features[3, 1], features[5, 0] = 5.0, 4.0, 1.0, 1.0
+    top = company_top_latents(features, TICKERS, n_latents=2)
+    described = pd.DataFrame(
+        {"latent": [3], "top_tokens": ["…commercial «loans» | «deposits»"], "top_companies": ["JPM, BAC"]}
+    )
+    markdown = company_latents_markdown(top, described, ["JPM", "XOM"], names={"JPM": "JPMorgan Chase & Co."})
+    assert markdown.count("\n## ") == 2
+    assert "## JPM — JPMorgan Chase & Co." in markdown and "## XOM\n" in markdown
+    share = top[(top.ticker == "JPM") & (top["rank"] == 1)].share.item()
+    assert f"| 3 | {share:.1%} | …commercial «loans» \\| «deposits» | JPM, BAC |" in markdown
+    assert top[top.ticker == "XOM"].latent.tolist() == [6, 1]  # 4 ln 3 > 1 ln 6
+    assert "| 6 | " in markdown and "| — | — |" in markdown  # latents 1 and 6 have no description
+    with pytest.raises(ValueError, match="no rows"):
+        company_latents_markdown(top, described, ["MSFT"])
