@@ -7,6 +7,8 @@ CPU) and a deployment (EDGAR + yfinance, a GPU) with nothing but environment var
     PEERLENS_HOME               where tables and artifacts land (default .peerlens)
     PEERLENS_MODEL              a Hugging Face causal LM name or path (default smollm2-135m)
     PEERLENS_DEVICE             auto | cpu | cuda
+    PEERLENS_SAE_LAUNCHER       in_process | torchrun: where SAE training runs (default in_process)
+    PEERLENS_SAE_NPROC          torchrun processes per node, e.g. 8 on an 8-GPU node (default 1)
     PEERLENS_EDGAR_USER_AGENT   'Name email@domain' for SEC EDGAR
 """
 
@@ -24,6 +26,7 @@ from resources import (
     ComputeResource,
     EdgarResource,
     LanguageModelResource,
+    SaeTrainer,
     SampleDataResource,
     TableIOManager,
     YFinanceResource,
@@ -41,6 +44,10 @@ def resources_from_environment() -> dict:
         "yfinance": YFinanceResource(),
         "language_model": LanguageModelResource(name=os.environ.get("PEERLENS_MODEL", DEFAULT_MODEL)),
         "compute": ComputeResource(device=os.environ.get("PEERLENS_DEVICE", "auto")),
+        "sae_trainer": SaeTrainer(
+            launcher=os.environ.get("PEERLENS_SAE_LAUNCHER", "in_process"),
+            nproc_per_node=int(os.environ.get("PEERLENS_SAE_NPROC", "1")),
+        ),
         "sae_quality": SaeQualityThresholds(),
     }
 

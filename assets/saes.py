@@ -15,13 +15,13 @@ from dagster import (
 )
 from pydantic import Field
 
-from resources import ArtifactStorage, ComputeResource
+from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStore
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import save_sae
 from sae_core.metrics import evaluate_sae
 from sae_core.splice import holdout_documents
-from sae_core.train import sample_group_activations, train_sae
+from sae_core.train import sample_group_activations
 
 
 class SaeQualityThresholds(ConfigurableResource):
@@ -41,6 +41,24 @@ class GroupSaesConfig(Config):
     holdout_share: float = Field(default=0.1, description="Share of companies held out for evaluation.")
     seed: int = 0
 
+    def sae_config(self, d_in: int) -> SaeConfig:
+        return SaeConfig(
+            d_in=d_in,
+            expansion_factor=self.expansion_factor,
+            k=None if self.architecture == "relu" else self.k,
+            architecture=self.architecture,
+        )
+
+    def train_config(self, device: str, total_tokens: int | None = None) -> TrainConfig:
+        """The run's TrainConfig; `total_tokens` overrides the budget (layer-wise transfer fine-tunes on less)."""
+        return TrainConfig(
+            batch_size=self.batch_size,
+            total_tokens=self.total_tokens if total_tokens is None else total_tokens,
+            seed=self.seed,
+            device=device,
+            l1_coefficient=self.l1_coefficient,
+        )
+
 
 def holdout_mask(documents: pd.Series, share: float) -> np.ndarray:
     """True for tokens of held-out companies (the stable crc32-of-ticker split of `holdout_documents`)."""
@@ -57,6 +75,7 @@ def group_saes(
     layer_groups: dict,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
+    sae_trainer: SaeTrainer,
 ) -> Output[dict]:
     """An SAE (TopK with AuxK on dead latents by default) per layer group, trained on one random layer per
     token, saved in SAELens layout.
@@ -90,7 +109,7 @@ def group_saes(
         # Each token contributes its activation from one uniformly random layer of the group,
         # so a group SAE sees as many activations as a per-layer SAE would.
         train_rows = sample_group_activations([x[~held_out] for x in per_layer], generator).float()
-        result = train_sae(train_rows, sae_cfg, train_cfg, log=context.log.info)
+        result = sae_trainer.train(context, train_rows, sae_cfg, train_cfg)
         del train_rows
         metrics = {}
         for layer, x in zip(layers, per_layer):
@@ -118,7 +137,12 @@ def group_saes(
         context.log.info(f"SAE {number} (layers {layers}) trained in {result.seconds:.1f}s")
     table = pd.DataFrame(rows)
     return Output(
-        {"saes": saes, "sae_config": sae_cfg.to_dict(), "train_config": train_cfg.to_dict()},
+        {
+            "saes": saes,
+            "sae_config": sae_cfg.to_dict(),
+            "train_config": train_cfg.to_dict(),
+            "holdout_share": config.holdout_share,
+        },
         metadata={
             "saes": len(saes),
             "d_sae": sae_cfg.d_sae,

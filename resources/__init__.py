@@ -9,12 +9,14 @@ from resources.compute import ComputeResource
 from resources.data import EdgarResource, SampleDataResource, YFinanceResource
 from resources.model import LanguageModelResource
 from resources.storage import ArtifactStorage, TableIOManager
+from resources.training import SaeTrainer
 
 __all__ = [
     "ArtifactStorage",
     "ComputeResource",
     "EdgarResource",
     "LanguageModelResource",
+    "SaeTrainer",
     "SampleDataResource",
     "TableIOManager",
     "YFinanceResource",

@@ -16,6 +16,7 @@ SUPPORTED_ARCHITECTURES = ("topk", "batchtopk", "relu")
 ARCHITECTURES_WITH_K = ("topk", "batchtopk")
 DEFAULT_K = 32
 B_DEC_INITS = ("geometric_median", "mean")
+AUTOCAST_MODES = ("auto", "bf16", "off")
 
 # Fields that change how a run is watched or where it runs, not what it computes: a checkpoint
 # written under one value of them may be resumed under another.
@@ -112,6 +113,10 @@ class TrainConfig:
     """Seeds the SAE initialisation and the data shuffles."""
     device: str = "cpu"
     """Torch device the SAE trains on; batches are moved there one at a time."""
+    autocast: str = "auto"
+    """Mixed precision of the forward pass: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16"
+    (bf16 autocast on any device) or "off". Weights, optimiser state and the loss normalisers stay
+    fp32. "auto" keeps CPU runs in fp32, so they stay bit-for-bit reproducible across machines."""
     log_every: int = 10
     """Steps between history records (and log lines)."""
     checkpoint_dir: str | None = None
@@ -147,6 +152,8 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}"
             )
+        if self.autocast not in AUTOCAST_MODES:
+            raise ValueError(f"TrainConfig.autocast must be one of {AUTOCAST_MODES}, got {self.autocast!r}")
         if not _is_int(self.log_every) or self.log_every < 1:
             raise ValueError(f"TrainConfig.log_every must be an integer >= 1, got {self.log_every!r}")
         if self.checkpoint_dir is not None and (not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir):

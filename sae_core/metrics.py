@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from sae_core.config import SaeConfig
 from sae_core.sae import SparseAutoencoder
 
 
@@ -117,3 +118,20 @@ def evaluate_sae(sae: SparseAutoencoder, x: Tensor, batch_size: int = 8192) -> S
         dead_fraction=dead_fraction(fire_counts),
         n_tokens=n_tokens,
     )
+
+
+def training_flops(cfg: SaeConfig, tokens: int) -> float:
+    """Estimated floating-point operations to train an SAE of `cfg` on `tokens` tokens.
+
+    Per token, a forward pass costs 2·d_in·d_sae for the encoder and 2·w·d_in for the decoder, with
+    w = k for TopK/BatchTopK (decoding gathers k rows) and w = d_sae for ReLU (a dense code); the
+    backward pass costs twice the forward (the usual 3× rule, as in 6·N·tokens for a transformer):
+
+        FLOPs ≈ 6 · tokens · d_in · (d_sae + w)
+
+    An architecture-level estimate for comparing regimes, not a count of what a kernel executes.
+    """
+    if not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"tokens must be a non-negative integer, got {tokens!r}")
+    decoded = cfg.k if cfg.k is not None else cfg.d_sae
+    return 6.0 * tokens * cfg.d_in * (cfg.d_sae + decoded)

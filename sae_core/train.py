@@ -16,6 +16,20 @@ With `TrainConfig.checkpoint_dir` set, the whole state is saved every `checkpoin
 at the end (sae_core.checkpoint); a run that finds a checkpoint of its own configuration and data
 resumes from it and ends with the same weights, bit for bit on the same device, as a run that
 was never interrupted.
+
+Data parallel (under torchrun; sae_core.distributed). With W processes every rank draws the same
+global batch of n rows and encodes its shard of about n/W. What couples tokens is made global:
+    Σ‖x − x̄‖² (FVU's and AuxK's denominator)   x̄ and the sum all-reduced, detached
+    l1_loss's 1/n                               n the global batch size
+    the dead-latent clock                        fire counts all-reduced, so ranks agree on who is dead
+    BatchTopK's θ update                         min over ranks of each shard's smallest kept activation
+Each rank's loss is then its shard's additive share of the single-process loss, so the SUM of the
+ranks' gradients (all-reduced explicitly, not DDP's mean) is the single-process gradient, and
+identical Adam steps keep the ranks' weights identical. TopK and ReLU runs therefore match a
+single-process run up to float rounding. BatchTopK's training code keeps the top k·n_shard
+activations of each shard rather than k·n of the whole batch: the same budget per token, but not
+the same selection, so it matches a single-process run in distribution only. Rank 0 alone logs and
+writes checkpoints; every rank resumes from them.
 """
 
 from __future__ import annotations
@@ -37,6 +51,16 @@ from sae_core.checkpoint import (
     save_checkpoint,
 )
 from sae_core.config import SaeConfig, TrainConfig
+from sae_core.distributed import (
+    ProcessGroupInfo,
+    all_reduce_gradients,
+    all_reduce_min,
+    all_reduce_sum,
+    barrier,
+    broadcast_module_state,
+    process_group_info,
+    shard,
+)
 from sae_core.sae import ForwardOutput, SparseAutoencoder
 
 # Rows used to fit input_scale and b_dec: enough for a stable estimate, cheap for Weiszfeld.
@@ -185,15 +209,59 @@ def _loss(out: ForwardOutput, sae_cfg: SaeConfig, train_cfg: TrainConfig) -> Ten
     return out.fvu + train_cfg.auxk_alpha * out.auxk_loss
 
 
+def _autocast_dtype(train_cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bfloat16 when TrainConfig.autocast asks for it ("bf16", or "auto" on CUDA), else None (fp32)."""
+    if train_cfg.autocast == "bf16" or (train_cfg.autocast == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+@torch.no_grad()
+def _total_variance(x_scaled: Tensor, batch_size: int, group: ProcessGroupInfo) -> Tensor:
+    """Σ_t ‖x_t − x̄‖² over the global batch (scaled space), from this rank's shard x_scaled (n_shard, d_in).
+
+    Two passes, as in the single-process formula, rather than Σ‖x‖² − n‖x̄‖², which cancels
+    catastrophically for activations far from the origin: x̄ = (Σ_ranks Σ_t x_t) / n first, then the
+    ranks' sums of squared deviations from it.
+    """
+    mean = all_reduce_sum(x_scaled.sum(dim=0), group) / batch_size
+    return all_reduce_sum((x_scaled - mean).pow(2).sum(), group)
+
+
+@torch.no_grad()
+def _update_batchtopk_threshold(sae: BatchTopKSae, latent_acts: Tensor, rate: float, group: ProcessGroupInfo) -> None:
+    """θ update with the smallest activation kept anywhere in the global batch, so all ranks hold one θ."""
+    positive = latent_acts[latent_acts > 0]
+    smallest = positive.min() if positive.numel() else latent_acts.new_tensor(float("inf"))
+    smallest = all_reduce_min(smallest.float().reshape(1), group)
+    if torch.isfinite(smallest).all():
+        sae.update_threshold(smallest.reshape(1, 1), rate)
+
+
 def _history_record(
-    step: int, batch_size: int, out: ForwardOutput, sae: SparseAutoencoder, dead_fraction: float
+    step: int,
+    batch_size: int,
+    out: ForwardOutput,
+    sae: SparseAutoencoder,
+    dead_fraction: float,
+    group: ProcessGroupInfo,
 ) -> dict:
-    record = {"step": step, "tokens": step * batch_size, "fvu": float(out.fvu.detach())}
+    """The log record of a step, with every loss summed over ranks (each rank's is its shard's share)."""
+    shares = torch.stack(
+        [
+            out.fvu.detach().float(),
+            out.auxk_loss.detach().float(),
+            out.l1_loss.detach().float(),
+            (out.latent_acts > 0).sum().float(),  # active latents, summed over tokens
+        ]
+    )
+    fvu, auxk_loss, l1_loss, active = all_reduce_sum(shares, group).tolist()
+    record = {"step": step, "tokens": step * batch_size, "fvu": fvu}
     if sae.cfg.architecture == "relu":
-        record["l1_loss"] = float(out.l1_loss.detach())
-        record["l0"] = float((out.latent_acts > 0).sum(dim=1).double().mean())
+        record["l1_loss"] = l1_loss
+        record["l0"] = active / batch_size
     else:
-        record["auxk_loss"] = float(out.auxk_loss.detach())
+        record["auxk_loss"] = auxk_loss
     if isinstance(sae, BatchTopKSae):
         record["threshold"] = float(sae.threshold[0])
     record["dead_fraction"] = dead_fraction
@@ -217,19 +285,33 @@ def train_sae(
     b_dec included, are copied; input_scale is refitted to `data`, so the copied weights act on
     this layer's activations at the scale they were trained for.
 
-    Raises ValueError for malformed data (not 2-D, wrong width, NaN/inf, zero variance) and for a
-    checkpoint that is unreadable or belongs to another run (it is then left untouched).
+    Under torch.distributed (torchrun) the ranks split every batch and the result matches a
+    single-process run (see the module docstring); call it on every rank with the same arguments.
+    `log` is called on rank 0 only.
+
+    Raises ValueError for malformed data (not 2-D, wrong width, NaN/inf, zero variance), for a batch
+    smaller than the world size, and for a checkpoint that is unreadable or belongs to another run
+    (it is then left untouched).
     """
     _validate_data(data, sae_cfg)
+    group = process_group_info()
+    if train_cfg.batch_size < group.world_size:
+        raise ValueError(
+            f"TrainConfig.batch_size {train_cfg.batch_size} is smaller than the {group.world_size} "
+            "processes that share each batch"
+        )
+    if not group.is_main:
+        log = None
     generator = torch.Generator().manual_seed(train_cfg.seed)
     device = torch.device(train_cfg.device)
     batch_size = train_cfg.batch_size
     n_steps = math.ceil(train_cfg.total_tokens / batch_size)
     lr = train_cfg.resolved_lr(sae_cfg.d_sae)
+    autocast_dtype = _autocast_dtype(train_cfg, device)
 
     sae = build_sae(sae_cfg, generator=generator) if init is None else _copy_for_transfer(init, sae_cfg)
     sae.to(device).train()
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)  # one pass
 
     checkpoint = None if train_cfg.checkpoint_dir is None else checkpoint_path(train_cfg.checkpoint_dir)
     identity = None if checkpoint is None else run_identity(data, sae_cfg, train_cfg, init)
@@ -244,49 +326,61 @@ def train_sae(
             batch_position=0,
             generator=generator,
         )
+    # Every rank ran the same seeded init (or read the same checkpoint); rank 0's copy is the truth.
+    broadcast_module_state(sae, group)
     resumed_from_step = progress.step
     uses_auxk = sae_cfg.architecture != "relu"
     if log is not None:
         resumed = f", resuming at step {resumed_from_step} from {checkpoint}" if resumed_from_step else ""
         log(
             f"training {sae_cfg.architecture} SAE d_in={sae_cfg.d_in} d_sae={sae_cfg.d_sae} k={sae_cfg.k} "
-            f"on {len(data)} rows: {n_steps} steps of {batch_size} tokens, lr={lr:.3g}, "
+            f"on {len(data)} rows: {n_steps} steps of {batch_size} tokens"
+            f"{f' split over {group.world_size} processes' if group.is_distributed else ''}, lr={lr:.3g}, "
             f"input_scale={float(sae.input_scale):.4g}{resumed}"
         )
 
     started = time.perf_counter()
     for step in range(progress.step + 1, n_steps + 1):
         rows = _next_batch_rows(progress, batch_size, len(data))
-        batch = data[rows.to(data.device)].to(device, torch.float32, non_blocking=True)
+        own_rows = shard(rows, group)
+        batch = data[own_rows.to(data.device)].to(device, torch.float32, non_blocking=True)
         # No latent can be dead before `dead_tokens_threshold` tokens have passed; until then skip
         # the mask and the host sync that counting dead latents costs.
         dead_mask = None
         if uses_auxk and (step - 1) * batch_size > train_cfg.dead_tokens_threshold:
             dead_mask = progress.tokens_since_fired > train_cfg.dead_tokens_threshold
-        out = sae(batch, dead_mask=dead_mask)
+        total_variance = _total_variance(batch * sae.input_scale, batch_size, group)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = sae(batch, dead_mask=dead_mask, total_variance=total_variance, n_tokens=batch_size)
         loss = _loss(out, sae_cfg, train_cfg)
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Explicit all-reduce rather than wrapping the SAE in DDP: the losses are additive shares,
+        # so the gradients must be summed (DDP averages, and would need the loss scaled by W), and
+        # the SAE's own methods below stay callable on the bare module. Four tensors per step leave
+        # little for DDP's bucketed overlap with the backward pass to win.
+        all_reduce_gradients(sae, group)
         sae.remove_gradient_parallel_to_decoder_directions()
         optimizer.step()
         sae.set_decoder_norm_to_unit_norm()
         if isinstance(sae, BatchTopKSae):
-            sae.update_threshold(out.latent_acts, train_cfg.threshold_ema_rate)
+            _update_batchtopk_threshold(sae, out.latent_acts, train_cfg.threshold_ema_rate, group)
 
-        # Dead-latent clock: every latent ages by the batch; those that fired this batch reset.
-        # (index_add, not boolean indexing, keeps this free of host syncs on a GPU.)
+        # Dead-latent clock: every latent ages by the batch; those that fired this batch, on any
+        # rank, reset. (index_add, not boolean indexing, keeps this free of host syncs on a GPU.)
         with torch.no_grad():
             fires = torch.zeros_like(progress.tokens_since_fired).index_add_(
                 0, out.latent_indices.flatten(), (out.latent_acts > 0).flatten().long()
             )
+            all_reduce_sum(fires, group)
             progress.tokens_since_fired += len(rows)
             progress.tokens_since_fired.masked_fill_(fires > 0, 0)
         progress.step = step
 
         if step % train_cfg.log_every == 0 or step == n_steps:
             dead = float((progress.tokens_since_fired > train_cfg.dead_tokens_threshold).float().mean())
-            record = _history_record(step, batch_size, out, sae, dead)
+            record = _history_record(step, batch_size, out, sae, dead, group)
             progress.history.append(record)
             if log is not None:
                 details = " ".join(
@@ -296,8 +390,13 @@ def train_sae(
         if checkpoint is not None and (step % train_cfg.checkpoint_every == 0 or step == n_steps):
             progress.seconds += time.perf_counter() - started
             started = time.perf_counter()
-            save_checkpoint(checkpoint, sae, optimizer, progress, identity)
+            if group.is_main:  # the ranks' states are identical; one writer avoids racing renames
+                save_checkpoint(checkpoint, sae, optimizer, progress, identity)
     progress.seconds += time.perf_counter() - started
+    if checkpoint is not None:
+        # No rank returns before rank 0's last checkpoint is on disk, so a run that follows in the
+        # same process group finds the same checkpoint on every rank.
+        barrier(group)
 
     sae.eval()
     return TrainResult(

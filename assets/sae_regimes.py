@@ -1,0 +1,177 @@
+"""The two training regimes Group-SAEs are measured against: one SAE per layer, and layer-wise transfer.
+
+    per_layer_saes   one SAE per layer, from scratch, with a group SAE's settings and token budget
+    transfer_saes    layer l's SAE fine-tuned from layer l∓1's per-layer SAE on a fraction of the tokens
+
+Both return the `group_saes` value's layout ({"saes": [{"layers", "path", "metrics", ...}], ...}),
+so `sae_comparison` reads the three regimes the same way.
+"""
+
+from collections.abc import Callable
+
+import torch
+from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
+from pydantic import Field
+
+from assets.saes import GroupSaesConfig, holdout_mask
+from resources import ArtifactStorage, ComputeResource
+from sae_core.activation_store import ActivationStore
+from sae_core.config import SaeConfig, TrainConfig
+from sae_core.io import load_sae, save_sae
+from sae_core.metrics import evaluate_sae
+from sae_core.sae import SparseAutoencoder
+from sae_core.train import train_sae
+
+TRANSFER_DIRECTIONS = {"forward": -1, "backward": +1}
+"""Where layer l's initialisation comes from: layer l − 1 (forward) or layer l + 1 (backward)."""
+
+
+class PerLayerSaesConfig(GroupSaesConfig):
+    """The same knobs as group_saes; `sae_comparison` refuses to compare runs whose settings differ."""
+
+
+class TransferSaesConfig(Config):
+    direction: str = Field(default="forward", description="forward: init from layer l−1; backward: from l+1.")
+    token_fraction: float = Field(
+        default=0.1, description="Fine-tuning tokens as a share of the from-scratch budget (per_layer_saes)."
+    )
+
+
+def _train_and_save(
+    store: ActivationStore,
+    layer: int,
+    held_out: torch.Tensor,
+    sae_cfg: SaeConfig,
+    train_cfg: TrainConfig,
+    folder,
+    log: Callable[[str], None],
+    init: SparseAutoencoder | None = None,
+    provenance: dict | None = None,
+) -> dict:
+    """Train one SAE on `layer`'s training tokens, score it on its held-out tokens, save it; return its entry."""
+    activations = store.layer(layer, dtype=torch.float16)
+    result = train_sae(activations[~held_out].float(), sae_cfg, train_cfg, init=init, log=log)
+    metrics = evaluate_sae(result.sae, activations[held_out].float().to(result.sae.device)).to_dict()
+    path = save_sae(
+        result.sae.cpu(),
+        folder,
+        metadata={
+            "model_name": store.manifest["model"],
+            "hook_name": f"blocks.{layer}.hook_resid_post",
+            "hook_layer": layer,
+            "layers": [layer],
+            **(provenance or {}),
+        },
+    )
+    return {
+        "layers": [layer],
+        "path": str(path),
+        "metrics": {str(layer): metrics},
+        "train_seconds": round(result.seconds, 1),
+        "tokens_seen": result.tokens_seen,
+        **(provenance or {}),
+    }
+
+
+def _regime_metadata(saes: list[dict]) -> dict:
+    rows = [{"layer": e["layers"][0], **e["metrics"][str(e["layers"][0])]} for e in saes]
+    return {
+        "saes": len(saes),
+        "mean_fvu": sum(r["fvu"] for r in rows) / len(rows),
+        "max_fvu": max(r["fvu"] for r in rows),
+        "tokens_total": sum(e["tokens_seen"] for e in saes),
+        "train_seconds_total": round(sum(e["train_seconds"] for e in saes), 1),
+        "per_layer": MetadataValue.md(
+            "| layer | fvu | l0 | dead_fraction |\n|---|---|---|---|\n"
+            + "\n".join(f"| {r['layer']} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead_fraction']:.4f} |" for r in rows)
+        ),
+    }
+
+
+@asset(group_name="sae_regimes", kinds={"pytorch", "safetensors"})
+def per_layer_saes(
+    context: AssetExecutionContext,
+    config: PerLayerSaesConfig,
+    llm_activations: dict,
+    compute: ComputeResource,
+    artifacts: ArtifactStorage,
+) -> Output[dict]:
+    """The per-layer baseline: an SAE for every layer, from scratch, on that layer's tokens alone.
+
+    Same architecture, width, k, token budget, seed and held-out companies as `group_saes` (by default),
+    so the only difference between the regimes is how many SAEs there are and what each reads.
+    """
+    device = compute.torch_device()
+    store = ActivationStore(llm_activations["folder"])
+    held_out = torch.from_numpy(holdout_mask(store.index.document, config.holdout_share))
+    sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
+    root = artifacts.folder("per_layer_saes")
+    saes = []
+    for layer in range(store.n_layers):
+        saes.append(_train_and_save(store, layer, held_out, sae_cfg, train_cfg, root / f"layer_{layer:02d}", context.log.debug))
+        context.log.info(f"layer {layer}: fvu {saes[-1]['metrics'][str(layer)]['fvu']:.4f} in {saes[-1]['train_seconds']}s")
+    value = {
+        "saes": saes,
+        "sae_config": sae_cfg.to_dict(),
+        "train_config": train_cfg.to_dict(),
+        "holdout_share": config.holdout_share,
+    }
+    return Output(value, metadata=_regime_metadata(saes))
+
+
+@asset(group_name="sae_regimes", kinds={"pytorch", "safetensors"})
+def transfer_saes(
+    context: AssetExecutionContext,
+    config: TransferSaesConfig,
+    llm_activations: dict,
+    per_layer_saes: dict,
+    compute: ComputeResource,
+    artifacts: ArtifactStorage,
+) -> Output[dict]:
+    """Layer-wise transfer: layer l's SAE starts from the trained per-layer SAE of its neighbour (l − 1
+    forward, l + 1 backward) and is fine-tuned on `token_fraction` of the from-scratch token budget.
+
+    The layer without a neighbour in that direction (0 forward, the last backward) gets no SAE here.
+    """
+    if config.direction not in TRANSFER_DIRECTIONS:
+        raise ValueError(f"transfer direction must be one of {sorted(TRANSFER_DIRECTIONS)}, got {config.direction!r}")
+    if not 0 < config.token_fraction <= 1:
+        raise ValueError(f"token_fraction must be in (0, 1], got {config.token_fraction!r}")
+    device = compute.torch_device()
+    store = ActivationStore(llm_activations["folder"])
+    held_out = torch.from_numpy(holdout_mask(store.index.document, per_layer_saes["holdout_share"]))
+    sae_cfg = SaeConfig(**per_layer_saes["sae_config"])
+    scratch_cfg = TrainConfig(**per_layer_saes["train_config"])
+    fine_tune_tokens = max(round(config.token_fraction * scratch_cfg.total_tokens), scratch_cfg.batch_size)
+    train_cfg = TrainConfig(**{**scratch_cfg.to_dict(), "total_tokens": fine_tune_tokens, "device": device})
+    sources = {entry["layers"][0]: entry["path"] for entry in per_layer_saes["saes"]}
+    offset = TRANSFER_DIRECTIONS[config.direction]
+    root = artifacts.folder("transfer_saes")
+    saes = []
+    for layer in range(store.n_layers):
+        source = layer + offset
+        if source not in sources:
+            continue
+        entry = _train_and_save(
+            store,
+            layer,
+            held_out,
+            sae_cfg,
+            train_cfg,
+            root / f"layer_{layer:02d}_from_{source:02d}",
+            context.log.debug,
+            init=load_sae(sources[source]),
+            provenance={"initialised_from_layer": source},
+        )
+        saes.append(entry)
+        context.log.info(f"layer {layer} (from {source}): fvu {entry['metrics'][str(layer)]['fvu']:.4f}")
+    value = {
+        "saes": saes,
+        "sae_config": sae_cfg.to_dict(),
+        "train_config": train_cfg.to_dict(),
+        "holdout_share": per_layer_saes["holdout_share"],
+        "direction": config.direction,
+        "token_fraction": fine_tune_tokens / scratch_cfg.total_tokens,
+    }
+    return Output(value, metadata={**_regime_metadata(saes), "direction": config.direction,
+                                   "fine_tune_tokens_per_sae": fine_tune_tokens})

@@ -1,0 +1,78 @@
+"""Comparing training regimes: the layer and compute tables, the summary figures, training FLOPs."""
+
+import pandas as pd
+import pytest
+
+from sae_core.comparison import check_comparable, comparison_summary, compute_table, layer_table
+from sae_core.config import SaeConfig
+from sae_core.metrics import training_flops
+
+CFG = SaeConfig(d_in=4, expansion_factor=2, k=2).to_dict()
+
+
+def entry(layers, fvus, tokens=1000, seconds=1.0):
+    metrics = {str(l): {"fvu": f, "l0": 2.0, "dead_fraction": 0.0, "n_tokens": 10} for l, f in zip(layers, fvus)}
+    return {"layers": layers, "metrics": metrics, "tokens_seen": tokens, "train_seconds": seconds}
+
+
+def regimes():
+    return {
+        "group": {"saes": [entry([0, 1, 2], [0.2, 0.3, 0.4])], "sae_config": CFG, "holdout_share": 0.1},
+        "per_layer": {"saes": [entry([l], [f]) for l, f in enumerate([0.1, 0.2, 0.3])], "sae_config": CFG, "holdout_share": 0.1},
+        "transfer": {"saes": [entry([l], [f], tokens=100) for l, f in ((1, 0.25), (2, 0.35))], "sae_config": CFG, "holdout_share": 0.1},
+    }
+
+
+def test_a_group_sae_contributes_a_row_for_every_layer_it_serves():
+    table = layer_table(regimes())
+    assert table[table.regime == "group"].layer.tolist() == [0, 1, 2]
+    assert (table[table.regime == "group"].sae == 0).all()
+    assert table[table.regime == "per_layer"].sae.tolist() == [0, 1, 2]
+    assert len(table) == 3 + 3 + 2
+
+
+def test_compute_counts_saes_tokens_and_flops_per_regime():
+    costs = compute_table(regimes()).set_index("regime")
+    assert costs.loc["per_layer", "saes"] == 3 and costs.loc["per_layer", "tokens"] == 3000
+    assert costs.loc["group", "flops"] == pytest.approx(training_flops(SaeConfig(**CFG), 1000))
+
+
+def test_the_summary_measures_the_saving_of_groups_and_their_fvu_cost():
+    table = layer_table(regimes())
+    table["ce_loss_score"] = table.regime.map({"group": 0.9, "per_layer": 0.95, "transfer": 0.94})
+    summary = comparison_summary(table, compute_table(regimes()))
+    assert summary["group_saving_tokens"] == pytest.approx(1 - 1000 / 3000)
+    assert summary["group_saving_flops"] == pytest.approx(1 - 1000 / 3000)
+    assert summary["group_fvu_gap_mean"] == pytest.approx(0.1)
+    assert summary["transfer_token_share"] == pytest.approx(0.1)
+    assert summary["transfer_fvu_gap_mean"] == pytest.approx(0.05)
+    assert summary["transfer_score_ratio_mean"] == pytest.approx(0.94 / 0.95)
+
+
+def test_regimes_with_different_saes_or_holdouts_refuse_to_be_compared():
+    different = regimes()
+    different["group"]["sae_config"] = SaeConfig(d_in=4, expansion_factor=4, k=2).to_dict()
+    with pytest.raises(ValueError, match="different sae_config"):
+        check_comparable(different)
+    different = regimes()
+    different["per_layer"]["holdout_share"] = 0.2
+    with pytest.raises(ValueError, match="different holdout_share"):
+        check_comparable(different)
+    check_comparable(regimes())
+
+
+def test_a_regime_without_saes_or_baseline_is_a_clear_error():
+    with pytest.raises(ValueError, match="has no SAEs"):
+        layer_table({"group": {"saes": []}})
+    table = layer_table(regimes())
+    with pytest.raises(ValueError, match="no 'per_layer' regime"):
+        comparison_summary(table[table.regime != "per_layer"], compute_table(regimes()))
+
+
+def test_training_flops_follow_the_dense_encoder_and_sparse_decoder_formula():
+    topk = SaeConfig(d_in=576, expansion_factor=4, k=32)
+    assert training_flops(topk, 10) == 6 * 10 * 576 * (2304 + 32)
+    relu = SaeConfig(d_in=576, expansion_factor=4, architecture="relu")
+    assert training_flops(relu, 10) == 6 * 10 * 576 * (2304 + 2304)
+    with pytest.raises(ValueError, match="tokens"):
+        training_flops(topk, -1)
