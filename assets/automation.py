@@ -18,7 +18,9 @@ from resources import EdgarResource, SampleDataResource
 
 monthly_refresh_job = define_asset_job(
     "monthly_refresh",
-    selection=AssetSelection.assets("daily_prices", "monthly_returns", "cluster_correlations", "pairs_backtest"),
+    selection=AssetSelection.assets(
+        "daily_prices", "monthly_returns", "cluster_correlations", "mc_comparisons", "pairs_backtest"
+    ),
     partitions_def=MONTHS,
     description="New month: prices → that month's returns → correlation and backtest reports.",
 )
@@ -27,7 +29,8 @@ monthly_refresh_schedule = build_schedule_from_partitioned_job(monthly_refresh_j
 
 filings_refresh_job = define_asset_job(
     "filings_refresh",
-    selection=AssetSelection.assets("company_descriptions").downstream(),
+    # The regime study (30 per-layer SAEs and more) is research, rerun on demand, not on every filing.
+    selection=AssetSelection.assets("company_descriptions").downstream() - AssetSelection.groups("sae_regimes"),
     description="New 10-K text for the changed companies, then everything built from descriptions.",
 )
 

@@ -1,4 +1,7 @@
-"""Company clusters: the SAE clustering and its baselines, one long table (method, ticker, cluster)."""
+"""Company clusters: the SAE clustering and its baselines, one long table.
+
+Columns method, ticker, cluster, and for the MST methods the tree they were cut from (tree_parent, tree_z).
+"""
 
 import numpy as np
 import pandas as pd
@@ -10,9 +13,12 @@ from assets.metadata import figure_markdown, plt
 from peerlens.clustering import (
     cluster_size_summary,
     cosine_distance_matrix,
+    cut_spanning_tree,
     labels_from_codes,
-    mst_threshold_clusters,
-    theta_for_cluster_count,
+    minimum_spanning_tree_z,
+    random_clusters_like,
+    root_spanning_tree,
+    theta_for_cluster_count_on_tree,
 )
 from peerlens.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
 
@@ -33,8 +39,10 @@ class CompanyClustersConfig(Config):
     )
     match_cluster_count_of: str = Field(
         default="gics_sub_industry",
-        description="Feature methods without an explicit θ are cut to as many clusters as this code method has.",
+        description="Feature methods without an explicit θ are cut to as many clusters as this code method has; "
+        "the `random` method copies its cluster sizes.",
     )
+    random_seed: int = Field(default=0, description="Seed of the `random` clustering (the floor).")
     pca_components: int = Field(default=256, description="Components kept before cosine distances (paper: 4,000).")
 
 
@@ -46,12 +54,15 @@ def company_clusters(
     company_descriptions: pd.DataFrame,
     industry_codes: pd.DataFrame,
 ) -> Output[pd.DataFrame]:
-    """Long frame (method, ticker, cluster) for the SAE clustering and every baseline, on the same companies.
+    """Long frame (method, ticker, cluster, tree_parent, tree_z) for the SAE clustering and every baseline.
 
     Feature methods (sae, minilm, tfidf): StandardScaler → PCA → 1 − cos → minimum spanning tree on the
     z-scored distances, edges with z > θ removed, clusters = connected components; θ explicit, or set so
-    the method has as many clusters as `match_cluster_count_of`. Code methods: one cluster per code, a
-    missing code its own singleton.
+    the method has as many clusters as `match_cluster_count_of`. Their rows also carry the tree itself
+    (each company's parent ticker and the edge's z; None/NaN for the root), so later stages can re-cut it
+    at any θ without the features. Code methods: one cluster per code, a missing code its own
+    singleton. `random`: the reference's labels shuffled (same cluster sizes), the floor. Code and
+    random rows have no tree (None/NaN).
     """
     tickers, sae_matrix = dense_features(company_features)
     descriptions = company_descriptions.set_index("ticker").loc[tickers, "description"].tolist()
@@ -72,14 +83,29 @@ def company_clusters(
     # A θ fixed on the z scale means a different granularity for every representation; by default
     # every feature method is cut to the reference's cluster count, so methods differ in how they group.
     target = len(np.unique(labels[config.match_cluster_count_of]))
-    thetas = {m: config.theta.get(m, theta_for_cluster_count(d, target)) for m, d in distances.items()}
-    for method, d in distances.items():
-        labels[method] = mst_threshold_clusters(d, thetas[method])
+    trees = {method: minimum_spanning_tree_z(d) for method, d in distances.items()}
+    thetas = {m: config.theta.get(m, theta_for_cluster_count_on_tree(tree, target)) for m, tree in trees.items()}
+    for method, tree in trees.items():
+        labels[method] = cut_spanning_tree(tree, thetas[method])
+    labels["random"] = random_clusters_like(labels[config.match_cluster_count_of], seed=config.random_seed)
 
-    frame = pd.concat(
-        [pd.DataFrame({"method": method, "ticker": tickers, "cluster": np.asarray(l, dtype=np.int64)}) for method, l in labels.items()],
-        ignore_index=True,
-    )
+    tickers = np.asarray(tickers, dtype=object)
+    no_tree = (np.full(len(tickers), -1), np.full(len(tickers), np.nan))
+    frames = []
+    for method, method_labels in labels.items():
+        parent, z = root_spanning_tree(trees[method]) if method in trees else no_tree
+        frames.append(
+            pd.DataFrame(
+                {
+                    "method": method,
+                    "ticker": tickers,
+                    "cluster": np.asarray(method_labels, dtype=np.int64),
+                    "tree_parent": np.where(parent >= 0, tickers[np.maximum(parent, 0)], None),
+                    "tree_z": z,
+                }
+            )
+        )
+    frame = pd.concat(frames, ignore_index=True)
     summary = pd.DataFrame([{"method": m, **cluster_size_summary(l)} for m, l in labels.items()])
     context.log.info("\n" + summary.to_string(index=False))
     return Output(
@@ -95,7 +121,8 @@ def company_clusters(
 
 
 def _size_histogram(frame: pd.DataFrame) -> MetadataValue:
-    sizes = frame.groupby(["method", "cluster"]).size().rename("size").reset_index()
+    # random copies the reference's sizes exactly: its curve would only hide the reference's.
+    sizes = frame[frame.method != "random"].groupby(["method", "cluster"]).size().rename("size").reset_index()
     figure, axis = plt.subplots(figsize=(7, 3.5))
     bins = np.unique(np.logspace(0, np.log10(max(sizes["size"].max(), 2)) + 0.01, 15).astype(int))
     for method, group in sizes.groupby("method"):

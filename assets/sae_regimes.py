@@ -7,20 +7,17 @@ Both return the `group_saes` value's layout ({"saes": [{"layers", "path", "metri
 so `sae_comparison` reads the three regimes the same way.
 """
 
-from collections.abc import Callable
-
 import torch
-from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
+from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
-from assets.saes import GroupSaesConfig, holdout_mask
-from resources import ArtifactStorage, ComputeResource
+from assets.saes import GroupSaesConfig, SaeQualityThresholds, holdout_mask, sae_quality_result
+from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStore
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae, save_sae
 from sae_core.metrics import evaluate_sae
 from sae_core.sae import SparseAutoencoder
-from sae_core.train import train_sae
 
 TRANSFER_DIRECTIONS = {"forward": -1, "backward": +1}
 """Where layer l's initialisation comes from: layer l − 1 (forward) or layer l + 1 (backward)."""
@@ -38,19 +35,20 @@ class TransferSaesConfig(Config):
 
 
 def _train_and_save(
+    context: AssetExecutionContext,
+    trainer: SaeTrainer,
     store: ActivationStore,
     layer: int,
     held_out: torch.Tensor,
     sae_cfg: SaeConfig,
     train_cfg: TrainConfig,
     folder,
-    log: Callable[[str], None],
     init: SparseAutoencoder | None = None,
     provenance: dict | None = None,
 ) -> dict:
     """Train one SAE on `layer`'s training tokens, score it on its held-out tokens, save it; return its entry."""
     activations = store.layer(layer, dtype=torch.float16)
-    result = train_sae(activations[~held_out].float(), sae_cfg, train_cfg, init=init, log=log)
+    result = trainer.train(context, activations[~held_out].float(), sae_cfg, train_cfg, init=init)
     metrics = evaluate_sae(result.sae, activations[held_out].float().to(result.sae.device)).to_dict()
     path = save_sae(
         result.sae.cpu(),
@@ -95,6 +93,7 @@ def per_layer_saes(
     llm_activations: dict,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
+    sae_trainer: SaeTrainer,
 ) -> Output[dict]:
     """The per-layer baseline: an SAE for every layer, from scratch, on that layer's tokens alone.
 
@@ -108,7 +107,8 @@ def per_layer_saes(
     root = artifacts.folder("per_layer_saes")
     saes = []
     for layer in range(store.n_layers):
-        saes.append(_train_and_save(store, layer, held_out, sae_cfg, train_cfg, root / f"layer_{layer:02d}", context.log.debug))
+        folder = root / f"layer_{layer:02d}"
+        saes.append(_train_and_save(context, sae_trainer, store, layer, held_out, sae_cfg, train_cfg, folder))
         context.log.info(f"layer {layer}: fvu {saes[-1]['metrics'][str(layer)]['fvu']:.4f} in {saes[-1]['train_seconds']}s")
     value = {
         "saes": saes,
@@ -127,6 +127,7 @@ def transfer_saes(
     per_layer_saes: dict,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
+    sae_trainer: SaeTrainer,
 ) -> Output[dict]:
     """Layer-wise transfer: layer l's SAE starts from the trained per-layer SAE of its neighbour (l − 1
     forward, l + 1 backward) and is fine-tuned on `token_fraction` of the from-scratch token budget.
@@ -153,13 +154,14 @@ def transfer_saes(
         if source not in sources:
             continue
         entry = _train_and_save(
+            context,
+            sae_trainer,
             store,
             layer,
             held_out,
             sae_cfg,
             train_cfg,
             root / f"layer_{layer:02d}_from_{source:02d}",
-            context.log.debug,
             init=load_sae(sources[source]),
             provenance={"initialised_from_layer": source},
         )
@@ -175,3 +177,19 @@ def transfer_saes(
     }
     return Output(value, metadata={**_regime_metadata(saes), "direction": config.direction,
                                    "fine_tune_tokens_per_sae": fine_tune_tokens})
+
+
+@asset_check(asset=per_layer_saes, blocking=True)
+def per_layer_saes_reconstruct_within_fvu_and_dead_thresholds(
+    per_layer_saes: dict, sae_quality: SaeQualityThresholds
+) -> AssetCheckResult:
+    """Every layer's held-out FVU and dead fraction are under the thresholds group_saes meets."""
+    return sae_quality_result(per_layer_saes, sae_quality)
+
+
+@asset_check(asset=transfer_saes, blocking=True)
+def transfer_saes_reconstruct_within_fvu_and_dead_thresholds(
+    transfer_saes: dict, sae_quality: SaeQualityThresholds
+) -> AssetCheckResult:
+    """Every fine-tuned SAE's held-out FVU and dead fraction are under the thresholds group_saes meets."""
+    return sae_quality_result(transfer_saes, sae_quality)

@@ -162,7 +162,12 @@ def saes_reconstruct_within_fvu_and_dead_thresholds(
     group_saes: dict, sae_quality: SaeQualityThresholds
 ) -> AssetCheckResult:
     """Every layer's held-out FVU and every SAE's dead fraction are under the configured thresholds."""
-    metrics = [m for sae in group_saes["saes"] for m in sae["metrics"].values()]
+    return sae_quality_result(group_saes, sae_quality)
+
+
+def sae_quality_result(trained: dict, sae_quality: SaeQualityThresholds) -> AssetCheckResult:
+    """The quality check of any saes asset's value ({"saes": [{"metrics": {layer: {fvu, dead_fraction}}}]})."""
+    metrics = [m for sae in trained["saes"] for m in sae["metrics"].values()]
     worst_fvu = max(m["fvu"] for m in metrics)
     worst_dead = max(m["dead_fraction"] for m in metrics)
     return AssetCheckResult(

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from scipy.sparse.csgraph import breadth_first_order, connected_components, minimum_spanning_tree
 
 
 def cosine_distance_matrix(X: np.ndarray) -> np.ndarray:
@@ -91,14 +91,7 @@ def mst_threshold_clusters(distances: np.ndarray, theta: float) -> np.ndarray:
     Returns:
         (n,) int64 cluster labels, renumbered 0..k-1 in order of first appearance.
     """
-    if not np.isfinite(theta):
-        raise ValueError(f"theta must be finite, got {theta}")
-    tree = minimum_spanning_tree_z(distances)
-    kept = tree.z <= theta
-    n = tree.n
-    forest = coo_matrix((np.ones(int(kept.sum())), (tree.row[kept], tree.col[kept])), shape=(n, n))
-    _, labels = connected_components(forest, directed=False)
-    return _relabel_by_first_appearance(labels)
+    return cut_spanning_tree(minimum_spanning_tree_z(distances), theta)
 
 
 class SpanningTree(NamedTuple):
@@ -130,6 +123,67 @@ def minimum_spanning_tree_z(distances: np.ndarray) -> SpanningTree:
     return SpanningTree(n, tree.row, tree.col, z_of_tree_edges)
 
 
+def cut_spanning_tree(tree: SpanningTree, theta: float) -> np.ndarray:
+    """Connected components of the tree after deleting its edges with z > theta.
+
+    Returns:
+        (n,) int64 cluster labels, renumbered 0..k-1 in order of first appearance.
+    """
+    if not np.isfinite(theta):
+        raise ValueError(f"theta must be finite, got {theta}")
+    kept = tree.z <= theta
+    forest = coo_matrix((np.ones(int(kept.sum())), (tree.row[kept], tree.col[kept])), shape=(tree.n, tree.n))
+    _, labels = connected_components(forest, directed=False)
+    return _relabel_by_first_appearance(labels)
+
+
+class RootedTree(NamedTuple):
+    """A spanning tree stored one row per item: the item's parent and the z weight of the edge to it."""
+
+    parent: np.ndarray
+    """(n,) int64 position of each item's parent; -1 for the root."""
+    z: np.ndarray
+    """(n,) float64 z weight of the edge item → parent; NaN for the root."""
+
+
+def root_spanning_tree(tree: SpanningTree) -> RootedTree:
+    """Orient the tree away from item 0, so it fits in a table with one row per item.
+
+    A spanning tree has exactly n − 1 edges, so every item but the root owns the edge to its parent.
+    """
+    parent = np.full(tree.n, -1, dtype=np.int64)
+    z = np.full(tree.n, np.nan)
+    if tree.n > 1:
+        graph = coo_matrix((np.ones(tree.n - 1), (tree.row, tree.col)), shape=(tree.n, tree.n)).tocsr()
+        _, predecessors = breadth_first_order(graph, 0, directed=False, return_predecessors=True)
+        if (predecessors[1:] < 0).any():
+            raise ValueError("the tree does not connect every item")
+        edges = zip(tree.row.tolist(), tree.col.tolist(), tree.z.tolist())
+        z_of_edge = {(min(a, b), max(a, b)): weight for a, b, weight in edges}
+        parent[1:] = predecessors[1:]
+        z[1:] = [z_of_edge[(min(child, up), max(child, up))] for child, up in enumerate(parent[1:].tolist(), start=1)]
+    return RootedTree(parent, z)
+
+
+def spanning_tree_from_parents(parent: np.ndarray, z: np.ndarray) -> SpanningTree:
+    """Inverse of `root_spanning_tree`: the n − 1 edges (item, parent) with their z weights."""
+    parent = np.asarray(parent, dtype=np.int64)
+    z = np.asarray(z, dtype=np.float64)
+    if parent.ndim != 1 or parent.shape != z.shape:
+        raise ValueError(f"parent and z must be 1-D of one length, got shapes {parent.shape} and {z.shape}")
+    n = parent.size
+    has_parent = parent >= 0
+    if int((~has_parent).sum()) != 1:
+        raise ValueError(f"a rooted tree has exactly one root (parent -1); got {int((~has_parent).sum())}")
+    if (parent >= n).any() or not np.isfinite(z[has_parent]).all():
+        raise ValueError("parent positions must be < n and every non-root edge needs a finite z")
+    children = np.flatnonzero(has_parent)
+    tree = SpanningTree(n, children, parent[has_parent], z[has_parent])
+    if n > 1 and connected_components(coo_matrix((np.ones(n - 1), (tree.row, tree.col)), shape=(n, n)))[0] != 1:
+        raise ValueError("parent links do not form one tree (a cycle or a detached item)")
+    return tree
+
+
 def theta_for_cluster_count(distances: np.ndarray, n_clusters: int) -> float:
     """The θ at which `mst_threshold_clusters` yields `n_clusters` clusters.
 
@@ -139,7 +193,11 @@ def theta_for_cluster_count(distances: np.ndarray, n_clusters: int) -> float:
     finely: a θ fixed on the z scale means a different granularity for every representation.
     Tied edge weights at the cut can make the count differ from K; the caller should check.
     """
-    tree = minimum_spanning_tree_z(distances)
+    return theta_for_cluster_count_on_tree(minimum_spanning_tree_z(distances), n_clusters)
+
+
+def theta_for_cluster_count_on_tree(tree: SpanningTree, n_clusters: int) -> float:
+    """`theta_for_cluster_count` on an already built spanning tree (cheap: a sort of n − 1 weights)."""
     if not 1 <= n_clusters <= tree.n:
         raise ValueError(f"n_clusters must be in 1..{tree.n} (the number of items), got {n_clusters}")
     heaviest_first = np.sort(tree.z)[::-1]
@@ -197,3 +255,19 @@ def cluster_size_summary(labels: np.ndarray) -> dict[str, int | float]:
         "largest": int(sizes.max()),
         "coverage": float(sizes[sizes >= 2].sum() / labels.size),
     }
+
+
+def random_clusters_like(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A random clustering with exactly the cluster sizes of ``labels``: a seeded permutation of them.
+
+    Every partition with those sizes is equally likely, so its mean correlation estimates what a
+    grouping that knows nothing about the companies scores at that granularity: the floor.
+
+    Returns:
+        (n,) int64 labels, renumbered 0..k-1 in order of first appearance.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+    shuffled = np.random.default_rng(seed).permutation(labels)
+    return _relabel_by_first_appearance(shuffled)

@@ -62,55 +62,123 @@ def _check_clusters(clusters: pd.Series) -> None:
         )
 
 
-def _window_correlations(
-    returns_wide: pd.DataFrame, clusters: pd.Series, min_months: int
-) -> _WindowCorrelations:
+class CorrelationWindow(NamedTuple):
+    """Pairwise return correlations of one window, kept as the defined pairs only (scoring reads nothing else)."""
+
+    tickers: pd.Index
+    """The m companies with >= min_months returns in the window, in column order."""
+    first: np.ndarray
+    """(p,) int64 position in ``tickers`` of each pair's first company (first < second)."""
+    second: np.ndarray
+    """(p,) int64 position of each pair's second company."""
+    correlation: np.ndarray
+    """(p,) Pearson correlation of the pair over the months both have (>= min_months of them)."""
+
+
+class ClusterScores(NamedTuple):
+    """Per-cluster sums behind every MC: a clustering scored on one :class:`CorrelationWindow`."""
+
+    cluster: np.ndarray
+    """(k,) label of each cluster that enters (>= 2 eligible members and >= 1 defined pair)."""
+    n_members: np.ndarray
+    """(k,) eligible members of each entering cluster."""
+    n_pairs: np.ndarray
+    """(k,) defined within-cluster pairs of each entering cluster."""
+    pair_sum: np.ndarray
+    """(k,) sum of those pairs' correlations; MC_c = pair_sum / n_pairs."""
+    n_companies: int
+    """Eligible companies in the window (m)."""
+    n_covered: int
+    """Eligible companies in a cluster with >= 2 eligible members."""
+
+    @property
+    def mc_cluster(self) -> float:
+        return float((self.pair_sum / self.n_pairs).mean()) if self.n_pairs.size else float("nan")
+
+    @property
+    def mc_pair(self) -> float:
+        return float(self.pair_sum.sum() / self.n_pairs.sum()) if self.n_pairs.size else float("nan")
+
+    @property
+    def coverage(self) -> float:
+        return self.n_covered / self.n_companies if self.n_companies else float("nan")
+
+
+def correlation_window(returns_wide: pd.DataFrame, min_months: int = 6) -> CorrelationWindow:
+    """The defined pairwise correlations of a (months x tickers) window of monthly log returns.
+
+    Companies with fewer than ``min_months`` returns are left out; a pair counts when the two share
+    at least ``min_months`` months (pairwise-complete Pearson).
+    """
     if not isinstance(returns_wide, pd.DataFrame):
         raise TypeError(
             f"returns_wide must be a DataFrame (months x tickers), got {type(returns_wide).__name__}"
         )
     if returns_wide.columns.has_duplicates:
         raise ValueError("returns_wide has repeated ticker columns")
-    _check_clusters(clusters)
     # Two points always correlate at +-1; three is the least that says anything.
     if min_months < 3:
         raise ValueError(f"min_months must be >= 3, got {min_months}")
+    eligible = returns_wide.columns[returns_wide.notna().sum(axis=0).to_numpy() >= min_months]
+    corr = returns_wide.loc[:, eligible].astype("float64").corr(min_periods=min_months).to_numpy()
+    first, second = np.triu_indices(len(eligible), k=1)
+    values = corr[first, second]
+    defined = ~np.isnan(values)
+    return CorrelationWindow(pd.Index(eligible), first[defined], second[defined], values[defined])
 
-    observed = returns_wide.notna().sum(axis=0)
-    eligible = [
-        ticker for ticker in returns_wide.columns if ticker in clusters.index and observed[ticker] >= min_months
-    ]
-    # Pairwise-complete Pearson: each pair uses the months both have; fewer than min_months -> NaN.
-    correlations = returns_wide.loc[:, eligible].astype("float64").corr(min_periods=min_months)
-    position = {ticker: i for i, ticker in enumerate(eligible)}
-    corr = correlations.to_numpy()
 
-    rows: list[dict[str, object]] = []
-    pair_values: list[np.ndarray] = []
-    n_covered = 0
-    members_by_cluster = clusters.loc[eligible].groupby(clusters.loc[eligible], sort=True)
-    for cluster_id, members in members_by_cluster:
-        if len(members) < 2:
-            continue
-        n_covered += len(members)
-        index = np.array([position[ticker] for ticker in members.index])
-        block = corr[np.ix_(index, index)]
-        values = block[np.triu_indices(len(index), k=1)]
-        values = values[~np.isnan(values)]
-        if values.size == 0:
-            continue
-        pair_values.append(values)
-        rows.append(
-            {
-                "cluster": cluster_id,
-                "n_members": len(members),
-                "n_pairs": int(values.size),
-                "mean_corr": float(values.mean()),
-            }
-        )
-    per_cluster = pd.DataFrame(rows, columns=["cluster", "n_members", "n_pairs", "mean_corr"])
-    pairs = np.concatenate(pair_values) if pair_values else np.empty(0)
-    return _WindowCorrelations(per_cluster, pairs, len(eligible), n_covered)
+def score_clusters(window: CorrelationWindow, labels: np.ndarray) -> ClusterScores:
+    """Score one clustering on one window in O(pairs): bincounts over the within-cluster pairs.
+
+    Args:
+        window: from :func:`correlation_window`.
+        labels: (m,) integer cluster ids >= 0 aligned with ``window.tickers``.
+    """
+    labels = np.asarray(labels)
+    if labels.shape != (len(window.tickers),):
+        raise ValueError(f"labels must have one entry per window ticker ({len(window.tickers)}), got {labels.shape}")
+    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0):
+        raise ValueError("labels must be non-negative integers")
+    k = int(labels.max()) + 1 if labels.size else 0
+    members = np.bincount(labels, minlength=k)
+    same = labels[window.first] == labels[window.second]
+    owner = labels[window.first[same]]
+    n_pairs = np.bincount(owner, minlength=k)
+    pair_sum = np.bincount(owner, weights=window.correlation[same], minlength=k)
+    enters = (members >= 2) & (n_pairs > 0)
+    return ClusterScores(
+        cluster=np.flatnonzero(enters),
+        n_members=members[enters],
+        n_pairs=n_pairs[enters],
+        pair_sum=pair_sum[enters],
+        n_companies=int(labels.size),
+        n_covered=int(members[members >= 2].sum()),
+    )
+
+
+class _WindowCorrelations(NamedTuple):
+    per_cluster: pd.DataFrame
+    """Columns cluster, n_members, n_pairs, mean_corr; only clusters with >= 1 defined pair."""
+    scores: ClusterScores
+
+
+def _window_correlations(
+    returns_wide: pd.DataFrame, clusters: pd.Series, min_months: int
+) -> _WindowCorrelations:
+    _check_clusters(clusters)
+    window = correlation_window(returns_wide.loc[:, returns_wide.columns.isin(clusters.index)], min_months)
+    codes, cluster_ids = pd.factorize(clusters.loc[window.tickers], sort=True)
+    scores = score_clusters(window, codes)
+    per_cluster = pd.DataFrame(
+        {
+            "cluster": cluster_ids[scores.cluster],
+            "n_members": scores.n_members,
+            "n_pairs": scores.n_pairs,
+            "mean_corr": scores.pair_sum / scores.n_pairs,
+        },
+        columns=["cluster", "n_members", "n_pairs", "mean_corr"],
+    )
+    return _WindowCorrelations(per_cluster, scores)
 
 
 def mean_correlation(returns_wide: pd.DataFrame, clusters: pd.Series, min_months: int = 6) -> MeanCorrelation:
@@ -133,32 +201,32 @@ def mean_correlation(returns_wide: pd.DataFrame, clusters: pd.Series, min_months
         clusters: cluster id per ticker (index ticker). Tickers absent from it are ignored.
         min_months: least number of returns a company, and a pair in common, needs.
     """
-    window = _window_correlations(returns_wide, clusters, min_months)
-    means = window.per_cluster["mean_corr"].to_numpy()
+    scores = _window_correlations(returns_wide, clusters, min_months).scores
     return MeanCorrelation(
-        mc_cluster=float(means.mean()) if means.size else float("nan"),
-        mc_pair=float(window.pair_correlations.mean()) if window.pair_correlations.size else float("nan"),
-        coverage=window.n_covered / window.n_companies if window.n_companies else float("nan"),
-        n_clusters=int(means.size),
-        n_pairs=int(window.pair_correlations.size),
-        n_companies=window.n_companies,
+        mc_cluster=scores.mc_cluster,
+        mc_pair=scores.mc_pair,
+        coverage=scores.coverage,
+        n_clusters=int(scores.n_pairs.size),
+        n_pairs=int(scores.n_pairs.sum()),
+        n_companies=scores.n_companies,
     )
 
 
-def _yearly_windows(
-    monthly_returns: pd.DataFrame, clusters: pd.DataFrame
-) -> Iterator[tuple[object, int, pd.DataFrame, pd.Series]]:
-    """Yield (method, year, returns_wide for that year, ticker -> cluster) for every evaluation window."""
-    for name, frame, required in (
-        ("monthly_returns", monthly_returns, ("month", "ticker", "log_return")),
-        ("clusters", clusters, ("method", "ticker", "cluster")),
-    ):
-        if not isinstance(frame, pd.DataFrame):
-            raise TypeError(f"{name} must be a DataFrame, got {type(frame).__name__}")
-        missing = [column for column in required if column not in frame.columns]
-        if missing:
-            raise ValueError(f"{name} is missing required columns {missing}; it has {list(frame.columns)}")
+def _check_columns(name: str, frame: pd.DataFrame, required: tuple[str, ...]) -> None:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{name} must be a DataFrame, got {type(frame).__name__}")
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} is missing required columns {missing}; it has {list(frame.columns)}")
 
+
+def returns_by_year(monthly_returns: pd.DataFrame) -> Iterator[tuple[int, pd.DataFrame]]:
+    """Yield (calendar year, (months x tickers) log returns of that year) from the long monthly frame.
+
+    Args:
+        monthly_returns: long frame with columns month ("YYYY-MM"), ticker, log_return.
+    """
+    _check_columns("monthly_returns", monthly_returns, ("month", "ticker", "log_return"))
     months = monthly_returns["month"].astype(str)
     malformed = ~months.str.match(_MONTH_PATTERN)
     if malformed.any():
@@ -167,6 +235,21 @@ def _yearly_windows(
     returns = monthly_returns.assign(month=months, year=months.str[:4].astype(int))
     if returns.duplicated(["month", "ticker"]).any():
         raise ValueError("monthly_returns has repeated (month, ticker) rows")
+    for year, year_returns in returns.groupby("year", sort=True):
+        yield int(year), year_returns.pivot(index="month", columns="ticker", values="log_return").sort_index()
+
+
+def yearly_correlation_windows(monthly_returns: pd.DataFrame, min_months: int = 6) -> dict[int, CorrelationWindow]:
+    """:func:`correlation_window` for every calendar year of ``monthly_returns`` (computed once, scored often)."""
+    return {year: correlation_window(wide, min_months) for year, wide in returns_by_year(monthly_returns)}
+
+
+def _yearly_windows(
+    monthly_returns: pd.DataFrame, clusters: pd.DataFrame
+) -> Iterator[tuple[object, int, pd.DataFrame, pd.Series]]:
+    """Yield (method, year, returns_wide for that year, ticker -> cluster) for every evaluation window."""
+    _check_columns("clusters", clusters, ("method", "ticker", "cluster"))
+    yearly_returns = list(returns_by_year(monthly_returns))
 
     # A 'year' column in clusters means the clustering was redone every year: year y is then
     # scored with the clusters made for year y. Without it one clustering serves every year.
@@ -177,8 +260,7 @@ def _yearly_windows(
         key: group.set_index("ticker")["cluster"] for key, group in clusters.groupby(keys, sort=True)
     }
 
-    for year, year_returns in returns.groupby("year", sort=True):
-        wide = year_returns.pivot(index="month", columns="ticker", values="log_return").sort_index()
+    for year, wide in yearly_returns:
         for key, assignment in clusterings.items():
             method = key[0]
             if len(keys) == 2 and key[1] != year:

@@ -10,8 +10,15 @@ from scipy.sparse.csgraph import connected_components
 from peerlens.clustering import (
     cluster_size_summary,
     cosine_distance_matrix,
+    cut_spanning_tree,
     labels_from_codes,
+    minimum_spanning_tree_z,
     mst_threshold_clusters,
+    random_clusters_like,
+    root_spanning_tree,
+    spanning_tree_from_parents,
+    theta_for_cluster_count,
+    theta_for_cluster_count_on_tree,
 )
 
 
@@ -125,3 +132,47 @@ def test_theta_for_cluster_count_rejects_impossible_counts():
 
     with pytest.raises(ValueError, match="n_clusters"):
         theta_for_cluster_count(np.zeros((3, 3)), 4)
+
+
+def test_cut_spanning_tree_equals_mst_threshold_clusters_at_every_theta():
+    distances = cosine_distance_matrix(np.random.default_rng(5).normal(size=(30, 4)))
+    tree = minimum_spanning_tree_z(distances)
+    for theta in np.linspace(-3, 3, 13):
+        np.testing.assert_array_equal(cut_spanning_tree(tree, theta), mst_threshold_clusters(distances, theta))
+
+
+def test_rooted_tree_round_trips_to_the_same_edges_and_cuts():
+    distances = cosine_distance_matrix(np.random.default_rng(6).normal(size=(25, 3)))
+    tree = minimum_spanning_tree_z(distances)
+    rooted = root_spanning_tree(tree)
+    assert rooted.parent[0] == -1 and np.isnan(rooted.z[0]) and (rooted.parent[1:] >= 0).all()
+    rebuilt = spanning_tree_from_parents(rooted.parent, rooted.z)
+    as_set = lambda t: {(min(a, b), max(a, b), round(z, 12)) for a, b, z in zip(t.row, t.col, t.z)}  # noqa: E731
+    assert as_set(rebuilt) == as_set(tree)
+    for theta in (-1.0, 0.0, 1.0):
+        np.testing.assert_array_equal(cut_spanning_tree(rebuilt, theta), cut_spanning_tree(tree, theta))
+
+
+def test_spanning_tree_from_parents_rejects_two_roots_and_cycles():
+    with pytest.raises(ValueError, match="exactly one root"):
+        spanning_tree_from_parents(np.array([-1, -1, 0]), np.array([np.nan, np.nan, 0.1]))
+    with pytest.raises(ValueError, match="one tree"):
+        spanning_tree_from_parents(np.array([-1, 2, 1]), np.array([np.nan, 0.1, 0.2]))
+
+
+def test_random_clusters_like_keeps_the_sizes_is_seeded_and_mixes_members():
+    reference = np.repeat(np.arange(5), [10, 6, 3, 1, 1])
+    shuffled = random_clusters_like(reference, seed=1)
+    assert sorted(np.bincount(shuffled)) == sorted(np.bincount(reference))
+    np.testing.assert_array_equal(shuffled, random_clusters_like(reference, seed=1))
+    assert not np.array_equal(shuffled, random_clusters_like(reference, seed=2))
+    # Members of the reference's largest cluster are spread over several random clusters.
+    assert len(np.unique(shuffled[:10])) > 1
+
+
+def test_theta_for_cluster_count_on_tree_matches_the_distance_version():
+    distances = cosine_distance_matrix(np.random.default_rng(7).normal(size=(20, 3)))
+    tree = minimum_spanning_tree_z(distances)
+    for k in (1, 5, 20):
+        assert theta_for_cluster_count_on_tree(tree, k) == theta_for_cluster_count(distances, k)
+        assert len(np.unique(cut_spanning_tree(tree, theta_for_cluster_count_on_tree(tree, k)))) == k

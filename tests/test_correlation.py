@@ -8,7 +8,10 @@ import pytest
 
 from peerlens.correlation import (
     cluster_correlation_table,
+    correlation_window,
     mean_correlation,
+    score_clusters,
+    yearly_correlation_windows,
     yearly_mean_correlation,
 )
 
@@ -155,3 +158,38 @@ def test_yearly_mean_correlation_rejects_malformed_months():
     with pytest.raises(ValueError, match="YYYY-MM"):
         yearly_mean_correlation(bad, pd.DataFrame({"method": ["m"], "ticker": ["A"], "cluster": [0]}))
 
+
+
+def test_score_clusters_on_a_window_gives_the_known_answer_sums_per_cluster():
+    returns, clusters = known_answer_window()
+    window = correlation_window(returns, min_months=6)
+    assert list(window.tickers) == list("ABCDEFH")  # G has 4 months: left out
+    labels = np.array([0, 0, 0, 1, 1, 2, 0])  # A B C | D E | F | H with A B C
+    scores = score_clusters(window, labels)
+    np.testing.assert_array_equal(scores.cluster, [0, 1])
+    np.testing.assert_array_equal(scores.n_members, [4, 2])
+    np.testing.assert_array_equal(scores.n_pairs, [6, 1])
+    np.testing.assert_allclose(scores.pair_sum, [6.0, -1.0])  # H = A exactly, so all six pairs at +1
+    assert scores.mc_cluster == pytest.approx((1.0 - 1.0) / 2)
+    assert scores.mc_pair == pytest.approx(5 / 7)
+    assert scores.coverage == pytest.approx(6 / 7)
+
+
+def test_score_clusters_rejects_labels_not_aligned_with_the_window():
+    returns, _ = known_answer_window()
+    window = correlation_window(returns)
+    with pytest.raises(ValueError, match="one entry per window ticker"):
+        score_clusters(window, np.zeros(3, dtype=int))
+    with pytest.raises(ValueError, match="non-negative integers"):
+        score_clusters(window, -np.ones(len(window.tickers), dtype=int))
+
+
+def test_yearly_correlation_windows_split_by_calendar_year():
+    returns, _ = known_answer_window()
+    flipped = returns.copy()
+    flipped["C"] = -flipped["C"]
+    windows = yearly_correlation_windows(long_returns({2020: returns, 2021: flipped}))
+    assert sorted(windows) == [2020, 2021]
+    a, c = list(windows[2021].tickers).index("A"), list(windows[2021].tickers).index("C")
+    pair = (windows[2021].first == a) & (windows[2021].second == c)
+    assert windows[2021].correlation[pair] == pytest.approx([-1.0])

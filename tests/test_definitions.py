@@ -18,6 +18,11 @@ LINEAGE = {
     "cluster_correlations": {"company_clusters", "monthly_returns"},
     "pairs_backtest": {"company_clusters", "daily_prices"},
     "cluster_explanations": {"company_features", "company_clusters", "llm_activations"},
+    "company_top_latents": {"company_features", "company_descriptions", "llm_activations"},
+    "mc_comparisons": {"company_clusters", "monthly_returns"},
+    "per_layer_saes": {"llm_activations"},
+    "transfer_saes": {"llm_activations", "per_layer_saes"},
+    "sae_comparison": {"llm_activations", "group_saes", "per_layer_saes", "transfer_saes"},
 }
 
 
