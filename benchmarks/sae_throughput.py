@@ -19,8 +19,9 @@ those batches. A short verification run of sae_core checks the replay: the FVU i
 equal the FVU of a replicated init on the replayed first batch (`batch_order_verified` in the JSON).
 
 What each framework runs (its own module, loss and trainer defaults; a plain loop, no runner):
-- sae_core: `sae_core.train.train_sae` with TrainConfig defaults (Adam 0.9/0.999, lr 2e-4/sqrt(d_sae/2^14),
-  AuxK 1/32, input scaling, geometric-median b_dec). Time = TrainResult.seconds (its training loop).
+- sae_core: `sae_core.train.train_sae` with TrainConfig defaults (fused Adam 0.9/0.999 at
+  TrainConfig.resolved_lr, AuxK 1/32, input scaling, geometric-median b_dec; the TopK encoder and
+  decoder with sparse backwards of sae_core.kernels). Time = TrainResult.seconds (its training loop).
 - SAELens 6.54: `TopKTrainingSAE` driven by `SAETrainer.step` (its training_forward_pass, MSE + TopK
   aux loss, clip_grad_norm 1.0, dead-feature bookkeeping, constant LR scheduler) with the
   LanguageModelSAERunnerConfig defaults: Adam lr 3e-4, betas 0.9/0.999, lr_end = lr/10, dead window
@@ -49,7 +50,7 @@ torch.autocast("cpu").
 
 Peak and encoder share. The dense matmul peak is the best of a few square 4096 matmuls in the precision
 sae_core used, timed in the same run. The encoder share is measured with torch.profiler on a short
-sae_core run: share = 2·batch·d_in·d_sae / (mean time of the encoder's forward `aten::mm`) / peak.
+sae_core run: share = 2·batch·d_in·d_sae / (mean time of the encoder's forward `aten::addmm`) / peak.
 `encoder_flops_over_step_share` is the coarser 2·batch·d_in·d_sae / (timed seconds per step) / peak.
 The profile's top operators are printed (stderr) to show where sae_core's step time goes; that short
 run starts b_dec from the mean rather than the geometric median, so Weiszfeld's iterations (init, not
@@ -65,14 +66,20 @@ Progress goes to stderr; the last line on stdout is one JSON object (see `main`)
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import math
 import os
-import sys
-import time
-from dataclasses import dataclass, field
+
+# libgomp's default lets idle OpenMP workers spin; on this shared 2-core machine a spinning worker
+# that another process preempts stalls every later parallel region by ~0.2 s (measured: a 131k-entry
+# argsort took 192 ms spinning, 3 ms passive; an sae_core step 1.53 s vs 0.77 s). Passive waiting
+# applies to all three frameworks alike, and must be chosen before torch loads libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402 (after the environment is set)
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -82,6 +89,7 @@ from sae_core.architectures import build_sae
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.metrics import fvu
 from sae_core.train import train_sae
+from throughput_anchors import RunResult, autocast_if, run_sae_lens, run_sparsify, warm_up_anchors
 
 TARGETS = {"speedup": 1.5, "fvu_gap": 0.005, "share_of_peak": 0.5}
 CACHE_DIR = Path("/tmp/peerlens_sae_throughput")
@@ -184,31 +192,7 @@ def matmul_peak_gflops(dtype: torch.dtype) -> float:
     return 2 * PEAK_SIZE**3 / matmul_seconds(a, b, 3) / 1e9
 
 
-def autocast_if(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
 # ---- the three trainers -------------------------------------------------------------------------
-
-
-@dataclass
-class RunResult:
-    """One framework's timed training run and the held-out FVU of what it trained."""
-
-    seconds: float
-    tokens: int
-    fvu: float
-    precision: str
-    settings: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "tokens_per_s": round(self.tokens / self.seconds, 1),
-            "fvu": round(self.fvu, 5),
-            "precision": self.precision,
-            "train_seconds": round(self.seconds, 2),
-            "settings": self.settings,
-        }
 
 
 def run_sae_core(
@@ -218,122 +202,11 @@ def run_sae_core(
         result = train_sae(train, sae_cfg, train_cfg)
     with torch.no_grad():
         recon = result.sae.decode(*result.sae.encode(heldout))
-    settings = {"lr": train_cfg.resolved_lr(sae_cfg.d_sae), "auxk_alpha": train_cfg.auxk_alpha, "optimizer": "adam"}
+    settings = {
+        "lr": train_cfg.resolved_lr(sae_cfg.d_sae), "auxk_alpha": train_cfg.auxk_alpha, "optimizer": "adam (fused)"
+    }
     precision = "bf16-autocast" if bf16 else "fp32"
     return RunResult(result.seconds, result.tokens_seen, fvu(heldout, recon), precision, settings)
-
-
-def _sae_lens_trainer(n_steps: int, args: argparse.Namespace, bf16: bool, batches):
-    from sae_lens.config import SAETrainerConfig
-    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.training.sae_trainer import SAETrainer
-
-    torch.manual_seed(args.seed)
-    sae_cfg = TopKTrainingSAEConfig(
-        d_in=args.d_in, d_sae=args.d_in * args.expansion, k=args.k, normalize_activations=args.sae_lens_normalize
-    )
-    lr = 3e-4  # LanguageModelSAERunnerConfig.lr
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=n_steps * args.batch,
-        train_batch_size_samples=args.batch,
-        lr=lr,
-        lr_end=lr / 10,
-        autocast=bf16,
-    )
-    return SAETrainer(cfg=trainer_cfg, sae=TopKTrainingSAE(sae_cfg), data_provider=batches)
-
-
-def run_sae_lens(
-    train: torch.Tensor, heldout: torch.Tensor, rows: torch.Tensor, args: argparse.Namespace, bf16: bool
-) -> RunResult:
-    trainer = _sae_lens_trainer(len(rows), args, bf16, iter(()))
-    if args.sae_lens_normalize == "expected_average_only_in":
-        trainer.activation_scaler.estimate_scaling_factor(args.d_in, (train[r] for r in rows), len(rows))
-    started = time.perf_counter()
-    for step_rows in rows:  # SAETrainer.fit's loop minus logging, evals and checkpoints
-        trainer.maybe_reset_sparsity()
-        trainer.step(train[step_rows])
-        trainer.n_training_steps += 1
-    seconds = time.perf_counter() - started
-    if trainer.activation_scaler.scaling_factor is not None:
-        trainer.sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
-    with torch.no_grad():
-        recon = trainer.sae(heldout)
-    settings = {"lr": trainer.cfg.lr, "betas": [trainer.cfg.adam_beta1, trainer.cfg.adam_beta2], "optimizer": "adam",
-                "normalize_activations": args.sae_lens_normalize, "use_sparse_activations": False}
-    return RunResult(seconds, rows.numel(), fvu(heldout, recon), "bf16-autocast" if bf16 else "fp32", settings)
-
-
-def _sparsify_setup(args: argparse.Namespace):
-    from schedulefree import ScheduleFreeWrapper
-    from sparsify import SparseCoder, SparseCoderConfig
-    from sparsify.config import TrainConfig as SparsifyTrainConfig
-    from sparsify.sign_sgd import SignSGD
-
-    defaults = SparsifyTrainConfig(SparseCoderConfig())  # for the trainer's default optimizer and auxk_alpha
-    if defaults.optimizer != "signum":
-        raise RuntimeError(f"sparsify's default optimizer is now {defaults.optimizer!r}: update this benchmark")
-    torch.manual_seed(args.seed)
-    coder_cfg = SparseCoderConfig(expansion_factor=args.expansion, k=args.k)
-    sae = SparseCoder(args.d_in, coder_cfg, "cpu", dtype=torch.float32)
-    lr = 5e-3 / (sae.num_latents / 2**14) ** 0.5  # Trainer's "signum" default
-    optimizer = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
-    optimizer.train()
-    return sae, optimizer, defaults, lr
-
-
-def _sparsify_steps(sae, optimizer, defaults, train: torch.Tensor, rows: torch.Tensor, bf16: bool) -> None:
-    """The fvu-loss path of sparsify's Trainer.fit and its hook, one batch per optimiser step."""
-    tokens_since_fired = torch.zeros(sae.num_latents, dtype=torch.long)
-    did_fire = torch.zeros(sae.num_latents, dtype=torch.bool)
-    for step, step_rows in enumerate(rows):
-        batch = train[step_rows]
-        if step == 0:
-            sae.b_dec.data = batch.mean(0).to(sae.dtype)
-        sae.set_decoder_norm_to_unit_norm()
-        dead_mask = tokens_since_fired > defaults.dead_feature_threshold if defaults.auxk_alpha > 0 else None
-        total_variance = (batch - batch.mean(0)).pow(2).sum()
-        with autocast_if(bf16):
-            out = sae(x=batch, y=batch, dead_mask=dead_mask, total_variance=total_variance)
-        did_fire[out.latent_indices.flatten()] = True
-        (out.fvu + defaults.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8).backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
-        optimizer.step()
-        optimizer.zero_grad()
-        with torch.no_grad():
-            tokens_since_fired += len(batch)
-            tokens_since_fired[did_fire] = 0
-            did_fire.zero_()
-
-
-def run_sparsify(
-    train: torch.Tensor, heldout: torch.Tensor, rows: torch.Tensor, args: argparse.Namespace, bf16: bool
-) -> RunResult:
-    sae, optimizer, defaults, lr = _sparsify_setup(args)
-    previous_precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")  # as Trainer.fit does
-    try:
-        started = time.perf_counter()
-        _sparsify_steps(sae, optimizer, defaults, train, rows, bf16)
-        seconds = time.perf_counter() - started
-    finally:
-        torch.set_float32_matmul_precision(previous_precision)
-    optimizer.eval()  # the schedule-free average: what Trainer saves
-    with torch.no_grad():
-        top_acts, top_indices, _ = sae.encode(heldout)
-        recon = sae.decode(top_acts, top_indices)
-    settings = {"lr": lr, "optimizer": "signum (ScheduleFreeWrapper(SignSGD), momentum 0.95)",
-                "auxk_alpha": defaults.auxk_alpha}
-    return RunResult(seconds, rows.numel(), fvu(heldout, recon), "bf16-autocast" if bf16 else "fp32", settings)
-
-
-def warm_up_anchors(train: torch.Tensor, rows: torch.Tensor, args: argparse.Namespace, bf16: bool) -> None:
-    """Two steps of each anchor on throwaway models, so neither pays first-call costs on the clock."""
-    trainer = _sae_lens_trainer(2, args, bf16, iter(()))
-    for step_rows in rows[:2]:
-        trainer.step(train[step_rows])
-    sae, optimizer, defaults, _ = _sparsify_setup(args)
-    _sparsify_steps(sae, optimizer, defaults, train, rows[:2], bf16)
 
 
 # ---- sae_core profile and batch-order check -----------------------------------------------------
@@ -367,9 +240,11 @@ def profile_sae_core(
         result = train_sae(train, sae_cfg, short_cfg)
     averages = prof.key_averages(group_by_input_shape=True)
     encoder_shape = [[train_cfg.batch_size, sae_cfg.d_in], [sae_cfg.d_in, sae_cfg.d_sae]]
-    encoder = [e for e in averages if e.key == "aten::mm" and [list(s) for s in e.input_shapes[:2]] == encoder_shape]
+    # The encoder's matmul is an addmm (bias first) in the fused encoder, an mm in a plain one.
+    encoder = [e for e in averages if (e.key, [list(s) for s in e.input_shapes if len(s) == 2][:2])
+               in (("aten::addmm", encoder_shape), ("aten::mm", encoder_shape))]
     if not encoder:
-        raise RuntimeError(f"no aten::mm of shape {encoder_shape} in sae_core's profile: has its encoder changed?")
+        raise RuntimeError(f"no aten::addmm/mm of shapes {encoder_shape} in sae_core's profile: encoder changed?")
     mm_seconds = sum(e.cpu_time_total for e in encoder) / sum(e.count for e in encoder) / 1e6
 
     # Replicate train_sae's init (weights, input scale, b_dec) and score the replayed first batch.
@@ -457,6 +332,7 @@ def main() -> None:
         "k": args.k,
         "batch": args.batch,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
         "data": source,
         "sae_core": core.to_dict(),
         "sae_lens": results["sae_lens"].to_dict(),

@@ -13,7 +13,7 @@ holds g·1[a > 0] at I and 0 elsewhere,
 
     ∂L/∂W_enc = cᵀ G              (d_in, d_sae)   a scatter of n·k scaled rows of c
     ∂L/∂b_enc = Σ_t G[t]          (d_sae,)        an index_add of n·k numbers
-    ∂L/∂b_dec = −W_enc ∂L/∂b_enc  (d_in,)         since Σ_t ∂L/∂c_t = Σ_t G[t] W_encᵀ = W_enc Σ_t G[t]ᵀ
+    ∂L/∂b_dec = −W_enc ∂L/∂b_enc  (d_in,)         as Σ_t ∂L/∂c_t = Σ_t G[t] W_encᵀ = W_enc Σ_t G[t]ᵀ
     ∂L/∂x     =  G W_encᵀ          (n, d_in)       a gather of k encoder columns per token (only if
                                                    x requires a gradient; training data does not)
 
@@ -160,7 +160,7 @@ class _FusedTopKEncode(torch.autograd.Function):
         # AuxK's dense gradient, narrowed to the latents it touches (the dead ones).
         dense_latents = dense_grad = None
         if grad_pre_acts is not None:
-            dense_latents = grad_pre_acts.ne(0).any(dim=0).nonzero().squeeze(1)
+            dense_latents = grad_pre_acts.any(dim=0).nonzero().squeeze(1)
             dense_grad = grad_pre_acts[:, dense_latents].to(centred.dtype)
 
         grad_b_enc = centred.new_zeros(d_sae)

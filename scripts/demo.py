@@ -30,6 +30,7 @@ def main() -> int:
     print(f"  tables and artifacts: {os.environ['PEERLENS_HOME']}/tables, {os.environ['PEERLENS_HOME']}/artifacts")
     print(f"  Dagster instance (runs, metadata, checks): {os.environ['DAGSTER_HOME']}")
     print("  open the UI:  make dev   (then http://127.0.0.1:3000 → Assets)")
+    print("  ask for peers: .venv/bin/peerlens peers JPM    .venv/bin/peerlens explain XOM CVX")
     return 0 if ok else 1
 
 

@@ -69,8 +69,9 @@ def test_bad_train_config_raises_value_error_naming_the_field(kwargs, field):
 def test_d_sae_is_d_in_times_expansion_and_default_lr_follows_the_scaling_law():
     cfg = SaeConfig(d_in=576, expansion_factor=8)
     assert cfg.d_sae == 4608
-    assert TrainConfig().resolved_lr(2**14) == pytest.approx(2e-4)
-    assert TrainConfig().resolved_lr(2**16) == pytest.approx(1e-4)
+    assert TrainConfig().resolved_lr(2**12) == pytest.approx(2e-3)
+    assert TrainConfig().resolved_lr(2**14) == pytest.approx(2e-3)
+    assert TrainConfig().resolved_lr(2**16) == pytest.approx(1e-3)
     assert TrainConfig(lr=1e-3).resolved_lr(2**16) == 1e-3
 
 
