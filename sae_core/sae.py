@@ -212,14 +212,14 @@ class SparseAutoencoder(nn.Module, ABC):
         additive share of the whole batch's value, and the shares' gradients sum to its gradient.
         """
         x_scaled = self._scaled_input(x)
-        pre_acts, code, product = self._training_code(x_scaled)
+        _, code, product = self._training_code(x_scaled)
         recon_scaled = product + self.b_dec
 
         residual = x_scaled - recon_scaled
         if total_variance is None:
             total_variance = (x_scaled - x_scaled.mean(dim=0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
-        auxk_loss = self._auxk_loss(pre_acts, residual.detach(), dead_mask, total_variance)
+        auxk_loss = self._auxk_loss(x_scaled, residual.detach(), dead_mask, total_variance)
         decoder_norms = self.W_dec.norm(dim=1)
         l1_loss = (code.top_acts * decoder_norms[code.top_indices]).sum() / (n_tokens or len(x_scaled))
         return ForwardOutput(
@@ -232,7 +232,7 @@ class SparseAutoencoder(nn.Module, ABC):
         )
 
     def _auxk_loss(
-        self, pre_acts: Tensor, residual: Tensor, dead_mask: Tensor | None, total_variance: Tensor
+        self, x_scaled: Tensor, residual: Tensor, dead_mask: Tensor | None, total_variance: Tensor
     ) -> Tensor:
         """AuxK (Gao et al. 2024): let the dead latents explain what the live ones missed.
 
@@ -240,8 +240,12 @@ class SparseAutoencoder(nn.Module, ABC):
         auxk_loss = scale · Σ‖e − ê‖² / Σ‖x − x̄‖²,   e = x − x̂ (detached),
         k_aux = min(d_in // 2, n_dead)   (the paper's heuristic), scale = min(n_dead / (d_in // 2), 1).
         The scale (from sparsify) fades the loss in as latents die, so it is 0 with none dead.
+
+        The dead latents' pre-activations are recomputed as their own (n, n_dead) product rather
+        than read from the encoder's (n, d_sae) ones: the cost, forward and backward, then grows
+        with the number of dead latents, and the encoder's backward stays sparse (sae_core.kernels).
         """
-        zero = pre_acts.new_zeros(())
+        zero = x_scaled.new_zeros(())
         if dead_mask is None:
             return zero
         if dead_mask.shape != (self.cfg.d_sae,) or dead_mask.dtype != torch.bool:
@@ -256,9 +260,10 @@ class SparseAutoencoder(nn.Module, ABC):
         k_aux = min(k_aux_max, n_dead)
         scale = min(n_dead / k_aux_max, 1.0)
 
-        dead_pre_acts = pre_acts.masked_fill(~dead_mask, float("-inf"))
-        aux_pre, aux_indices = dead_pre_acts.topk(k_aux, dim=1, sorted=False)
-        residual_hat = self._sparse_matmul(F.relu(aux_pre), aux_indices)
+        dead = dead_mask.nonzero().squeeze(1)  # (n_dead,)
+        dead_pre_acts = torch.addmm(self.b_enc[dead], x_scaled - self.b_dec, self.W_enc[:, dead])  # (n, n_dead)
+        aux_pre, aux_columns = dead_pre_acts.topk(k_aux, dim=1, sorted=False)
+        residual_hat = self._sparse_matmul(F.relu(aux_pre), dead[aux_columns])
         return scale * (residual_hat - residual).pow(2).sum() / total_variance
 
     # ---- decoder geometry -----------------------------------------------------------------------
