@@ -7,6 +7,8 @@ Both return the `group_saes` value's layout ({"saes": [{"layers", "path", "metri
 so `sae_comparison` reads the three regimes the same way.
 """
 
+import math
+
 import torch
 from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
@@ -143,7 +145,10 @@ def transfer_saes(
     held_out = torch.from_numpy(holdout_mask(store.index.document, per_layer_saes["holdout_share"]))
     sae_cfg = SaeConfig(**per_layer_saes["sae_config"])
     scratch_cfg = TrainConfig(**per_layer_saes["train_config"])
-    fine_tune_tokens = max(round(config.token_fraction * scratch_cfg.total_tokens), scratch_cfg.batch_size)
+    # Whole batches, rounded down, so the fine-tune never spends more than its share of the
+    # from-scratch run's tokens (which train_sae also counts in whole batches).
+    scratch_steps = math.ceil(scratch_cfg.total_tokens / scratch_cfg.batch_size)
+    fine_tune_tokens = max(math.floor(config.token_fraction * scratch_steps), 1) * scratch_cfg.batch_size
     train_cfg = TrainConfig(**{**scratch_cfg.to_dict(), "total_tokens": fine_tune_tokens, "device": device})
     sources = {entry["layers"][0]: entry["path"] for entry in per_layer_saes["saes"]}
     offset = TRANSFER_DIRECTIONS[config.direction]
@@ -173,7 +178,7 @@ def transfer_saes(
         "train_config": train_cfg.to_dict(),
         "holdout_share": per_layer_saes["holdout_share"],
         "direction": config.direction,
-        "token_fraction": fine_tune_tokens / scratch_cfg.total_tokens,
+        "token_fraction": fine_tune_tokens / (scratch_steps * scratch_cfg.batch_size),
     }
     return Output(value, metadata={**_regime_metadata(saes), "direction": config.direction,
                                    "fine_tune_tokens_per_sae": fine_tune_tokens})

@@ -36,6 +36,8 @@ def materialized(tmp_path_factory):
             "company_descriptions": {"config": {"tickers": SLICE}},
             "group_saes": {"config": {"total_tokens": 30_000, "expansion_factor": 2}},
             "per_layer_saes": {"config": {"total_tokens": 30_000, "expansion_factor": 2}},
+            # 10% of 30 steps is 3 fresh-Adam steps, which can wreck an init as easily as improve it.
+            "transfer_saes": {"config": {"token_fraction": 0.5}},
             "sae_comparison": {"config": {"eval_documents": 2, "max_tokens_per_document": 32}},
         }
     }
@@ -104,15 +106,22 @@ def test_saved_saes_load_back_and_serve_their_layers(materialized):
 def test_every_method_clusters_every_company_and_is_scored(materialized):
     root, _ = materialized
     clusters = read(root, "company_clusters")
-    methods = {"sae", "minilm", "tfidf", "sic4", "sic2", "sic_division", "gics_sector", "gics_sub_industry"}
+    methods = {"sae", "minilm", "tfidf", "sic4", "sic2", "sic_division", "gics_sector", "gics_sub_industry", "random"}
     assert set(clusters.method) == methods
     assert (clusters.groupby("method").ticker.nunique() == len(SLICE) - 1).all()
     correlations = read(root, "cluster_correlations")
-    assert set(correlations.method) == methods and set(correlations.year) == {2013, 2014, 2015, 2016, 2017}
-    scored = correlations.mc_cluster.dropna()
-    assert len(scored) and scored.between(-1, 1).all()
+    rolling = {f"{m} (rolling θ)" for m in ("sae", "minilm", "tfidf")}
+    assert methods | rolling <= set(correlations.method)
+    assert set(correlations.year) == {2013, 2014, 2015, 2016, 2017}
+    assert 2013 not in set(correlations[correlations.method.isin(rolling)].year)  # no past year to choose θ on
+    for measure in ("mc_cluster", "mc_pair", "mc_matched"):
+        scored = correlations[measure].dropna()
+        assert len(scored) and scored.between(-1, 1).all(), measure
+    comparisons = read(root, "mc_comparisons")
+    assert {"diff", "ci_low", "ci_high"} <= set(comparisons.columns) and len(comparisons)
     backtest = read(root, "pairs_backtest")
     assert set(backtest.method) == methods and np.isfinite(backtest.n_pairs).all()
+    assert (backtest.turnover_annual >= 0).all()
 
 
 def test_the_banks_share_an_sae_cluster_and_it_is_explained(materialized):
