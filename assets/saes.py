@@ -64,7 +64,7 @@ def holdout_mask(documents: pd.Series, share: float) -> np.ndarray:
     """True for tokens of held-out companies (the stable crc32-of-ticker split of `holdout_documents`)."""
     names = documents.unique()
     held_out = set(names[holdout_documents(list(names), share)])
-    return documents.isin(held_out).to_numpy()
+    return documents.isin(held_out).to_numpy(copy=True)  # writable: torch.from_numpy shares it
 
 
 @asset(group_name="saes", kinds={"pytorch", "safetensors"})
