@@ -49,19 +49,6 @@ class EncoderOutput(NamedTuple):
     """Indices (into d_sae) of the kept latents, (n, w) int64, distinct within a row."""
 
 
-class TrainingCode(NamedTuple):
-    """The encoder's side of a training step."""
-
-    pre_acts: Tensor
-    """Pre-activations (x·s − b_dec) W_enc + b_enc, (n, d_sae) (AuxK reads the dead latents')."""
-
-    code: EncoderOutput
-    """The sparse code, (n, w) activations and indices."""
-
-    product: Tensor
-    """z W_dec, (n, d_in): the reconstruction in the scaled space, less b_dec."""
-
-
 class ForwardOutput(NamedTuple):
     """Everything one training step needs from the SAE."""
 
@@ -155,10 +142,9 @@ class SparseAutoencoder(nn.Module, ABC):
         z = self._dense_code(pre_acts)
         return sparsify_code(z), z @ self.W_dec
 
-    def _training_code(self, x_scaled: Tensor) -> TrainingCode:
-        """Pre-activations, sparse code and z W_dec of x·s (n, d_in), differentiably, for `forward`."""
-        pre_acts = self._pre_acts(x_scaled)
-        return TrainingCode(pre_acts, *self._code_and_product(pre_acts))
+    def _training_code(self, x_scaled: Tensor) -> tuple[EncoderOutput, Tensor]:
+        """The sparse code and z W_dec (n, d_in) of x·s, differentiably, for `forward`."""
+        return self._code_and_product(self._pre_acts(x_scaled))
 
     def encode(self, x: Tensor) -> EncoderOutput:
         """Sparse code of x (n, d_in); see the module docstring for its width."""
@@ -212,7 +198,7 @@ class SparseAutoencoder(nn.Module, ABC):
         additive share of the whole batch's value, and the shares' gradients sum to its gradient.
         """
         x_scaled = self._scaled_input(x)
-        _, code, product = self._training_code(x_scaled)
+        code, product = self._training_code(x_scaled)
         recon_scaled = product + self.b_dec
 
         residual = x_scaled - recon_scaled
@@ -337,14 +323,14 @@ class TopKSae(SparseAutoencoder):
         code = self._sparse_code(pre_acts)
         return code, self._sparse_matmul(*code)
 
-    def _training_code(self, x_scaled: Tensor) -> TrainingCode:
+    def _training_code(self, x_scaled: Tensor) -> tuple[EncoderOutput, Tensor]:
         # The encoder and TopK as one autograd Function whose backward touches only the k kept
-        # latents per token (and the dead ones, under AuxK): see sae_core.kernels.
-        top_acts, top_indices, pre_acts = fused_topk_encode(
+        # latents per token: see sae_core.kernels. (AuxK computes the dead latents' own product.)
+        top_acts, top_indices, _ = fused_topk_encode(
             x_scaled, self.b_dec, self.W_enc, self.b_enc, self.cfg.k,
             pre_acts_out=self._pre_acts_workspace(x_scaled),
         )
-        return TrainingCode(pre_acts, EncoderOutput(top_acts, top_indices), self._sparse_matmul(top_acts, top_indices))
+        return EncoderOutput(top_acts, top_indices), self._sparse_matmul(top_acts, top_indices)
 
     def _pre_acts_workspace(self, x_scaled: Tensor) -> Tensor | None:
         """An (n, d_sae) buffer that every training step of this shape writes its pre-activations into.
