@@ -5,7 +5,10 @@ A checkpoint is one file, `<checkpoint_dir>/train_state.safetensors`, so it is r
 new one, never a mix. It holds
 
     tensors (safetensors)   sae/<name>                   every parameter and buffer of the SAE
-                            adam/<name>/{step,exp_avg,exp_avg_sq}   Adam's state for each parameter
+                            optimizer/<name>/<key>       the optimiser's state for each parameter:
+                                                         step, exp_avg, exp_avg_sq (adam); step, z,
+                                                         x and v (schedule_free_adam) or no v
+                                                         (schedule_free_signum)
                             progress/tokens_since_fired  (d_sae,) int64, the dead-latent clock
                             progress/batch_order         int64, the current shuffle of the data rows
                             progress/generator_state     uint8, the torch.Generator's state
@@ -35,13 +38,22 @@ from safetensors.torch import save as serialize_tensors
 from torch import Tensor
 
 from sae_core.config import SaeConfig, TrainConfig
+from sae_core.optim import ScheduleFree
 from sae_core.sae import SparseAutoencoder
 
 CHECKPOINT_FILENAME = "train_state.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _METADATA_KEY = "peerlens_checkpoint"
 _FINGERPRINT_ROWS = 256
 _ADAM_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+
+def _optimizer_state_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    if isinstance(optimizer, ScheduleFree):
+        return ScheduleFree.state_keys(optimizer.param_groups[0]["base"])
+    if isinstance(optimizer, torch.optim.Adam):
+        return _ADAM_STATE_KEYS
+    raise TypeError(f"cannot checkpoint a {type(optimizer).__name__}: only Adam and ScheduleFree")
 
 
 @dataclass
@@ -108,8 +120,8 @@ def save_checkpoint(
     tensors = {f"sae/{name}": value.detach().cpu().contiguous() for name, value in sae.state_dict().items()}
     for name, parameter in sae.named_parameters():
         state = optimizer.state[parameter]
-        for key in _ADAM_STATE_KEYS:
-            tensors[f"adam/{name}/{key}"] = state[key].detach().cpu().contiguous()
+        for key in _optimizer_state_keys(optimizer):
+            tensors[f"optimizer/{name}/{key}"] = state[key].detach().cpu().contiguous()
     tensors["progress/tokens_since_fired"] = progress.tokens_since_fired.cpu().contiguous()
     tensors["progress/batch_order"] = progress.batch_order.cpu().contiguous()
     tensors["progress/generator_state"] = progress.generator.get_state()
@@ -216,12 +228,12 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path}: history or seconds is missing or malformed")
 
     sae_state = {name: _take(path, tensors, f"sae/{name}", value) for name, value in sae.state_dict().items()}
-    adam_states = {}
+    optimizer_states = {}
     for index, (name, parameter) in enumerate(sae.named_parameters()):
         step_like = torch.tensor(0.0)
-        adam_states[index] = {
-            key: _take(path, tensors, f"adam/{name}/{key}", step_like if key == "step" else parameter.detach().cpu())
-            for key in _ADAM_STATE_KEYS
+        optimizer_states[index] = {
+            key: _take(path, tensors, f"optimizer/{name}/{key}", step_like if key == "step" else parameter.detach().cpu())
+            for key in _optimizer_state_keys(optimizer)
         }
     tokens_since_fired = _take(
         path, tensors, "progress/tokens_since_fired", torch.zeros(sae.cfg.d_sae, dtype=torch.long)
@@ -243,7 +255,7 @@ def load_checkpoint(
     with torch.no_grad():
         for name, value in sae.state_dict().items():
             value.copy_(sae_state[name])
-    optimizer.load_state_dict({"state": adam_states, "param_groups": optimizer.state_dict()["param_groups"]})
+    optimizer.load_state_dict({"state": optimizer_states, "param_groups": optimizer.state_dict()["param_groups"]})
     device = sae.device
     return TrainingProgress(
         step=step,

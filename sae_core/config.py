@@ -17,6 +17,8 @@ ARCHITECTURES_WITH_K = ("topk", "batchtopk")
 DEFAULT_K = 32
 B_DEC_INITS = ("geometric_median", "mean")
 AUTOCAST_MODES = ("auto", "bf16", "off")
+OPTIMIZERS = ("schedule_free_adam", "adam", "schedule_free_signum")
+"""Schedule-free Adam or signSGD (sae_core.optim), or plain (fused) Adam."""
 
 # Fields that change how a run is watched or where it runs, not what it computes: a checkpoint
 # written under one value of them may be resumed under another.
@@ -90,15 +92,21 @@ class TrainConfig:
     """Tokens per optimiser step."""
     total_tokens: int = 200_000
     """Tokens to train on; the data are reshuffled and cycled when it is smaller than this."""
+    optimizer: str = "schedule_free_adam"
+    """"schedule_free_adam", "schedule_free_signum" (sae_core.optim: evaluated at the average of the
+    iterates) or "adam" (fused Adam, betas 0.9/0.999, constant lr)."""
     lr: float | None = None
-    """Adam learning rate; None picks 2e-3 · min(1, sqrt(2**14 / d_sae)) (see `resolved_lr`)."""
+    """Learning rate; None picks one for the optimizer and width (see `resolved_lr`)."""
+    schedule_free_beta: float = 0.95
+    """schedule_free_*: interpolation β between the sign-step iterate z and the average x, y = (1−β)z + βx."""
     auxk_alpha: float = 1 / 32
     """topk, batchtopk: weight of the AuxK dead-latent loss, loss = fvu + auxk_alpha * auxk_loss."""
     l1_coefficient: float = 0.2
     """relu: weight λ of the sparsity penalty, loss = fvu + λ · mean_t Σ_j z_tj ‖W_dec,j‖, on inputs
     scaled to E‖x‖² = 1. Measured on SmolLM2 layer 20 of the sample (expansion 8, batch 1024, held-out
-    tokens): λ = 0.2 over 300k tokens gives L0 ≈ 32 at FVU 0.44 at the default lr (L0 ≈ 116 at FVU
-    0.46 under the earlier default, Gao et al.'s 3.8e-4); at that earlier lr, over 100k tokens,
+    tokens): λ = 0.2 over 300k tokens gives L0 ≈ 30 at FVU 0.45 with the default optimizer
+    (schedule-free Adam; plain Adam at 2e-3: L0 ≈ 28 at FVU 0.51, at Gao et al.'s 3.8e-4: L0 ≈ 116 at
+    FVU 0.46); with Adam at 3.8e-4, over 100k tokens,
     λ = 0.1 gave L0 ≈ 275 (FVU 0.44) and λ = 0.3 L0 ≈ 54 (FVU 0.91). Raise λ for a sparser, lossier
     code."""
     threshold_ema_rate: float = 0.05
@@ -135,6 +143,12 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.total_tokens must be a positive integer, got {self.total_tokens!r}"
             )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not (math.isfinite(self.schedule_free_beta) and 0 <= self.schedule_free_beta < 1):
+            raise ValueError(
+                f"TrainConfig.schedule_free_beta must be in [0, 1), got {self.schedule_free_beta!r}"
+            )
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a positive number or None, got {self.lr!r}")
         if not (math.isfinite(self.auxk_alpha) and self.auxk_alpha >= 0):
@@ -168,21 +182,29 @@ class TrainConfig:
             )
 
     def resolved_lr(self, d_sae: int) -> float:
-        """The learning rate to use: `lr`, or 2e-3 · min(1, sqrt(2**14 / d_sae)).
+        """The learning rate to use: `lr`, or the optimizer's default at this width,
 
-        Gao et al. (2024) fitted lr = 2e-4 / sqrt(d_sae / 2**14) to runs of billions of tokens. On
-        the budgets this project trains on (10^5–10^6 tokens, 50–300 steps) that undertrains, and
-        2e-3 was the best of 2.7e-4 (their law) / 1e-3 / 2e-3 / 4e-3 at both widths measured on
-        SmolLM2 residuals of the sample (TopK k 32, held-out FVU):
-            d_sae 2304, batch 1024, 300k tokens (group_saes' default), layer 15: 0.217 → 0.171;
-            layer 25: 0.258 → 0.207 (at their law's 5.3e-4 → 2e-3; 4e-3 gave 0.176 / 0.210);
-            d_sae 9216, batch 4096, 200k tokens (benchmarks/sae_throughput.py): 0.572 → 0.372.
-        Their 1/sqrt(width) scaling is kept above 2**14 latents, where nothing was measured here.
-        For long runs, set `lr` (their law is a good start).
+            schedule_free_adam     8e-3 · min(1, sqrt(2**14 / d_sae))
+            adam                   2e-3 · min(1, sqrt(2**14 / d_sae))
+            schedule_free_signum   5e-3 · sqrt(2**14 / d_sae)          (sparsify's default)
+
+        Gao et al. (2024) fitted Adam's lr = 2e-4 / sqrt(d_sae / 2**14) to runs of billions of
+        tokens. On the budgets this project trains on (10^5–10^6 tokens, 50–300 steps) that
+        undertrains. Held-out FVU on SmolLM2 residuals of the sample, TopK k 32:
+            d_sae 2304, batch 1024, 300k tokens (group_saes' default), layer 15: Adam at their law's
+            5.3e-4 0.217, at 2e-3 0.171 (1e-3 and 4e-3 were worse); holding out the store's last
+            4096 tokens instead, layers 3 / 15 / 25: Adam 2e-3 0.162 / 0.233 / 0.266, schedule-free
+            Adam 8e-3 0.162 / 0.232 / 0.263 (5e-3: 0.163 / 0.231 / 0.265);
+            d_sae 9216, batch 4096, 200k tokens of layer 15 (benchmarks/sae_throughput.py): Adam 2e-3
+            0.327, schedule-free Adam 8e-3 0.294, 5e-3 0.302, schedule-free signSGD 6.7e-3 0.294.
+        The 1/sqrt(width) scaling is kept above 2**14 latents, where nothing was measured here.
         """
         if self.lr is not None:
             return self.lr
-        return 2e-3 * min(1.0, math.sqrt(2**14 / d_sae))
+        if self.optimizer == "schedule_free_signum":
+            return 5e-3 * math.sqrt(2**14 / d_sae)
+        peak = 8e-3 if self.optimizer == "schedule_free_adam" else 2e-3
+        return peak * min(1.0, math.sqrt(2**14 / d_sae))
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine what a run computes: all but device, logging and checkpointing."""

@@ -26,10 +26,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 D_IN = 16
 BATCH_SIZE, N_STEPS, CHECKPOINT_EVERY, KILL_AT_STEP = 64, 12, 4, 7
 
-ARCHITECTURES = ("topk", "batchtopk", "relu")
+# Every architecture with the default optimizer, and the other optimizers (whose checkpoints hold
+# other state tensors) on TopK: "<architecture>" or "<architecture>-<optimizer>".
+RUNS = ("topk", "batchtopk", "relu", "topk-adam", "topk-schedule_free_signum")
 
-# The child trains an SAE of each named architecture on fixed synthetic data (checkpointing into
-# <checkpoint_root>/<architecture> unless the root is "") and writes each final state and result.
+# The child trains an SAE for each named run on fixed synthetic data (checkpointing into
+# <checkpoint_root>/<run> unless the root is "") and writes each final state and result.
 # With kill_at_step > 0 it SIGKILLs itself when the log reports that step, i.e. after the
 # checkpoint of step 4 and before the one of step 8: the re-run must redo steps 5..7 and carry on.
 CHILD = textwrap.dedent(
@@ -49,31 +51,33 @@ CHILD = textwrap.dedent(
         if kill_at_step and line.startswith(f"step {{kill_at_step}}/"):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    for architecture in sys.argv[4].split(","):
+    for run in sys.argv[4].split(","):
+        architecture, _, optimizer = run.partition("-")
         k = None if architecture == "relu" else 4
         sae_cfg = SaeConfig(d_in={d_in}, expansion_factor=4, k=k, architecture=architecture)
         train_cfg = TrainConfig(
             batch_size={batch_size}, total_tokens={batch_size} * {n_steps}, log_every=1, seed=3,
             dead_tokens_threshold=200, checkpoint_every={checkpoint_every},
-            checkpoint_dir=os.path.join(checkpoint_root, architecture) if checkpoint_root else None,
+            checkpoint_dir=os.path.join(checkpoint_root, run) if checkpoint_root else None,
+            **({{"optimizer": optimizer}} if optimizer else {{}}),
         )
         result = train_sae(data, sae_cfg, train_cfg, log=log)
         state = {{name: t.contiguous() for name, t in result.sae.state_dict().items()}}
-        save_file(state, os.path.join(out_dir, architecture + ".safetensors"))
-        with open(os.path.join(out_dir, architecture + ".json"), "w") as file:
+        save_file(state, os.path.join(out_dir, run + ".safetensors"))
+        with open(os.path.join(out_dir, run + ".json"), "w") as file:
             json.dump({{"history": result.history, "resumed_from_step": result.resumed_from_step}}, file)
     """
 ).format(d_in=D_IN, batch_size=BATCH_SIZE, n_steps=N_STEPS, checkpoint_every=CHECKPOINT_EVERY)
 
 
-def start_child(tmp_path: Path, architectures: list[str], checkpoint_root: Path | None, kill_at_step: int, name: str):
+def start_child(tmp_path: Path, runs: list[str], checkpoint_root: Path | None, kill_at_step: int, name: str):
     """Start the child script; returns the process (stdout/stderr piped) and its output folder."""
     out_dir = tmp_path / name
     out_dir.mkdir()
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
-    arguments = [str(checkpoint_root or ""), str(out_dir), str(kill_at_step), ",".join(architectures)]
+    arguments = [str(checkpoint_root or ""), str(out_dir), str(kill_at_step), ",".join(runs)]
     process = subprocess.Popen(
         [sys.executable, str(script), *arguments],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -93,34 +97,32 @@ def checkpoint_step(path: Path) -> int:
 
 def test_a_killed_and_rerun_training_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     checkpoint_root = tmp_path / "checkpoints"
-    # The uninterrupted reference and one killed run per architecture are independent: run them together.
-    uninterrupted, uninterrupted_out = start_child(tmp_path, list(ARCHITECTURES), None, 0, "uninterrupted")
-    killed = [
-        start_child(tmp_path, [arch], checkpoint_root, KILL_AT_STEP, f"killed-{arch}")[0] for arch in ARCHITECTURES
-    ]
+    # The uninterrupted reference and one killed process per run are independent: run them together.
+    uninterrupted, uninterrupted_out = start_child(tmp_path, list(RUNS), None, 0, "uninterrupted")
+    killed = [start_child(tmp_path, [run], checkpoint_root, KILL_AT_STEP, f"killed-{run}")[0] for run in RUNS]
     for process in killed:
         returncode, stderr = finish(process)
         assert returncode == -signal.SIGKILL, stderr
     returncode, stderr = finish(uninterrupted)
     assert returncode == 0, stderr
-    for architecture in ARCHITECTURES:
-        assert checkpoint_step(checkpoint_root / architecture / CHECKPOINT_FILENAME) == 4
+    for run in RUNS:
+        assert checkpoint_step(checkpoint_root / run / CHECKPOINT_FILENAME) == 4
 
-    resumed, resumed_out = start_child(tmp_path, list(ARCHITECTURES), checkpoint_root, 0, "resumed")
+    resumed, resumed_out = start_child(tmp_path, list(RUNS), checkpoint_root, 0, "resumed")
     returncode, stderr = finish(resumed)
     assert returncode == 0, stderr
 
-    for architecture in ARCHITECTURES:
-        resumed_state = load_file(resumed_out / f"{architecture}.safetensors")
-        reference_state = load_file(uninterrupted_out / f"{architecture}.safetensors")
+    for run in RUNS:
+        resumed_state = load_file(resumed_out / f"{run}.safetensors")
+        reference_state = load_file(uninterrupted_out / f"{run}.safetensors")
         assert set(resumed_state) == set(reference_state)
         for name, reference in reference_state.items():
-            assert torch.equal(resumed_state[name], reference), (architecture, name)
-        resumed_result = json.loads((resumed_out / f"{architecture}.json").read_text())
-        reference_result = json.loads((uninterrupted_out / f"{architecture}.json").read_text())
+            assert torch.equal(resumed_state[name], reference), (run, name)
+        resumed_result = json.loads((resumed_out / f"{run}.json").read_text())
+        reference_result = json.loads((uninterrupted_out / f"{run}.json").read_text())
         assert resumed_result["resumed_from_step"] == 4 and reference_result["resumed_from_step"] == 0
         assert resumed_result["history"] == reference_result["history"]
-        checkpoint_dir = checkpoint_root / architecture
+        checkpoint_dir = checkpoint_root / run
         assert checkpoint_step(checkpoint_dir / CHECKPOINT_FILENAME) == N_STEPS
         assert sorted(path.name for path in checkpoint_dir.iterdir()) == [CHECKPOINT_FILENAME]
 
@@ -159,10 +161,10 @@ def test_a_checkpoint_is_one_safetensors_file_with_the_state_tensors_and_a_json_
         document = json.loads(file.metadata()["peerlens_checkpoint"])
     for parameter in ("W_enc", "b_enc", "W_dec", "b_dec"):
         assert f"sae/{parameter}" in names
-        assert {f"adam/{parameter}/{key}" for key in ("step", "exp_avg", "exp_avg_sq")} <= names
+        assert {f"optimizer/{parameter}/{key}" for key in ("step", "z", "x", "v")} <= names
     progress = {"progress/tokens_since_fired", "progress/batch_order", "progress/generator_state"}
     assert {"sae/input_scale", *progress} <= names
-    assert document["step"] == 6 and document["format_version"] == 1
+    assert document["step"] == 6 and document["format_version"] == 2
     assert document["history"] == result.history
     assert document["identity"]["sae_config"] == SAE_CFG.to_dict()
     assert "checkpoint_dir" not in document["identity"]["train_config"]

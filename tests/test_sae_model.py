@@ -59,6 +59,8 @@ def test_bad_sae_config_raises_value_error_naming_the_field(kwargs, field):
         ({"dead_tokens_threshold": 0}, "dead_tokens_threshold"),
         ({"b_dec_init": "zeros"}, "b_dec_init"),
         ({"log_every": 0}, "log_every"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"schedule_free_beta": 1.0}, "schedule_free_beta"),
     ],
 )
 def test_bad_train_config_raises_value_error_naming_the_field(kwargs, field):
@@ -66,12 +68,18 @@ def test_bad_train_config_raises_value_error_naming_the_field(kwargs, field):
         TrainConfig(**kwargs)
 
 
-def test_d_sae_is_d_in_times_expansion_and_default_lr_follows_the_scaling_law():
+def test_d_sae_is_d_in_times_expansion_and_default_lr_follows_the_width_rule_of_each_optimizer():
     cfg = SaeConfig(d_in=576, expansion_factor=8)
     assert cfg.d_sae == 4608
-    assert TrainConfig().resolved_lr(2**12) == pytest.approx(2e-3)
-    assert TrainConfig().resolved_lr(2**14) == pytest.approx(2e-3)
-    assert TrainConfig().resolved_lr(2**16) == pytest.approx(1e-3)
+    assert TrainConfig().optimizer == "schedule_free_adam"
+    for optimizer, peak in (("schedule_free_adam", 8e-3), ("adam", 2e-3)):
+        train_cfg = TrainConfig(optimizer=optimizer)
+        assert train_cfg.resolved_lr(2**12) == pytest.approx(peak)
+        assert train_cfg.resolved_lr(2**14) == pytest.approx(peak)
+        assert train_cfg.resolved_lr(2**16) == pytest.approx(peak / 2)
+    signum = TrainConfig(optimizer="schedule_free_signum")
+    assert signum.resolved_lr(2**12) == pytest.approx(1e-2)
+    assert signum.resolved_lr(2**16) == pytest.approx(2.5e-3)
     assert TrainConfig(lr=1e-3).resolved_lr(2**16) == 1e-3
 
 
