@@ -4,12 +4,13 @@ All three train a TopK SAE (d_in 576 = SmolLM2-135M's width, expansion 16 → d_
 batch 4096) for the same number of tokens, in one process with torch threads = 2, on the same cached
 activations, and are scored the same way:
 
-    tokens_per_s = training tokens / seconds of the training steps (setup, init and eval excluded)
+    tokens_per_s = training tokens / seconds of the training steps (setup, init and eval excluded),
+                   the fastest of `--repeats` interleaved runs for sae_core and sparsify
     fvu          = sae_core.metrics.fvu(x, x̂) on one held-out tensor, x̂ computed in fp32 (no_grad)
 
 Data. `--store FOLDER` reads one layer of an activation store (sae_core.activation_store); without it,
-the offline sample's descriptions (up to `--capture-tokens`, by default all of them: ~104k tokens,
-as the demo's store holds) are captured once at the middle layer and cached as a safetensors file
+the offline sample's first descriptions up to `--capture-tokens` (default 110k, about the ~106k
+tokens of the demo's store) are captured once at the middle layer and cached as a safetensors file
 under /tmp (re-runs reuse it; the first capture takes a few minutes). Tokens stay in document order;
 the last `--heldout-tokens` rows (the last documents) are held out for the FVU, the rest are
 training rows, so 200k training tokens are about two epochs, as in the demo's SAEs. A much smaller
@@ -135,7 +136,8 @@ def captured_layer(n_tokens: int, layer: int | None) -> tuple[torch.Tensor, str]
     parts = []
     for batch, captured in capture_documents(model, token_ids):
         document = torch.tensor(batch)[captured.document]
-        parts.append((document, captured.position, captured.activations[layer]))
+        # A copy: a view of one layer would keep the batch's whole (n_layers, n, d) tensor alive.
+        parts.append((document, captured.position, captured.activations[layer].clone()))
     document, position, activations = (torch.cat(p) for p in zip(*parts))
     order = torch.argsort(document * 10_000 + position)  # back to document order (positions < 512)
     activations = activations[order].float().contiguous()
@@ -288,6 +290,7 @@ def main() -> None:
         "--sae-lens-normalize", choices=("expected_average_only_in", "none"), default="expected_average_only_in"
     )
     parser.add_argument("--profile-steps", type=int, default=3, help="sae_core steps run under the profiler")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of sae_core and sparsify (fastest kept)")
     args = parser.parse_args()
     wall_started = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -316,13 +319,23 @@ def main() -> None:
     log(f"sae_core profile, {args.profile_steps} steps (top operators by self CPU time):\n{sae_core_probe.top_ops}")
     warm_up_anchors(train, rows, args, bf16)
 
-    results, loads = {}, {}
-    for name, run in (("sae_core", lambda: run_sae_core(train, heldout, sae_cfg, train_cfg, bf16)),
-                      ("sae_lens", lambda: run_sae_lens(train, heldout, rows, args, bf16)),
-                      ("sparsify", lambda: run_sparsify(train, heldout, rows, args, bf16))):
-        results[name] = run()
-        loads[name] = round(os.getloadavg()[0], 2)
-        log(f"{name}: {results[name].to_dict()}  (load average {loads[name]})")
+    # sae_core and sparsify (the faster anchor) are timed `--repeats` times, interleaved, and each
+    # keeps its fastest run: this host's matmul peak drifts by 2x within minutes. SAELens, 5x slower
+    # than either, runs once. Every run of a framework trains the same model (same seed, same batches).
+    runners = {"sae_core": lambda: run_sae_core(train, heldout, sae_cfg, train_cfg, bf16),
+               "sae_lens": lambda: run_sae_lens(train, heldout, rows, args, bf16),
+               "sparsify": lambda: run_sparsify(train, heldout, rows, args, bf16)}
+    runs, loads = {name: [] for name in runners}, {name: [] for name in runners}
+    for repeat in range(args.repeats):
+        for name, run in runners.items():
+            if name == "sae_lens" and repeat:
+                continue
+            runs[name].append(run())
+            loads[name].append(round(os.getloadavg()[0], 2))
+            log(f"{name} run {repeat + 1}: {runs[name][-1].to_dict()}  (load average {loads[name][-1]})")
+    results = {name: min(timed, key=lambda result: result.seconds) for name, timed in runs.items()}
+    for name, timed in runs.items():
+        results[name].settings["train_seconds_of_each_run"] = [round(result.seconds, 2) for result in timed]
 
     anchors = [results["sae_lens"], results["sparsify"]]
     core = results["sae_core"]

@@ -119,7 +119,7 @@ def pool_documents(
     if n_tokens and (int(indices.min()) < 0 or int(indices.max()) >= d_sae):
         raise ValueError(f"codes.top_indices must lie in 0..{d_sae - 1} (d_sae={d_sae})")
 
-    doc = torch.as_tensor(document, dtype=torch.long)
+    doc = torch.tensor(document, dtype=torch.long)  # a copy: the ids often come read-only from Arrow
     tokens_per_doc = torch.bincount(doc, minlength=n_docs)
     empty = torch.nonzero(tokens_per_doc == 0).flatten()
     if empty.numel():
