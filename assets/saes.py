@@ -38,6 +38,11 @@ class GroupSaesConfig(Config):
     l1_coefficient: float = Field(default=TrainConfig.l1_coefficient, description="L1 weight (relu only).")
     total_tokens: int = Field(default=300_000, description="Training tokens per SAE (≈ 3 epochs of the sample).")
     batch_size: int = 1024
+    optimizer: str = Field(
+        default=TrainConfig.optimizer,
+        description="schedule_free_adam (evaluated at the average of the iterates), adam, or schedule_free_signum.",
+    )
+    lr: float | None = Field(default=None, description="Learning rate; empty: the optimizer's default for the width.")
     holdout_share: float = Field(default=0.1, description="Share of companies held out for evaluation.")
     seed: int = 0
 
@@ -57,6 +62,8 @@ class GroupSaesConfig(Config):
             seed=self.seed,
             device=device,
             l1_coefficient=self.l1_coefficient,
+            optimizer=self.optimizer,
+            lr=self.lr,
         )
 
 

@@ -116,17 +116,26 @@ def sample_group_activations(per_layer: list[Tensor], generator: torch.Generator
     return sampled
 
 
-def geometric_median(points: Tensor, iterations: int = _WEISZFELD_ITERATIONS) -> Tensor:
+def geometric_median(points: Tensor, iterations: int = _WEISZFELD_ITERATIONS, tolerance: float = 1e-10) -> Tensor:
     """argmin_m Σ_t ‖x_t − m‖ for points (n, d), by Weiszfeld's iteration (float64).
 
-    m ← Σ_t w_t x_t / Σ_t w_t with w_t = 1 / ‖x_t − m‖, started from the mean. Distances are clamped
-    away from 0 so an iterate landing on a data point does not divide by zero.
+    m ← Σ_t w_t x_t / Σ_t w_t with w_t = 1 / ‖x_t − m‖, started from the mean, for at most
+    `iterations` steps or until a step moves m by less than tolerance · (1 + ‖m‖). The distances
+    come from ‖x − m‖² = ‖x‖² − 2 x·m + ‖m‖² with ‖x‖² computed once, so an iteration is two
+    matrix-vector products and writes nothing of the points' size (in float64 the cancellation
+    costs ~1e-16 · ‖x‖², far below the spread of activations). Squared distances are clamped at
+    1e-24 so an iterate landing on a data point does not divide by zero.
     """
     points = points.double()
+    squared_norms = points.pow(2).sum(dim=1)
     median = points.mean(dim=0)
     for _ in range(iterations):
-        weights = 1.0 / (points - median).norm(dim=1).clamp_min(1e-12)
-        median = (weights[:, None] * points).sum(dim=0) / weights.sum()
+        squared_distances = squared_norms - 2 * (points @ median) + median.dot(median)
+        weights = squared_distances.clamp_min(1e-24).rsqrt()
+        step = (weights @ points) / weights.sum() - median
+        median = median + step
+        if step.norm() <= tolerance * (1 + median.norm()):
+            break
     return median
 
 

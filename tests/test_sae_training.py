@@ -106,6 +106,19 @@ def test_geometric_median_ignores_an_outlier_that_drags_the_mean():
     assert points.mean(0).norm() > 200
 
 
+def test_geometric_median_is_where_the_unit_vectors_to_the_points_cancel():
+    # The gradient of Σ‖x_t − m‖ is −Σ (x_t − m)/‖x_t − m‖: zero at the minimum. Data off-centre
+    # and anisotropic, as activations are.
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(2000, 16, generator=generator) * torch.linspace(0.1, 2.0, 16) + 3.0
+    points[:50] += 40.0  # outliers
+    median = geometric_median(points, iterations=200).double()
+    directions = points.double() - median
+    gradient = (directions / directions.norm(dim=1, keepdim=True)).sum(dim=0) / len(points)
+    assert gradient.norm() < 1e-6
+    assert (median - points.double().mean(0)).norm() > 0.5
+
+
 @pytest.mark.parametrize("b_dec_init", ["mean", "geometric_median"])
 def test_b_dec_starts_at_the_centre_of_the_scaled_data(b_dec_init):
     data = low_rank_data(n=2048)
