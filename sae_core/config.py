@@ -98,7 +98,7 @@ class TrainConfig:
     lr: float | None = None
     """Learning rate; None picks one for the optimizer and width (see `resolved_lr`)."""
     schedule_free_beta: float = 0.95
-    """schedule_free_*: interpolation β between the sign-step iterate z and the average x, y = (1−β)z + βx."""
+    """schedule_free_*: interpolation β between the base-step iterate z and the average x, y = (1−β)z + βx."""
     auxk_alpha: float = 1 / 32
     """topk, batchtopk: weight of the AuxK dead-latent loss, loss = fvu + auxk_alpha * auxk_loss."""
     l1_coefficient: float = 0.2
