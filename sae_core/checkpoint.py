@@ -230,9 +230,9 @@ def load_checkpoint(
     sae_state = {name: _take(path, tensors, f"sae/{name}", value) for name, value in sae.state_dict().items()}
     optimizer_states = {}
     for index, (name, parameter) in enumerate(sae.named_parameters()):
-        step_like = torch.tensor(0.0)
+        like = {"step": torch.tensor(0.0)}  # the step count is a scalar; all other state is shaped like the parameter
         optimizer_states[index] = {
-            key: _take(path, tensors, f"optimizer/{name}/{key}", step_like if key == "step" else parameter.detach().cpu())
+            key: _take(path, tensors, f"optimizer/{name}/{key}", like.get(key, parameter.detach().cpu()))
             for key in _optimizer_state_keys(optimizer)
         }
     tokens_since_fired = _take(
