@@ -94,6 +94,7 @@ from safetensors.torch import load_file, save_file
 
 from sae_core.architectures import build_sae
 from sae_core.config import SaeConfig, TrainConfig
+from sae_core.initialization import fit_input_scale_and_b_dec
 from sae_core.metrics import fvu
 from sae_core.train import train_sae
 from throughput_anchors import RunResult, autocast_if, run_sae_lens, run_sparsify, warm_up_anchors
@@ -255,15 +256,12 @@ def profile_sae_core(
         raise RuntimeError(f"no aten::addmm/mm of shapes {encoder_shape} in sae_core's profile: encoder changed?")
     mm_seconds = sum(e.cpu_time_total for e in encoder) / sum(e.count for e in encoder) / 1e6
 
-    # Replicate train_sae's init (weights, input scale, b_dec) and score the replayed first batch.
+    # Rebuild train_sae's initial SAE (weights, input scale, b_dec, from the same generator draws)
+    # and score the replayed first batch.
     generator = torch.Generator().manual_seed(train_cfg.seed)
     sae = build_sae(sae_cfg, generator=generator)
-    sample = train[torch.randperm(len(train), generator=generator)[:32_768]].double()
-    scale = math.sqrt(1.0 / float(sample.pow(2).sum(dim=1).mean()))
-    centre = (sample * scale).mean(0)
+    fit_input_scale_and_b_dec(sae, train, short_cfg, generator, fit_b_dec=True)
     with torch.no_grad():
-        sae.input_scale.fill_(scale)
-        sae.b_dec.copy_(centre.float())
         expected = float(sae(train[first_rows].float()).fvu)
     verified = math.isclose(result.history[0]["fvu"], expected, rel_tol=1e-5)
     table = averages.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40)
