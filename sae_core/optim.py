@@ -64,6 +64,10 @@ class ScheduleFree(torch.optim.Optimizer):
             state["x"] = parameter.detach().clone()
             if base == "adam":
                 state["v"] = torch.zeros_like(parameter)
+        for key in ("z", "x", "v"):
+            # State restored by load_state_dict is contiguous whatever the parameter's layout.
+            if key in state:
+                state[key] = _in_layout_of(parameter, state[key])
         return state
 
     @torch.no_grad()
@@ -75,19 +79,21 @@ class ScheduleFree(torch.optim.Optimizer):
             for parameter in group["params"]:
                 if parameter.grad is None:
                     continue
-                grad = parameter.grad
+                grad = _in_layout_of(parameter, parameter.grad)
                 state = self._state(parameter, base)
                 state["step"] += 1
                 t = float(state["step"])
                 z, x = state["z"], state["x"]
                 if base == "adam":
-                    beta2 = group["beta2"]
-                    v = state["v"]
-                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    # g / (sqrt(v / c) + ε) = sqrt(c) · g / (sqrt(v) + ε sqrt(c)), c = 1 − β₂^t:
-                    # the bias correction moves onto two scalars.
-                    root_c = math.sqrt(1 - beta2**t)
-                    z.addcdiv_(grad, v.sqrt().add_(group["eps"] * root_c), value=-lr * root_c)
+                    # The base step is Adam with β₁ = 0, whose first moment m ← β₁ m + (1 − β₁) g is
+                    # the gradient itself: passing g as its own m, torch's fused Adam kernel updates
+                    # v and z in one pass with no temporaries (unfused, v.sqrt() allocates a tensor
+                    # the size of the parameter every step). It reads t from state["step"].
+                    torch._fused_adam_(
+                        [z], [grad], [grad], [state["v"]], [], [state["step"]],
+                        lr=lr, beta1=0.0, beta2=group["beta2"], weight_decay=0.0, eps=group["eps"],
+                        amsgrad=False, maximize=False,
+                    )
                 else:
                     z.add_(grad.sign(), alpha=-lr)
                 x.lerp_(z, 1.0 / t)
@@ -101,3 +107,15 @@ class ScheduleFree(torch.optim.Optimizer):
                 state = self.state[parameter]
                 if state:
                     parameter.copy_(state["x"])
+
+
+def _in_layout_of(parameter: Tensor, tensor: Tensor) -> Tensor:
+    """`tensor` itself if it has `parameter`'s strides, else a copy that does.
+
+    The fused Adam kernel walks its operands as flat memory: operands of one shape but different
+    layouts (a transposed gradient, a state tensor loaded contiguous) would silently pair the wrong
+    elements, so every operand is put in the parameter's layout first (a no-op in training).
+    """
+    if tensor.stride() == parameter.stride():
+        return tensor
+    return torch.empty_like(parameter).copy_(tensor)

@@ -79,6 +79,36 @@ def test_parameters_without_gradients_are_left_alone_and_use_average_skips_them(
     assert not optimizer.state[untouched]
 
 
+@pytest.mark.parametrize("base", ["adam", "signum"])
+def test_a_transposed_layout_gives_the_contiguous_result(base):
+    # The Adam base runs a kernel that walks raw memory: a column-major parameter (as a transposed
+    # view) with a row-major gradient, and state reloaded contiguous from a state dict, must still
+    # pair each element with its own gradient and moments.
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(5, 3, generator=generator)
+    row_major = torch.nn.Parameter(start.clone())
+    column_major = torch.nn.Parameter(start.T.contiguous().T)
+    assert not column_major.is_contiguous()
+    optimizers = [ScheduleFree([p], lr=0.1, base=base) for p in (row_major, column_major)]
+    for step in range(4):
+        gradient = torch.randn(5, 3, generator=generator)
+        for parameter, optimizer in zip((row_major, column_major), optimizers):
+            parameter.grad = gradient.clone()
+            optimizer.step()
+        if step == 1:
+            reloaded = ScheduleFree([column_major], lr=0.1, base=base)
+            reloaded.load_state_dict(
+                {**optimizers[1].state_dict(), "state": {
+                    0: {key: value.contiguous() for key, value in optimizers[1].state_dict()["state"][0].items()}
+                }}
+            )
+            optimizers[1] = reloaded
+    assert torch.equal(column_major.detach(), row_major.detach())
+    for optimizer in optimizers:
+        optimizer.use_average()
+    assert torch.equal(column_major.detach(), row_major.detach())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
