@@ -59,13 +59,15 @@ class ScheduleFree(torch.optim.Optimizer):
     def _state(self, parameter: Tensor, base: str) -> dict:
         state = self.state[parameter]
         if not state:
-            state["step"] = torch.tensor(0.0)
+            state["step"] = torch.tensor(0.0, device=parameter.device)  # where the fused kernel reads it
             state["z"] = parameter.detach().clone()
             state["x"] = parameter.detach().clone()
             if base == "adam":
                 state["v"] = torch.zeros_like(parameter)
+        # State restored by load_state_dict is contiguous whatever the parameter's layout, and its
+        # step count stays on the CPU.
+        state["step"] = state["step"].to(parameter.device)
         for key in ("z", "x", "v"):
-            # State restored by load_state_dict is contiguous whatever the parameter's layout.
             if key in state:
                 state[key] = _in_layout_of(parameter, state[key])
         return state
