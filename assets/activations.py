@@ -7,7 +7,7 @@ import pandas as pd
 from dagster import AssetIn, AssetCheckResult, AssetExecutionContext, Output, asset, asset_check
 
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource
-from sae_core.activation_store import ActivationStore, ActivationStoreWriter
+from sae_core.activation_store import STORE_DTYPE, ActivationStore, ActivationStoreWriter
 from sae_core.capture import capture_documents, tokenize
 
 
@@ -41,7 +41,8 @@ def llm_activations(
     capture_started = time.perf_counter()
     try:
         for batch, captured in capture_documents(
-            model, token_ids, batch_tokens=language_model.batch_tokens, device=device, log=context.log.info
+            model, token_ids, batch_tokens=language_model.batch_tokens, device=device, log=context.log.info,
+            dtype=STORE_DTYPE,
         ):
             documents = [tickers[batch[i]] for i in captured.document.tolist()]
             writer.add(captured.activations.cpu(), documents, captured.position.cpu(), captured.token_id.cpu())

@@ -29,6 +29,8 @@ from safetensors.torch import save_file
 
 MANIFEST = "store.json"
 INDEX = "index.parquet"
+STORE_DTYPE = torch.float16
+"""What shards hold; capturing straight into it (capture.capture_documents' dtype) skips a conversion."""
 
 
 @dataclass
@@ -66,7 +68,7 @@ class ActivationStoreWriter:
         for name, column in (("documents", documents), ("position", position), ("token_id", token_id)):
             if len(column) != activations.shape[1]:
                 raise ValueError(f"{name} has {len(column)} entries for {activations.shape[1]} tokens of activations")
-        half = activations.to(torch.float16)
+        half = activations.to(STORE_DTYPE)
         # fp16 overflows above 65,504: count it so the asset check can block on it instead of storing inf.
         self._non_finite += int((~torch.isfinite(half)).sum())
         rows = pd.DataFrame({"document": list(documents), "position": position.numpy(), "token_id": token_id.numpy()})
@@ -103,7 +105,7 @@ class ActivationStoreWriter:
             "d_model": self.d_model,
             "n_tokens": len(index),
             "n_documents": int(index["document"].nunique()),
-            "dtype": "float16",
+            "dtype": str(STORE_DTYPE).removeprefix("torch."),
             "layout": "(n_layers, shard_tokens, d_model)",
             "shards": self._shards,
             "non_finite_values": self._non_finite,
