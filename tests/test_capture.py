@@ -77,6 +77,16 @@ def test_capture_batch_has_one_state_per_layer_and_text_token(model_with_bos):
     assert captured.token_id.tolist() == [10, 11, 12, 13, 20, 21]
 
 
+def test_a_float16_capture_is_the_float32_capture_rounded(model_with_bos):
+    # Documents of unequal length: the padded positions must be dropped in the hook as well.
+    docs = [[10, 11, 12, 13], [20, 21], [30, 31, 32]]
+    full = capture_batch(model_with_bos, docs)
+    half = capture_batch(model_with_bos, docs, dtype=torch.float16)
+    assert full.activations.dtype == torch.float32 and half.activations.dtype == torch.float16
+    assert torch.equal(half.activations, full.activations.half())
+    assert torch.equal(half.token_id, full.token_id) and torch.equal(half.position, full.position)
+
+
 def test_layers_before_the_last_equal_hugging_face_hidden_states(llama, model_with_bos):
     ids = [10, 11, 12, 13, 14]
     captured = capture_batch(model_with_bos, [ids])
