@@ -144,8 +144,9 @@ class ResidualCapture:
     `rows` (n,) long: the positions to keep, as indices into the flattened (B·W) batch;
     `activations` (n_layers, n, d_model): filled in place, layer l's kept rows at [l], converted to
     its dtype. Each hook copies its layer's rows out as the forward passes it, so the model frees
-    its own (B, W, d_model) output exactly as it would with no hook (keeping all of them for a
-    stack afterwards held n_layers fresh buffers per batch, ~10% of the forward's time here).
+    its own (B, W, d_model) output exactly as it would with no hook. (Keeping every layer's output
+    for one stack afterwards held n_layers fresh buffers per batch: capture then ran at 0.87–0.90×
+    the bare forward on SmolLM2, against 0.955× this way.)
     """
 
     def __init__(self, layers: nn.ModuleList, rows: torch.Tensor, activations: torch.Tensor):
