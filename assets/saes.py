@@ -95,19 +95,7 @@ def group_saes(
     held_out = torch.from_numpy(holdout_mask(store.index.document, config.holdout_share))
     if held_out.all() or not held_out.any():
         raise ValueError(f"holdout_share {config.holdout_share} leaves no training or no evaluation tokens")
-    sae_cfg = SaeConfig(
-        d_in=store.d_model,
-        expansion_factor=config.expansion_factor,
-        k=None if config.architecture == "relu" else config.k,
-        architecture=config.architecture,
-    )
-    train_cfg = TrainConfig(
-        batch_size=config.batch_size,
-        total_tokens=config.total_tokens,
-        seed=config.seed,
-        device=device,
-        l1_coefficient=config.l1_coefficient,
-    )
+    sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     root = artifacts.folder("group_saes")
     saes, rows = [], []
     for number, layers in enumerate(layer_groups["chosen_groups"]):
