@@ -38,25 +38,26 @@ def test_compute_resource_takes_cuda_when_present_and_refuses_it_when_absent(mon
         ComputeResource(device="cuda").torch_device()
 
 
-def test_each_torchrun_rank_takes_its_own_gpu_and_nccl(monkeypatch):
+@pytest.fixture
+def torchrun_launch(monkeypatch):
+    """A two-process torchrun environment (this process local rank 1) whose GPU and process-group
+    calls are recorded, not made: returns the dict they write into."""
     chosen = {}
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.setdefault("device", device))
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend: chosen.setdefault("backend", backend))
+    return chosen
+
+
+def test_each_torchrun_rank_takes_its_own_gpu_and_nccl(torchrun_launch):
     distributed.init_process_group_from_environment("cuda")
-    assert chosen == {"device": "cuda:1", "backend": "nccl"}
+    assert torchrun_launch == {"device": "cuda:1", "backend": "nccl"}
     assert distributed.cuda_device_for_local_rank("cuda") == "cuda:1"
     assert distributed.cuda_device_for_local_rank("cuda:0") == "cuda:0"  # an explicit GPU is kept
 
 
-def test_cpu_ranks_use_gloo_and_touch_no_gpu(monkeypatch):
-    chosen = {}
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.setdefault("device", device))
-    monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group", lambda backend: chosen.setdefault("backend", backend))
+def test_cpu_ranks_use_gloo_and_touch_no_gpu(torchrun_launch):
     distributed.init_process_group_from_environment("cpu")
-    assert chosen == {"backend": "gloo"}
+    assert torchrun_launch == {"backend": "gloo"}
