@@ -49,11 +49,14 @@ Anchors get a two-step warm-up on throwaway models before their clock starts; sa
 verification run.
 
 Precision. `--precision auto` (the default) times an fp32 and a bf16 matmul of the encoder's shape
-(on a row slice: bf16 is slow enough here that the full shape would take a minute) and uses bf16 autocast
-for all three only if bf16 is faster. This CPU (AMD EPYC, AVX2/FMA, no AVX512/AMX) has no bf16 matmul
-unit: bf16 measured ~1 GFLOP/s against ~100 for fp32, so all three run fp32. SAELens's bf16 path is its
-own `autocast=True`; sae_core and sparsify (whose autocast is CUDA-only) are wrapped in
-torch.autocast("cpu").
+(on a row slice: on a CPU without a bf16 unit the full shape would take a minute) and trains all three
+in bf16 only if bf16 is faster. Where it is (AMD EPYC with AVX512-BF16: ~770 against ~165 GFLOP/s),
+sae_core runs with TrainConfig(autocast="bf16"), which puts the encoder's product and TopK selection
+in bf16 and keeps gradients, weights and optimiser state in fp32 (sae_core.kernels); SAELens uses its
+own `autocast=True`; sparsify (whose autocast is CUDA-only) is wrapped in torch.autocast("cpu"). On a
+CPU without one (an AVX2-only EPYC measured ~1 GFLOP/s in bf16 against ~100 in fp32) all three run
+fp32. sae_core's precision comes from its TrainConfig alone: train_sae sets autocast itself, so an
+enclosing autocast context would not reach it.
 
 Peak and encoder share. The dense matmul peak is the best of a few square 4096 matmuls in the precision
 sae_core used, timed in the same run. The encoder share is measured with torch.profiler on a short
@@ -97,7 +100,7 @@ from sae_core.config import SaeConfig, TrainConfig
 from sae_core.initialization import fit_input_scale_and_b_dec
 from sae_core.metrics import fvu
 from sae_core.train import train_sae
-from throughput_anchors import RunResult, autocast_if, run_sae_lens, run_sparsify, warm_up_anchors
+from throughput_anchors import RunResult, run_sae_lens, run_sparsify, warm_up_anchors
 
 TARGETS = {"speedup": 1.5, "fvu_gap": 0.005, "share_of_peak": 0.5}
 CACHE_DIR = Path("/tmp/peerlens_sae_throughput")
@@ -204,17 +207,14 @@ def matmul_peak_gflops(dtype: torch.dtype) -> float:
 # ---- the three trainers -------------------------------------------------------------------------
 
 
-def run_sae_core(
-    train: torch.Tensor, heldout: torch.Tensor, sae_cfg: SaeConfig, train_cfg: TrainConfig, bf16: bool
-) -> RunResult:
-    with autocast_if(bf16):
-        result = train_sae(train, sae_cfg, train_cfg)
+def run_sae_core(train: torch.Tensor, heldout: torch.Tensor, sae_cfg: SaeConfig, train_cfg: TrainConfig) -> RunResult:
+    result = train_sae(train, sae_cfg, train_cfg)
     with torch.no_grad():
         recon = result.sae.decode(*result.sae.encode(heldout))
     settings = {
         "lr": train_cfg.resolved_lr(sae_cfg.d_sae), "auxk_alpha": train_cfg.auxk_alpha, "optimizer": train_cfg.optimizer
     }
-    precision = "bf16-autocast" if bf16 else "fp32"
+    precision = "bf16-autocast" if train_cfg.autocast == "bf16" else "fp32"
     return RunResult(result.seconds, result.tokens_seen, fvu(heldout, recon), precision, settings)
 
 
@@ -231,7 +231,7 @@ class SaeCoreProbe:
 
 
 def profile_sae_core(
-    train: torch.Tensor, sae_cfg: SaeConfig, train_cfg: TrainConfig, first_rows: torch.Tensor, bf16: bool, steps: int
+    train: torch.Tensor, sae_cfg: SaeConfig, train_cfg: TrainConfig, first_rows: torch.Tensor, steps: int
 ) -> SaeCoreProbe:
     """Run `steps` sae_core steps under torch.profiler; also check the replayed batch order (step 1).
 
@@ -245,7 +245,7 @@ def profile_sae_core(
     short_cfg = TrainConfig(**{
         **train_cfg.to_dict(), "total_tokens": steps * train_cfg.batch_size, "log_every": 1, "b_dec_init": "mean"
     })
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof, autocast_if(bf16):
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         result = train_sae(train, sae_cfg, short_cfg)
     averages = prof.key_averages(group_by_input_shape=True)
     encoder_shape = [[train_cfg.batch_size, sae_cfg.d_in], [sae_cfg.d_in, sae_cfg.d_sae]]
@@ -303,24 +303,27 @@ def main() -> None:
     log(f"data: {source}; {len(train)} training rows, {len(heldout)} held out, width {args.d_in}")
 
     sae_cfg = SaeConfig(d_in=args.d_in, expansion_factor=args.expansion, k=args.k)
-    train_cfg = TrainConfig(batch_size=args.batch, total_tokens=args.tokens, seed=args.seed)
     n_steps = math.ceil(args.tokens / args.batch)
     rows = sae_core_batch_rows(len(train), n_steps, args.batch, sae_cfg, args.seed)
 
     probe = precision_probe(args.d_in, sae_cfg.d_sae)
     bf16 = probe["bf16_gflops"] > probe["fp32_gflops"] if args.precision == "auto" else args.precision == "bf16"
+    # sae_core's precision is its TrainConfig's to set: train_sae enters (or keeps out) autocast itself.
+    train_cfg = TrainConfig(
+        batch_size=args.batch, total_tokens=args.tokens, seed=args.seed, autocast="bf16" if bf16 else "off"
+    )
     log(f"encoder-shape matmul, {PROBE_ROWS} rows: {probe}; training in {'bf16 autocast' if bf16 else 'fp32'}")
     peak = matmul_peak_gflops(torch.bfloat16 if bf16 else torch.float32)
     log(f"dense matmul peak ({PEAK_SIZE}^3): {peak:.1f} GFLOP/s")
 
-    sae_core_probe = profile_sae_core(train, sae_cfg, train_cfg, rows[0], bf16, args.profile_steps)
+    sae_core_probe = profile_sae_core(train, sae_cfg, train_cfg, rows[0], args.profile_steps)
     log(f"sae_core profile, {args.profile_steps} steps (top operators by self CPU time):\n{sae_core_probe.top_ops}")
     warm_up_anchors(train, rows, args, bf16)
 
     # sae_core and sparsify (the faster anchor) are timed `--repeats` times, interleaved, and each
     # keeps its fastest run: this host's matmul peak drifts by 2x within minutes. SAELens, 5x slower
     # than either, runs once. Every run of a framework trains the same model (same seed, same batches).
-    runners = {"sae_core": lambda: run_sae_core(train, heldout, sae_cfg, train_cfg, bf16),
+    runners = {"sae_core": lambda: run_sae_core(train, heldout, sae_cfg, train_cfg),
                "sae_lens": lambda: run_sae_lens(train, heldout, rows, args, bf16),
                "sparsify": lambda: run_sparsify(train, heldout, rows, args, bf16)}
     runs, loads = {name: [] for name in runners}, {name: [] for name in runners}

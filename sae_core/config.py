@@ -125,8 +125,14 @@ class TrainConfig:
     """Torch device the SAE trains on; batches are moved there one at a time."""
     autocast: str = "auto"
     """Mixed precision of the forward pass: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16"
-    (bf16 autocast on any device) or "off". Weights, optimiser state and the loss normalisers stay
-    fp32. "auto" keeps CPU runs in fp32, so they stay bit-for-bit reproducible across machines."""
+    (bf16 autocast on any device) or "off". Weights, optimiser state, gradients and the loss
+    normalisers stay fp32; under bf16 the TopK encoder's product and selection run in bf16
+    (sae_core.kernels). "auto" keeps CPU runs in fp32, so they stay bit-for-bit reproducible across
+    machines. On a CPU with a bf16 matmul unit (AVX512-BF16, AMX) "bf16" is the faster choice; on an
+    AMD EPYC with AVX512-BF16 (2 threads, SmolLM2 layer 15, TopK k 32), held-out FVU fp32 → bf16 and
+    speed-up: d_sae 2304, batch 1024, 300k tokens 0.1641 → 0.1640, 1.42×; d_sae 9216, batch 4096,
+    200k tokens 0.1913 → 0.1910, 1.8×. A CPU without one runs bf16 matmuls far slower than fp32.
+    train_sae applies this setting itself: an enclosing torch.autocast context does not change it."""
     log_every: int = 10
     """Steps between history records (and log lines)."""
     checkpoint_dir: str | None = None

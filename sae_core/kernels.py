@@ -125,16 +125,27 @@ class _FusedTopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, x: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, out: Tensor | None
+        ctx: FunctionCtx,
+        x: Tensor,
+        b_dec: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        k: int,
+        out: Tensor | None,
+        matmul_dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor, Tensor]:
         centred = x - b_dec
-        if out is None:
-            pre_acts = torch.addmm(b_enc, centred, W_enc)
-        else:
-            pre_acts = torch.addmm(b_enc, centred, W_enc, out=out)
+        # The one O(n·d_in·d_sae) product, in `matmul_dtype`; the operands are rounded explicitly
+        # (and an enclosing autocast kept out) so the product's dtype is the caller's choice.
+        with torch.autocast(x.device.type, enabled=False):
+            pre_acts = torch.addmm(
+                b_enc.to(matmul_dtype), centred.to(matmul_dtype), W_enc.to(matmul_dtype), out=out
+            )
+        if out is not None:
             ctx.mark_dirty(out)
         top_pre, top_indices = pre_acts.topk(k, dim=1, sorted=False)
-        top_acts = F.relu(top_pre)
+        # Back in the input's precision, so the gradients flowing into them stay in it too.
+        top_acts = F.relu(top_pre).to(x.dtype)
         ctx.save_for_backward(centred, W_enc, top_acts, top_indices)
         ctx.mark_non_differentiable(top_indices)
         # With no AuxK loss the pre-activations get no gradient: let autograd pass None rather
@@ -146,14 +157,14 @@ class _FusedTopKEncode(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx: FunctionCtx, grad_top_acts: Tensor | None, _grad_indices: None, grad_pre_acts: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None, None, None]:
         centred, W_enc, top_acts, top_indices = ctx.saved_tensors
-        need_x, need_b_dec, need_W_enc, need_b_enc, _, _ = ctx.needs_input_grad
+        need_x, need_b_dec, need_W_enc, need_b_enc, *_ = ctx.needs_input_grad
         d_sae = W_enc.shape[1]
 
         # G's values: ReLU passes the gradient only where the kept pre-activation was positive.
-        # (Under autocast the outputs, and so their gradients, may be in a lower precision than
-        # the weights; the weights' gradients are computed in the weights' dtype.)
+        # (The pre-activations, and so AuxK's gradient of them, may be in a lower matmul precision
+        # than the weights; the weights' gradients are computed in the weights' dtype.)
         kept_grad = None
         if grad_top_acts is not None:
             kept_grad = (grad_top_acts * (top_acts > 0)).to(centred.dtype)
@@ -172,6 +183,10 @@ class _FusedTopKEncode(torch.autograd.Function):
         grad_W_enc = None
         if need_W_enc:
             if kept_grad is not None:
+                # Transposed into W_enc's row-major layout: a 21 MB copy per step at the benchmark's
+                # shape (~5–10 ms). Storing W_enc latent-major would spare it, but torch 2.13's fused
+                # CPU Adam makes a non-contiguous gradient contiguous and walks the parameter and its
+                # state as flat memory, pairing the wrong elements (measured): parameters stay contiguous.
                 grad_W_enc = scatter_rows_by_latent(top_indices, kept_grad, centred, d_sae).T.contiguous()
             else:
                 grad_W_enc = torch.zeros_like(W_enc)
@@ -186,11 +201,18 @@ class _FusedTopKEncode(torch.autograd.Function):
             if dense_grad is not None:
                 grad_x += dense_grad @ W_enc[:, dense_latents].T
         grad_b_dec = -(W_enc @ grad_b_enc) if need_b_dec else None
-        return grad_x, grad_b_dec, grad_W_enc, grad_b_enc if need_b_enc else None, None, None
+        return grad_x, grad_b_dec, grad_W_enc, grad_b_enc if need_b_enc else None, None, None, None
 
 
 def fused_topk_encode(
-    x: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, *, pre_acts_out: Tensor | None = None
+    x: Tensor,
+    b_dec: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    k: int,
+    *,
+    pre_acts_out: Tensor | None = None,
+    matmul_dtype: torch.dtype | None = None,
 ) -> FusedEncoderOutput:
     """The TopK encoder, a = ReLU(TopK_k((x − b_dec) W_enc + b_enc)), with a sparse backward.
 
@@ -198,18 +220,37 @@ def fused_topk_encode(
     Gradients equal those of the same formula under plain autograd, up to float rounding (see the
     module docstring for what is computed instead of the dense products).
 
-    `pre_acts_out`: an (n, d_sae) tensor, not requiring grad, to write the pre-activations into
-    (returned as `pre_acts`, sharing its storage). The backward never reads the pre-activations, so
-    a caller may reuse one buffer across training steps and spare the allocator a large fresh
-    tensor per step.
+    `matmul_dtype`: the precision of the (n, d_sae) product and of the TopK selection on it, e.g.
+    bfloat16 on hardware with a bf16 matmul unit; None: the enclosing autocast's dtype if autocast
+    is on for x's device, else x's dtype. Everything else stays in x's dtype: the kept activations
+    are the rounded pre-activations converted back to it (relative error ≤ 2⁻⁹ in bf16), and the
+    backward reads only x − b_dec and W_enc in full precision, so no gradient is rounded.
+
+    `pre_acts_out`: an (n, d_sae) tensor of the matmul dtype, not requiring grad, to write the
+    pre-activations into (returned as `pre_acts`, sharing its storage). The backward never reads the
+    pre-activations, so a caller may reuse one buffer across training steps and spare the allocator
+    a large fresh tensor per step.
     """
     if x.ndim != 2 or W_enc.ndim != 2 or x.shape[1] != W_enc.shape[0]:
         raise ValueError(f"x must be (n, d_in) and W_enc (d_in, d_sae), got {tuple(x.shape)} and {tuple(W_enc.shape)}")
     if not 0 < k <= W_enc.shape[1]:
         raise ValueError(f"k must be in 1..d_sae={W_enc.shape[1]}, got {k}")
-    if pre_acts_out is not None and (pre_acts_out.shape != (len(x), W_enc.shape[1]) or pre_acts_out.requires_grad):
+    if matmul_dtype is None:
+        matmul_dtype = encoder_matmul_dtype(x)
+    if pre_acts_out is not None and (
+        pre_acts_out.shape != (len(x), W_enc.shape[1]) or pre_acts_out.requires_grad or pre_acts_out.dtype != matmul_dtype
+    ):
         raise ValueError(
-            f"pre_acts_out must be an ({len(x)}, {W_enc.shape[1]}) tensor not requiring grad, "
-            f"got {tuple(pre_acts_out.shape)} (requires_grad={pre_acts_out.requires_grad})"
+            f"pre_acts_out must be an ({len(x)}, {W_enc.shape[1]}) {matmul_dtype} tensor not requiring grad, got "
+            f"{pre_acts_out.dtype} {tuple(pre_acts_out.shape)} (requires_grad={pre_acts_out.requires_grad})"
         )
-    return FusedEncoderOutput(*_FusedTopKEncode.apply(x, b_dec, W_enc, b_enc, k, pre_acts_out))
+    return FusedEncoderOutput(*_FusedTopKEncode.apply(x, b_dec, W_enc, b_enc, k, pre_acts_out, matmul_dtype))
+
+
+def encoder_matmul_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the encoder's product of x takes: autocast's lower precision where autocast is on
+    for x's device, else x's own dtype."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype

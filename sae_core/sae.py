@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sae_core.config import SaeConfig
-from sae_core.kernels import fused_topk_encode, sparse_decode
+from sae_core.kernels import encoder_matmul_dtype, fused_topk_encode, sparse_decode
 
 
 class EncoderOutput(NamedTuple):
@@ -329,27 +329,28 @@ class TopKSae(SparseAutoencoder):
     def _training_code(self, x_scaled: Tensor) -> tuple[EncoderOutput, Tensor]:
         # The encoder and TopK as one autograd Function whose backward touches only the k kept
         # latents per token: see sae_core.kernels. (AuxK computes the dead latents' own product.)
+        matmul_dtype = encoder_matmul_dtype(x_scaled)
         top_acts, top_indices, _ = fused_topk_encode(
             x_scaled, self.b_dec, self.W_enc, self.b_enc, self.cfg.k,
-            pre_acts_out=self._pre_acts_workspace(x_scaled),
+            pre_acts_out=self._pre_acts_workspace(len(x_scaled), matmul_dtype, x_scaled.device),
+            matmul_dtype=matmul_dtype,
         )
         return EncoderOutput(top_acts, top_indices), self._sparse_matmul(top_acts, top_indices)
 
-    def _pre_acts_workspace(self, x_scaled: Tensor) -> Tensor | None:
+    def _pre_acts_workspace(self, n_tokens: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
         """An (n, d_sae) buffer that every training step of this shape writes its pre-activations into.
 
         Why: on a CPU each fresh tensor of that size is new memory from the OS, and its page faults
         cost ~50 ms of a ~400 ms step at n 4096, d_sae 9216 (the throughput benchmark's shape). Safe
         because nothing reads a step's pre-activations after its forward: the encoder's backward
         does not, and AuxK's keeps only the indices it selected. None (a fresh tensor) on other
-        devices, whose caching allocators already reuse memory, and under autocast, where the
-        pre-activations take the autocast dtype.
+        devices, whose caching allocators already reuse memory.
         """
-        if x_scaled.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        if device.type != "cpu":
             return None
-        shape = (len(x_scaled), self.cfg.d_sae)
+        shape = (n_tokens, self.cfg.d_sae)
         workspace = self.__dict__.get("_workspace")
-        if workspace is None or workspace.shape != shape or workspace.dtype != self.W_enc.dtype:
-            workspace = torch.empty(shape, dtype=self.W_enc.dtype)
+        if workspace is None or workspace.shape != shape or workspace.dtype != dtype:
+            workspace = torch.empty(shape, dtype=dtype)
             self.__dict__["_workspace"] = workspace  # a plain attribute: not state, not moved by .to()
         return workspace.detach()  # a fresh alias per step, free of any earlier step's autograd history

@@ -21,7 +21,7 @@ def tiny_store(folder, n_layers=2, d_model=8, tokens_per_document=24, documents=
     return writer.close()
 
 
-def test_group_saes_train_with_the_configured_optimizer_lr_and_width(tmp_path, monkeypatch):
+def test_group_saes_train_with_the_configured_optimizer_lr_precision_and_width(tmp_path, monkeypatch):
     store = tiny_store(tmp_path / "store")
     seen = []
     original_train = SaeTrainer.train
@@ -32,7 +32,8 @@ def test_group_saes_train_with_the_configured_optimizer_lr_and_width(tmp_path, m
 
     monkeypatch.setattr(SaeTrainer, "train", recording_train)
     config = GroupSaesConfig(
-        optimizer="adam", lr=1e-3, expansion_factor=2, k=4, total_tokens=256, batch_size=64, holdout_share=0.3
+        optimizer="adam", lr=1e-3, autocast="bf16", expansion_factor=2, k=4, total_tokens=256, batch_size=64,
+        holdout_share=0.3,
     )
     group_saes(
         context=dagster.build_asset_context(),
@@ -46,5 +47,6 @@ def test_group_saes_train_with_the_configured_optimizer_lr_and_width(tmp_path, m
     assert len(seen) == 1
     sae_cfg, train_cfg = seen[0]
     assert (sae_cfg.d_sae, sae_cfg.k) == (16, 4)
-    assert (train_cfg.optimizer, train_cfg.lr, train_cfg.total_tokens, train_cfg.batch_size) == ("adam", 1e-3, 256, 64)
+    assert (train_cfg.optimizer, train_cfg.lr, train_cfg.autocast) == ("adam", 1e-3, "bf16")
+    assert (train_cfg.total_tokens, train_cfg.batch_size) == (256, 64)
     assert train_cfg.to_dict() == config.train_config("cpu").to_dict()

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from sae_core.architectures import build_sae
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.metrics import dead_fraction, evaluate_sae, fvu, l0
 from sae_core.sae import TopKSae
@@ -94,6 +95,18 @@ def test_init_has_unit_norm_decoder_rows_tied_encoder_and_zero_biases():
     assert sae.W_enc.data_ptr() != sae.W_dec.data_ptr()  # a copy, not shared storage
     assert torch.count_nonzero(sae.b_enc) == 0 and torch.count_nonzero(sae.b_dec) == 0
     assert float(sae.input_scale) == 1.0
+
+
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "relu"])
+def test_parameters_and_their_training_gradients_are_contiguous(architecture):
+    """The fused optimiser kernels walk a parameter, its gradient and its state as flat memory; in
+    torch 2.13 a non-contiguous parameter (say W_enc stored transposed) gets its elements mispaired."""
+    cfg = SaeConfig(d_in=D_IN, expansion_factor=EXPANSION, k=None if architecture == "relu" else K,
+                    architecture=architecture)
+    sae = build_sae(cfg, generator=torch.Generator().manual_seed(0))
+    sae(random_x(), dead_mask=torch.ones(D_SAE, dtype=torch.bool)).fvu.backward()
+    for name, parameter in sae.named_parameters():
+        assert parameter.is_contiguous() and parameter.grad.is_contiguous(), name
 
 
 def test_init_is_reproducible_with_a_seeded_generator():
