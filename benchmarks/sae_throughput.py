@@ -100,7 +100,7 @@ from sae_core.config import SaeConfig, TrainConfig
 from sae_core.initialization import fit_input_scale_and_b_dec
 from sae_core.metrics import fvu
 from sae_core.train import train_sae
-from throughput_anchors import RunResult, run_sae_lens, run_sparsify, warm_up_anchors
+from throughput_anchors import RunResult, autocast_if, run_sae_lens, run_sparsify, warm_up_anchors
 
 TARGETS = {"speedup": 1.5, "fvu_gap": 0.005, "share_of_peak": 0.5}
 CACHE_DIR = Path("/tmp/peerlens_sae_throughput")
@@ -261,7 +261,8 @@ def profile_sae_core(
     generator = torch.Generator().manual_seed(train_cfg.seed)
     sae = build_sae(sae_cfg, generator=generator)
     fit_input_scale_and_b_dec(sae, train, short_cfg, generator, fit_b_dec=True)
-    with torch.no_grad():
+    # In the run's precision: under bf16 the step-1 FVU carries the bf16 encoder's rounding.
+    with torch.no_grad(), autocast_if(train_cfg.autocast == "bf16"):
         expected = float(sae(train[first_rows].float()).fvu)
     verified = math.isclose(result.history[0]["fvu"], expected, rel_tol=1e-5)
     table = averages.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40)
