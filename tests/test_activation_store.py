@@ -170,6 +170,17 @@ def test_values_beyond_fp16_range_are_counted_as_non_finite(tmp_path):
     assert store.layer(1)[1, 1] == 64_992.0
 
 
+def test_overflows_of_both_signs_are_counted_and_a_shard_of_fp16_maxima_is_not(tmp_path):
+    """The writer finds non-finite values with one fp32 sum per shard: +inf and −inf together sum to
+    NaN (still found), and a shard of nothing but fp16's largest value sums to a finite number."""
+    overflow = batch(4, "AAPL", seed=1)
+    overflow["activations"][0, 0, 0], overflow["activations"][0, 1, 0] = 1e5, -1e5
+    assert write_store(tmp_path / "overflow", [overflow]).manifest["non_finite_values"] == 2
+    maxima = batch(4, "MSFT", seed=2)
+    maxima["activations"].fill_(65_504.0)
+    assert write_store(tmp_path / "maxima", [maxima]).manifest["non_finite_values"] == 0
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 
