@@ -237,6 +237,8 @@ def fused_topk_encode(
         raise ValueError(f"k must be in 1..d_sae={W_enc.shape[1]}, got {k}")
     if matmul_dtype is None:
         matmul_dtype = encoder_matmul_dtype(x)
+    if not matmul_dtype.is_floating_point:
+        raise ValueError(f"matmul_dtype must be a floating-point dtype, got {matmul_dtype}")
     if pre_acts_out is not None and (
         pre_acts_out.shape != (len(x), W_enc.shape[1]) or pre_acts_out.requires_grad or pre_acts_out.dtype != matmul_dtype
     ):

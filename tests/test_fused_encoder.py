@@ -201,6 +201,12 @@ def test_fused_encoder_refuses_mismatched_shapes_and_impossible_k(x_shape, k, me
         fused_topk_encode(torch.zeros(x_shape, dtype=torch.float64), t["b_dec"], t["W_enc"], t["b_enc"], k)
 
 
+def test_fused_encoder_refuses_a_matmul_dtype_that_is_not_floating_point():
+    t = tensors()
+    with pytest.raises(ValueError, match="matmul_dtype must be a floating-point dtype, got torch.int32"):
+        fused_topk_encode(t["x"], t["b_dec"], t["W_enc"], t["b_enc"], K, matmul_dtype=torch.int32)
+
+
 def test_fused_encoder_refuses_a_pre_activation_buffer_not_in_the_matmul_dtype():
     t = tensors()
     buffer = torch.empty(N, D_SAE, dtype=torch.float64)
