@@ -1,24 +1,45 @@
-"""Save and load SAEs in the SAELens on-disk layout, so other tools can open ours.
+"""The SAELens on-disk layout: `save_sae` writes sae_core SAEs in it, `load_sae` reads them back and
+reads SAELens's own saves too, so others' tools open ours and ours open theirs.
 
 A saved SAE is a folder:
     cfg.json                  SAELens config fields + "metadata" (hook, layers, model: the caller's)
     sae_weights.safetensors   W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_enc (d_sae,), b_dec (d_in,),
                               and threshold (d_sae,) for BatchTopK
 
-Each architecture is written as the SAELens inference architecture that computes the same code:
-    topk       "topk"       z = ReLU(TopK_k(pre))                          cfg also carries k
-    batchtopk  "jumprelu"   z = ReLU(pre) · 1[pre > threshold]             (SAELens saves its own
-                                                                           BatchTopK SAEs this way);
-                                                                           cfg carries our k, which
-                                                                           SAELens ignores
-    relu       "standard"   z = ReLU(pre)
-and `load_sae` maps them back (a legacy SAELens "standard" cfg with activation_fn "topk" is a TopK SAE).
+Every SAE in it computes, on raw activations x (n, d_in),
+
+    pre = (x − b_dec) W_enc + b_enc,    z = σ(pre),    x̂ = z W_dec + b_dec,
+
+which is sae_core's formula with input_scale 1. Each architecture is written as the SAELens
+inference architecture that computes the same code, and read back as the sae_core one:
+
+    ours       cfg "architecture"   σ
+    topk       "topk"               ReLU(TopK_k(pre))                   cfg also carries k
+    batchtopk  "jumprelu"           ReLU(pre) · 1[pre > threshold_j]    SAELens saves its own BatchTopK
+                                                                        SAEs this way; cfg carries our
+                                                                        k, which SAELens ignores
+    relu       "standard"           ReLU(pre)
 
 SAELens has no input scale, so `save_sae` folds ours into the weights (t = 1/s):
     W_enc' = W_enc·s,  W_dec' = W_dec / s,  b_dec' = b_dec / s,  b_enc' = b_enc,  threshold' = threshold
-(the pre-activations are unchanged, so is the threshold on them) and a loader that computes
-pre = (x − b_dec') W_enc' + b_enc', z = σ(pre), x̂ = z W_dec' + b_dec' on raw activations gets
-exactly our latents and reconstruction. `load_sae` therefore returns input_scale 1.
+(the pre-activations are unchanged, so is the threshold on them) and a loader that computes the
+formula above on raw activations gets exactly our latents and reconstruction. `load_sae` therefore
+returns input_scale 1, float32, on the CPU, in eval mode (a bf16 or fp16 save is upcast exactly).
+
+Reading SAELens's own saves (v6, and the legacy v5 spelling: architecture "standard" with
+activation_fn "topk" and k in activation_fn_kwargs) also undoes what its forward does beyond the formula:
+  - apply_b_dec_to_input = false: pre = x W_enc + b_enc, so b_enc ← b_enc + b_dec W_enc.
+  - "topk" with rescale_acts_by_decoder_norm (its TopK trainer's default, kept by `save_model`):
+    pre' = pre ⊙ n and x̂ = (z ⊘ n) W_dec + b_dec, n_j = ‖W_dec[j]‖. Folding the norms,
+    W_enc[:, j] ← W_enc[:, j]·n_j, b_enc_j ← b_enc_j·n_j, W_dec[j] ← W_dec[j] / n_j, gives the plain
+    formula with the same z and x̂.
+  - normalize_activations: "constant_norm_rescale" and "layer_norm" renormalise each token at run
+    time, which no sae_core SAE does: refused. "expected_average_only_in" and
+    "covariance_whitening" are folded into the weights by SAELens's trainer and do nothing in its
+    forward, so such SAEs load as they are.
+A BatchTopKSae needs k, the mean L0 its training targeted. SAELens's BatchTopK (and Matryoshka
+BatchTopK) saves keep it in metadata.training_architecture_details; a JumpReLU SAE trained as one has
+none and is refused. sae_core also needs d_sae to be a multiple of d_in.
 """
 
 from __future__ import annotations
@@ -30,11 +51,12 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from sae_core.architectures import build_sae
 from sae_core.config import SaeConfig
@@ -46,8 +68,11 @@ WEIGHT_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec")
 THRESHOLD_NAME = "threshold"
 SAELENS_ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "relu": "standard"}
 """Our architecture → the SAELens inference architecture it is saved as."""
+_FROM_SAELENS_ARCHITECTURE = {theirs: ours for ours, theirs in SAELENS_ARCHITECTURES.items()}
 _ACTIVATION_FNS = {"topk": "topk", "batchtopk": "relu", "relu": "relu"}
 """The legacy SAELens (< 6) spelling: activation applied before any threshold."""
+# SAELens normalisations that its SAE.forward does not apply (the trainer folds them into the weights).
+_INERT_SAELENS_NORMALIZATIONS = ("none", "expected_average_only_in", "covariance_whitening")
 # Metadata keys SAELens (v6) reads into its own `meta` block.
 _SAELENS_META_KEYS = ("model_name", "hook_name", "hook_layer")
 
@@ -127,15 +152,125 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any
     return folder
 
 
-def copy_checked(sae: torch.nn.Module, name: str, tensor: torch.Tensor, source: object) -> None:
-    """Copy `tensor` (as float32) into `sae`'s parameter or buffer `name`; ValueError naming `source`
-    when its shape is not the one the config implies."""
-    target = getattr(sae, name)
-    if tensor.shape != target.shape:
+def load_sae(folder: str | Path) -> SparseAutoencoder:
+    """Load the SAE in `folder`, saved by `save_sae` or by SAELens (`SAE.save_model`,
+    `TrainingSAE.save_inference_model`), on the CPU, float32, in eval mode, with input_scale 1.
+
+    Returns a TopKSae, ReluSae or BatchTopKSae (see the module docstring) whose `forward(x).sae_out`
+    and `dense_latents(x)` equal SAELens's `sae(x)` and `sae.encode(x)` for x (n, d_in).
+    Raises FileNotFoundError for a missing folder or file and ValueError for a configuration
+    sae_core cannot compute exactly or weights whose names or shapes do not match it.
+    """
+    cfg_path, weights_path = require_files(Path(folder), CFG_FILENAME, WEIGHTS_FILENAME)
+    layout = saelens_format(read_json_object(cfg_path), cfg_path)
+    tensors = read_tensors(weights_path)
+    # SAELens < 6 saved an all-ones "scaling_factor" for a while; SAELens itself drops it.
+    scaling_factor = tensors.pop("scaling_factor", None)
+    if scaling_factor is not None and not bool((scaling_factor == 1).all()):
         raise ValueError(
-            f"{source}: {name} has shape {tuple(tensor.shape)}, the config implies {tuple(target.shape)}"
+            f"{weights_path}: a 'scaling_factor' other than 1 (legacy SAELens fine-tuning scale) "
+            "is not supported"
         )
-    target.copy_(tensor.float())
+    sae = sae_from_tensors(layout.sae_cfg, tensors, weights_path)
+    with torch.no_grad():
+        if not layout.apply_b_dec_to_input:
+            # Their pre-activation is x W_enc + b_enc; ours subtracts b_dec first, so add it back.
+            sae.b_enc += sae.b_dec @ sae.W_enc
+        if layout.rescale_acts_by_decoder_norm:
+            _fold_decoder_norms(sae)
+    return sae
+
+
+class SaelensFormat(NamedTuple):
+    """What a SAELens cfg.json says about computing x̂, in sae_core's terms."""
+
+    sae_cfg: SaeConfig
+    """Shape, architecture and k of the equivalent sae_core SAE."""
+
+    apply_b_dec_to_input: bool
+    """Whether SAELens subtracts b_dec from x before encoding (sae_core always does)."""
+
+    rescale_acts_by_decoder_norm: bool
+    """Whether SAELens's TopK multiplies pre-activations by the decoder row norms (and divides the
+    code by them before decoding); only ever true for "topk"."""
+
+
+def saelens_format(cfg: dict[str, Any], source: Path | str) -> SaelensFormat:
+    """Interpret a SAELens cfg.json (`cfg`, read from `source`, which error messages name)."""
+    # SAELens < 6 spelled a TopK SAE as architecture "standard" (its default) with activation_fn
+    # "topk" and k in activation_fn_kwargs; v6 writes neither activation field.
+    architecture = cfg.get("architecture", "standard")
+    activation_fn = cfg.get("activation_fn", cfg.get("activation_fn_str"))
+    activation_kwargs = cfg.get("activation_fn_kwargs") or {}
+    if architecture == "standard" and activation_fn == "topk":
+        architecture = "topk"
+    if architecture not in _FROM_SAELENS_ARCHITECTURE:
+        raise ValueError(
+            f"{source}: SAELens architecture {architecture!r} is not supported "
+            f"(sae_core loads {sorted(_FROM_SAELENS_ARCHITECTURE)})"
+        )
+    expected_fn = "topk" if architecture == "topk" else "relu"
+    if activation_fn not in (None, expected_fn):
+        raise ValueError(
+            f"{source}: architecture {architecture!r} with activation_fn {activation_fn!r} is not supported "
+            f"(expected {expected_fn!r})"
+        )
+
+    normalization = cfg.get("normalize_activations", "none")
+    if isinstance(normalization, bool):  # SAELens < 6: true meant the April 2024 mean-norm scaling
+        normalization = "expected_average_only_in" if normalization else "none"
+    if normalization not in _INERT_SAELENS_NORMALIZATIONS:
+        raise ValueError(
+            f"{source}: normalize_activations={normalization!r} renormalises each token at run time, "
+            f"which sae_core does not; supported: {list(_INERT_SAELENS_NORMALIZATIONS)}"
+        )
+
+    d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
+    k: Any = None
+    if architecture == "topk":
+        k = cfg.get("k", activation_kwargs.get("k"))
+        if k is None:
+            raise ValueError(f"{source}: a 'topk' SAE needs k (in 'k' or 'activation_fn_kwargs')")
+    elif architecture == "jumprelu":
+        training_details = (cfg.get("metadata") or {}).get("training_architecture_details") or {}
+        k = cfg.get("k", training_details.get("k"))
+        if k is None:
+            raise ValueError(
+                f"{source}: a 'jumprelu' SAE loads as a BatchTopK SAE, which needs k (the mean L0 its "
+                "training targeted), but neither 'k' nor metadata.training_architecture_details.k is set"
+            )
+    sae_cfg = checked_sae_config(
+        d_in=d_in, d_sae=d_sae, k=k, architecture=_FROM_SAELENS_ARCHITECTURE[architecture], source=source
+    )
+    # SAELens reads the flag only into its TopK config; other architectures ignore it, and so do we.
+    rescale = architecture == "topk" and bool(cfg.get("rescale_acts_by_decoder_norm", False))
+    return SaelensFormat(
+        sae_cfg=sae_cfg,
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+        rescale_acts_by_decoder_norm=rescale,
+    )
+
+
+# ---- reading helpers, shared with sae_core.interop --------------------------------------------
+
+
+def require_files(folder: Path, *names: str) -> list[Path]:
+    """The paths of `names` inside `folder`; FileNotFoundError naming the folder when it or one is missing."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SAE folder {folder} does not exist")
+    paths = [folder / name for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"SAE folder {folder} has no {path.name}")
+    return paths
+
+
+def read_tensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of the safetensors file `path`; ValueError naming it when it is not readable."""
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
@@ -149,83 +284,57 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return value
 
 
-def _read_cfg(cfg_path: Path) -> tuple[SaeConfig, bool]:
-    """The SaeConfig a cfg.json describes, and its apply_b_dec_to_input flag."""
-    cfg = read_json_object(cfg_path)
-    saelens_architecture = cfg.get("architecture")
-    activation_fn = cfg.get("activation_fn")
-    if saelens_architecture == "standard" and activation_fn == "topk":
-        architecture = "topk"  # how SAELens < 6 saved TopK SAEs
-    elif saelens_architecture in SAELENS_ARCHITECTURES.values():
-        architecture = next(ours for ours, theirs in SAELENS_ARCHITECTURES.items() if theirs == saelens_architecture)
-        if activation_fn not in (None, _ACTIVATION_FNS[architecture]):
-            raise ValueError(
-                f"{cfg_path}: architecture {saelens_architecture!r} with activation_fn {activation_fn!r} "
-                f"is not supported (expected {_ACTIVATION_FNS[architecture]!r})"
-            )
-    else:
-        raise ValueError(
-            f"{cfg_path}: architecture must be one of {sorted(SAELENS_ARCHITECTURES.values())}, "
-            f"got {saelens_architecture!r}"
-        )
-    if cfg.get("normalize_activations", "none") != "none":
-        raise ValueError(
-            f"{cfg_path}: normalize_activations={cfg['normalize_activations']!r} is not supported "
-            "(only 'none'; fold the normalisation into the weights first)"
-        )
-    d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
-    if not all(isinstance(value, int) for value in (d_in, d_sae)):
-        raise ValueError(f"{cfg_path}: needs integer d_in and d_sae, got d_in={d_in!r} d_sae={d_sae!r}")
-    if d_in <= 0 or d_sae <= 0 or d_sae % d_in != 0:
-        raise ValueError(f"{cfg_path}: d_sae={d_sae} is not a positive multiple of d_in={d_in}")
-    k = None
-    if architecture == "topk":
-        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
-    elif architecture == "batchtopk":
-        k = cfg.get("k")
-        if k is None:
-            raise ValueError(
-                f"{cfg_path}: a 'jumprelu' SAE needs k (the mean L0 its BatchTopK training targeted); "
-                "sae_core loads JumpReLU SAEs only as BatchTopK SAEs"
-            )
-    if k is not None and not isinstance(k, int):
-        raise ValueError(f"{cfg_path}: k must be an integer, got {k!r}")
-    try:
-        sae_cfg = SaeConfig(d_in=d_in, expansion_factor=d_sae // d_in, k=k, architecture=architecture)
-    except ValueError as error:
-        raise ValueError(f"{cfg_path}: {error}") from error
-    return sae_cfg, bool(cfg.get("apply_b_dec_to_input", True))
+def checked_sae_config(*, d_in: Any, d_sae: Any, k: Any, architecture: str, source: Path | str) -> SaeConfig:
+    """The SaeConfig a saved config describes; ValueError naming `source` when sae_core cannot build it.
 
-
-def load_sae(folder: str | Path) -> SparseAutoencoder:
-    """Load an SAE saved by `save_sae` (or a SAELens TopK, standard or BatchTopK-as-JumpReLU SAE)
-    from `folder`, on CPU, float32, in eval mode.
-
-    The returned SAE has input_scale 1: the scale was folded into the weights at save time.
-    Raises FileNotFoundError for a missing folder or file, ValueError for a malformed config or
-    weights whose names or shapes do not match it.
+    d_in and d_sae must be positive integers with d_sae a multiple of d_in; k may be a whole float
+    (SAELens stores BatchTopK's k as e.g. 32.0).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"SAE folder {folder} does not exist")
-    cfg_path, weights_path = folder / CFG_FILENAME, folder / WEIGHTS_FILENAME
-    for path in (cfg_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"SAE folder {folder} has no {path.name}")
-
-    sae_cfg, apply_b_dec_to_input = _read_cfg(cfg_path)
+    if not (isinstance(d_in, int) and isinstance(d_sae, int) and d_in > 0 and d_sae > 0):
+        raise ValueError(f"{source}: needs positive integer d_in and d_sae, got d_in={d_in!r} d_sae={d_sae!r}")
+    if d_sae % d_in != 0:
+        raise ValueError(f"{source}: d_sae={d_sae} is not a multiple of d_in={d_in}, which sae_core requires")
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
+    elif not (k is None or (isinstance(k, int) and not isinstance(k, bool))):
+        raise ValueError(f"{source}: k must be a whole number, got {k!r}")
     try:
-        weights = load_file(weights_path)
-    except SafetensorError as error:
-        raise ValueError(f"{weights_path} is not a readable safetensors file: {error}") from error
+        return SaeConfig(d_in=d_in, expansion_factor=d_sae // d_in, k=k, architecture=architecture)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from error
+
+
+def sae_from_tensors(sae_cfg: SaeConfig, tensors: dict[str, Tensor], source: Path) -> SparseAutoencoder:
+    """A float32 eval-mode SAE of `sae_cfg` holding exactly `tensors`: every parameter (and the
+    BatchTopK threshold) must be there with its shape, and nothing else may be."""
     # A throwaway generator keeps the (overwritten) random init from touching the global RNG.
     sae = build_sae(sae_cfg, generator=torch.Generator())
+    names = list(_weight_names(sae_cfg))
+    missing = sorted(set(names) - set(tensors))
+    unexpected = sorted(set(tensors) - set(names))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: tensors do not match a {sae_cfg.architecture!r} SAE: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
     with torch.no_grad():
-        for name in _weight_names(sae_cfg):
-            if name not in weights:
-                raise ValueError(f"{weights_path} has no tensor {name!r} (found {sorted(weights)})")
-            copy_checked(sae, name, weights[name], weights_path)
-        if not apply_b_dec_to_input:
-            # Their pre-activation is x W_enc + b_enc; ours subtracts b_dec first, so add it back.
-            sae.b_enc += sae.b_dec @ sae.W_enc
+        for name in names:
+            target = getattr(sae, name)
+            if tensors[name].shape != target.shape:
+                raise ValueError(
+                    f"{source}: {name} has shape {tuple(tensors[name].shape)}, the config implies {tuple(target.shape)}"
+                )
+            target.copy_(tensors[name].float())
     return sae.eval()
+
+
+@torch.no_grad()
+def _fold_decoder_norms(sae: SparseAutoencoder) -> None:
+    """Fold SAELens's rescale_acts_by_decoder_norm into the weights (see the module docstring).
+
+    Norms are clamped at 1e-8 as SAELens does: a zero row contributes nothing either way.
+    """
+    norms = sae.W_dec.norm(dim=1).clamp_min(1e-8)
+    sae.W_enc *= norms
+    sae.b_enc *= norms
+    sae.W_dec /= norms[:, None]
