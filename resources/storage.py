@@ -24,12 +24,9 @@ import pandas as pd
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 from pydantic import Field
 
-HOME_ENV = "PEERLENS_HOME"
-
-
-def storage_root(root: str) -> Path:
-    return Path(root or os.environ.get(HOME_ENV) or ".peerlens").resolve()
-
+# One rule for where results live (a configured root, else $PEERLENS_HOME, else .peerlens), shared
+# with the `peerlens` CLI that reads them back.
+from peerlens.peers import storage_root
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
