@@ -9,7 +9,7 @@ activations, and are scored the same way:
     fvu          = sae_core.metrics.fvu(x, x̂) on one held-out tensor, x̂ computed in fp32 (no_grad)
 
 Data. `--store FOLDER` reads one layer of an activation store (sae_core.activation_store); without it,
-the offline sample's first descriptions up to `--capture-tokens` (default 110k, about the ~106k
+the offline sample's first descriptions up to `--capture-tokens` (default 110k, about the ~104k
 tokens of the demo's store) are captured once at the middle layer and cached as a safetensors file
 under /tmp (re-runs reuse it; the first capture takes a few minutes). Tokens stay in document order;
 the last `--heldout-tokens` rows (the last documents) are held out for the FVU, the rest are
