@@ -15,6 +15,7 @@ from sae_core.config import SaeConfig, TrainConfig
 from sae_core.kernels import fused_topk_encode, sparse_decode
 from sae_core.train import train_sae
 from tests.test_fused_encoder import gradients, tensors, training_loss
+from tests.test_training_launcher import D_IN, low_rank_rows
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -22,14 +23,7 @@ DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
 ]
-D_IN = 16
 SAE_CFG = SaeConfig(d_in=D_IN, expansion_factor=4, k=4)
-
-
-def low_rank_rows(n: int = 1024) -> torch.Tensor:
-    """Rank-4 Gaussian in 16 dimensions, shifted off the origin: k = 4 latents can explain it."""
-    basis = torch.randn(4, D_IN, generator=torch.Generator().manual_seed(1))
-    return torch.randn(n, 4, generator=torch.Generator().manual_seed(2)) @ basis + 2.0
 
 
 def train_cfg(device: str, **overrides) -> TrainConfig:
