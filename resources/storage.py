@@ -28,6 +28,7 @@ from pydantic import Field
 # with the `peerlens` CLI that reads them back.
 from peerlens.peers import storage_root
 
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
