@@ -1,14 +1,36 @@
-"""LLM activations: the residual stream after every layer for every token of every description."""
+"""LLM activations: the residual stream after every layer for every token of every description, and
+the massive activations among them that everything downstream keeps out."""
 
 import shutil
 import time
 
+import numpy as np
 import pandas as pd
-from dagster import AssetIn, AssetCheckResult, AssetExecutionContext, Output, asset, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
+from pydantic import Field
 
+from assets.metadata import figure_markdown, markdown_table, plt
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource
 from sae_core.activation_store import STORE_DTYPE, ActivationStore, ActivationStoreWriter
-from sae_core.capture import capture_documents, tokenize
+from sae_core.capture import capture_documents, load_tokenizer, tokenize
+from sae_core.massive_activations import (
+    DEFAULT_NORM_MULTIPLE,
+    TREATMENTS,
+    MassiveTokens,
+    find_massive_tokens,
+    norm_ratios,
+)
 
 
 @asset(group_name="activations", kinds={"pytorch", "safetensors"})
@@ -28,7 +50,9 @@ def llm_activations(
     model = language_model.load(device)
     context.log.info(f"loaded {language_model.name}: {model.n_layers} layers, width {model.d_model}, on {device}")
     tickers = company_descriptions.ticker.tolist()
-    token_ids = tokenize(model.tokenizer, company_descriptions.description.tolist(), language_model.max_tokens)
+    token_ids = tokenize(
+        model.tokenizer, company_descriptions.description.tolist(), language_model.max_tokens, names=tickers
+    )
     truncated = sum(len(ids) == language_model.max_tokens for ids in token_ids)
 
     folder = artifacts.folder("llm_activations") / "store"
@@ -83,3 +107,99 @@ def activations_are_finite_and_cover_every_company(
         passed=non_finite == 0 and not missing,
         metadata={"non_finite_values": non_finite, "companies_without_tokens": ", ".join(missing) or "none"},
     )
+
+
+class MassiveActivationsConfig(Config):
+    norm_multiple: float = Field(
+        default=DEFAULT_NORM_MULTIPLE,
+        description="A token is massive when its residual norm exceeds this multiple of the layer's median norm at "
+        "some layer (the sample's sinks peak at 27-151, every other token at <= 12.1).",
+    )
+    treatment: str = Field(
+        default="exclude",
+        description="exclude: massive tokens are kept out of layer distances, SAE training and evaluation, spliced "
+        "evaluation and company pooling; keep: found and reported only (the behaviour before, for comparison).",
+    )
+    max_affected_share: float = Field(
+        default=0.2, description="Warn when more than this share of companies has a massive token."
+    )
+
+
+@asset(
+    group_name="activations",
+    kinds={"pytorch"},
+    check_specs=[AssetCheckSpec("few_companies_have_massive_tokens", asset="massive_activations")],
+)
+def massive_activations(
+    config: MassiveActivationsConfig, llm_activations: dict, language_model: LanguageModelResource
+):
+    """The tokens whose residual norm exceeds `norm_multiple` × the layer's median at some layer
+    (sae_core.massive_activations), and whether downstream assets exclude or keep them.
+
+    Value: `MassiveTokens.to_dict()` (rule, treatment, per-layer median norms and counts, and the
+    store rows of the massive tokens with their peak ratio and layer). Metadata names every company
+    with a massive token, the token and its position.
+    """
+    if config.treatment not in TREATMENTS:
+        raise ValueError(f"massive_activations treatment must be one of {TREATMENTS}, got {config.treatment!r}")
+    store = ActivationStore(llm_activations["folder"])
+    norms = store.token_norms()
+    found = find_massive_tokens(norms, config.norm_multiple, config.treatment)
+    index = store.index
+    decode = load_tokenizer(language_model.name).decode
+    tokens = index.iloc[list(found.rows)].assign(
+        token=lambda frame: [decode([int(token_id)]) for token_id in frame.token_id],
+        peak_ratio=found.peak_ratios,
+        peak_layer=found.peak_layers,
+    )
+    by_company = tokens.groupby("document").agg(
+        massive_tokens=("position", "size"),
+        positions=("position", lambda p: ", ".join(map(str, p))),
+        tokens=("token", lambda t: " | ".join(t)),
+        peak_ratio=("peak_ratio", "max"),
+    ).reset_index().rename(columns={"document": "company"})
+    n_companies = int(index.document.nunique())
+    affected_share = len(by_company) / n_companies
+    by_layer = pd.DataFrame(
+        {"layer": range(found.n_layers), "median_norm": found.median_norms, "tokens_over_bound": found.tokens_over_bound}
+    )
+    yield Output(
+        found.to_dict(),
+        metadata={
+            "treatment": found.treatment,
+            "norm_multiple": found.norm_multiple,
+            "massive_tokens": len(found.rows),
+            "companies_with_massive_tokens": len(by_company),
+            "affected_share": round(affected_share, 4),
+            "tokens": store.n_tokens,
+            "by_company": markdown_table(by_company, floatfmt=".1f"),
+            "by_layer": markdown_table(by_layer, floatfmt=".1f"),
+            "peak_ratio_plot": _peak_ratio_plot(norms, found),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="few_companies_have_massive_tokens",
+        passed=bool(affected_share <= config.max_affected_share),
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "affected_share": round(affected_share, 4),
+            "companies_with_massive_tokens": len(by_company),
+            "companies": n_companies,
+            "max_affected_share": config.max_affected_share,
+            "treatment": found.treatment,
+        },
+    )
+
+
+def _peak_ratio_plot(norms, found: MassiveTokens) -> MetadataValue:
+    """Histogram of every token's peak norm ratio max_l ‖x_{t,l}‖ / median_l, log scale, with the bound."""
+    peak = norm_ratios(norms)[1].max(dim=1).values.numpy()
+    figure, axis = plt.subplots(figsize=(5.5, 3.5))
+    axis.hist(peak, bins=np.logspace(np.log10(max(peak.min(), 1e-2)), np.log10(peak.max() * 1.1), 60))
+    axis.axvline(found.norm_multiple, color="red", linestyle="--", label=f"bound {found.norm_multiple:g}× median")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("peak over layers of ‖x‖ / layer median")
+    axis.set_ylabel("tokens")
+    axis.legend()
+    return figure_markdown(figure)

@@ -2,13 +2,16 @@
 
 import numpy as np
 import pandas as pd
-from dagster import AssetIn, AssetCheckResult, AssetExecutionContext, Config, Output, asset, asset_check
+import torch
+from dagster import AssetCheckResult, AssetCheckSpec, AssetIn, Config, Output, asset, asset_check
 from pydantic import Field
 
+from assets.metadata import markdown_table
 from resources import ArtifactStorage
 from sae_core.activation_store import ActivationStore
-from sae_core.features import encode_tokens, pool_documents, top_activating_tokens
+from sae_core.features import SparseCodes, encode_tokens, pool_documents, token_shares, top_activating_tokens
 from sae_core.io import load_sae
+from sae_core.massive_activations import MassiveTokens
 
 TOP_TOKENS_FILE = "latent_top_tokens.parquet"
 
@@ -17,6 +20,15 @@ class CompanyFeaturesConfig(Config):
     layer: int = Field(default=-1, description="Layer whose SAE latents describe a company; -1: two thirds deep.")
     pooling: str = Field(default="mean", description="How token latents become one vector: mean, max or sum.")
     top_tokens_per_latent: int = 10
+    max_token_share: float = Field(
+        default=0.25,
+        description="The check fails when one token makes up more than this share of a company's pooled vector "
+        "(sae_core.features.token_shares). On the sample the largest share is 0.10 with massive tokens excluded, "
+        "0.38 (median of the companies with one) with them kept.",
+    )
+    min_tokens_judged: int = Field(
+        default=20, description="Companies with fewer usable tokens are listed, not judged: one of 3 tokens is 1/3."
+    )
 
 
 def feature_layer(config_layer: int, n_layers: int) -> int:
@@ -35,41 +47,55 @@ def sae_for_layer(group_saes: dict, layer: int) -> dict:
     raise ValueError(f"no trained SAE serves layer {layer}")
 
 
-@asset(group_name="similarity", kinds={"pytorch", "parquet"})
+@asset(
+    group_name="similarity",
+    kinds={"pytorch", "parquet"},
+    check_specs=[AssetCheckSpec("no_company_vector_is_dominated_by_one_token", asset="company_features", blocking=True)],
+)
 def company_features(
-    context: AssetExecutionContext,
     config: CompanyFeaturesConfig,
     llm_activations: dict,
+    massive_activations: dict,
     group_saes: dict,
     artifacts: ArtifactStorage,
-) -> Output[pd.DataFrame]:
-    """Sparse long frame (ticker, latent, value): the pooled SAE code of each company, zeros omitted.
+):
+    """Sparse long frame (ticker, latent, value): the pooled SAE code of each company over its usable tokens
+    (massive ones excluded unless massive_activations keeps them), zeros omitted.
 
     Also writes `latent_top_tokens.parquet` (latent, rank, token_index, activation, document, position,
-    token_id): each latent's strongest tokens, for the cluster explanations.
+    token_id): each latent's strongest tokens, for the cluster explanations; token_index is the store row.
     """
     store = ActivationStore(llm_activations["folder"])
     layer = feature_layer(config.layer, store.n_layers)
     entry = sae_for_layer(group_saes, layer)
     sae = load_sae(entry["path"])
-    codes = encode_tokens(sae, store.layer(layer))
+    usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
     index = store.index
     tickers = sorted(index.document.unique())
-    document = index.document.map({t: i for i, t in enumerate(tickers)}).to_numpy()
+    _refuse_companies_without_usable_tokens(index.document, usable, tickers)
+    rows = torch.nonzero(usable).flatten().numpy()  # store row of each encoded token
+    codes = encode_tokens(sae, store.layer(layer)[usable])
+    document = index.document.iloc[rows].map({t: i for i, t in enumerate(tickers)}).to_numpy()
     pooled = pool_documents(codes, document, len(tickers), sae.cfg.d_sae, config.pooling).numpy()
+    dominance = _largest_token_shares(codes, document, tickers, index.position.to_numpy()[rows], sae.cfg.d_sae)
 
-    rows, latents = np.nonzero(pooled)
+    nonzero_rows, latents = np.nonzero(pooled)
     frame = pd.DataFrame(
-        {"ticker": np.asarray(tickers)[rows], "latent": latents.astype(np.int32), "value": pooled[rows, latents]}
+        {
+            "ticker": np.asarray(tickers)[nonzero_rows],
+            "latent": latents.astype(np.int32),
+            "value": pooled[nonzero_rows, latents],
+        }
     )
     top = top_activating_tokens(codes, n_per_latent=config.top_tokens_per_latent)
+    top["token_index"] = rows[top.token_index.to_numpy()]
     top = top.join(index[["document", "position", "token_id"]], on="token_index")
     top_path = artifacts.folder("company_features") / TOP_TOKENS_FILE
     top.to_parquet(top_path.with_name(top_path.name + ".tmp"), index=False)
     top_path.with_name(top_path.name + ".tmp").replace(top_path)
 
     active = (pooled > 0).sum(axis=1)
-    return Output(
+    yield Output(
         frame,
         metadata={
             "layer": layer,
@@ -77,10 +103,59 @@ def company_features(
             "pooling": config.pooling,
             "companies": len(tickers),
             "d_sae": sae.cfg.d_sae,
+            "massive_tokens_excluded": int((~usable).sum()),
             "mean_active_latents_per_company": float(active.mean()),
             "latents_used_by_any_company": int((pooled > 0).any(axis=0).sum()),
             "density": float(len(frame) / pooled.size),
+            "largest_token_shares": markdown_table(dominance.head(10)),
             "top_tokens_path": str(top_path),
+        },
+    )
+    yield _dominance_check(dominance, config)
+
+
+def _refuse_companies_without_usable_tokens(documents: pd.Series, usable: torch.Tensor, tickers: list[str]) -> None:
+    left = set(documents[usable.numpy()])
+    empty = [ticker for ticker in tickers if ticker not in left]
+    if empty:
+        raise ValueError(
+            f"companies {empty[:10]} have no usable token: every token of their description is massive "
+            "(massive_activations); give them a longer description, or set its treatment to keep"
+        )
+
+
+def _largest_token_shares(
+    codes: SparseCodes, document: np.ndarray, tickers: list[str], position: np.ndarray, d_sae: int
+) -> pd.DataFrame:
+    """Per company: its tokens, the largest share one token makes up of its pooled vector, and that token's
+    position; largest share first."""
+    shares = pd.DataFrame(
+        {"company": document, "share": token_shares(codes, document, len(tickers), d_sae).numpy(), "position": position}
+    )
+    largest = shares.loc[shares.groupby("company").share.idxmax()]
+    return pd.DataFrame(
+        {
+            "ticker": np.asarray(tickers)[largest.company.to_numpy()],
+            "tokens": np.bincount(document, minlength=len(tickers))[largest.company.to_numpy()],
+            "max_token_share": largest.share.to_numpy(),
+            "at_position": largest.position.to_numpy(),
+        }
+    ).sort_values("max_token_share", ascending=False, ignore_index=True)
+
+
+def _dominance_check(dominance: pd.DataFrame, config: CompanyFeaturesConfig) -> AssetCheckResult:
+    """No company with at least `min_tokens_judged` tokens has one token above `max_token_share` of its vector."""
+    judged = dominance[dominance.tokens >= config.min_tokens_judged]
+    dominated = judged[judged.max_token_share > config.max_token_share]
+    return AssetCheckResult(
+        check_name="no_company_vector_is_dominated_by_one_token",
+        passed=dominated.empty,
+        metadata={
+            "dominated_companies": ", ".join(dominated.ticker) or "none",
+            "dominated_share": round(len(dominated) / len(dominance), 4),
+            "largest_share": float(dominance.max_token_share.max()),
+            "max_token_share": config.max_token_share,
+            "too_short_to_judge": ", ".join(dominance.ticker[dominance.tokens < config.min_tokens_judged]) or "none",
         },
     )
 

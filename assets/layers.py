@@ -2,13 +2,14 @@
 
 import numpy as np
 import pandas as pd
-from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
+from dagster import AssetCheckResult, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
 from assets.metadata import figure_markdown, plt
 from sae_core.activation_store import ActivationStore
 from sae_core.distances import AngularDistanceAccumulator
 from sae_core.groups import LayerGrouping, choose_layer_groups
+from sae_core.massive_activations import MassiveTokens
 
 
 class LayerDistancesConfig(Config):
@@ -16,18 +17,29 @@ class LayerDistancesConfig(Config):
 
 
 @asset(group_name="layer_groups", kinds={"pytorch"})
-def layer_distances(context: AssetExecutionContext, config: LayerDistancesConfig, llm_activations: dict) -> Output[dict]:
-    """D̄ (L × L): d(i, j) = arccos(cos(x_i, x_j)) / π between the residual streams of layers i and j, averaged over tokens."""
+def layer_distances(
+    config: LayerDistancesConfig, llm_activations: dict, massive_activations: dict
+) -> Output[dict]:
+    """D̄ (L × L): d(i, j) = arccos(cos(x_i, x_j)) / π between the residual streams of layers i and j, averaged
+    over the store's usable tokens (massive ones excluded unless massive_activations keeps them)."""
     store = ActivationStore(llm_activations["folder"])
+    usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
     accumulator = AngularDistanceAccumulator(store.n_layers)
+    start = 0
     for shard in store.iter_shards():
-        accumulator.update(shard)
+        accumulator.update(shard[usable[start : start + len(shard)]])
+        start += len(shard)
         if accumulator.n_tokens >= config.max_tokens:
             break
     distances = accumulator.mean().numpy()
+    excluded = start - accumulator.n_tokens
     return Output(
         {"distances": distances.round(6).tolist(), "n_tokens": accumulator.n_tokens, "n_layers": store.n_layers},
-        metadata={"tokens_averaged": accumulator.n_tokens, "heatmap": _heatmap(distances)},
+        metadata={
+            "tokens_averaged": accumulator.n_tokens,
+            "massive_tokens_excluded": excluded,
+            "heatmap": _heatmap(distances),
+        },
     )
 
 

@@ -1,6 +1,7 @@
 """Group-SAEs against per-layer SAEs and layer-wise transfer: quality at every layer, and what each cost."""
 
 import math
+from typing import NamedTuple
 
 import pandas as pd
 from dagster import (
@@ -14,6 +15,7 @@ from dagster import (
     asset,
 )
 from pydantic import Field
+from torch import Tensor
 
 from assets.metadata import figure_markdown, markdown_table, plt
 from assets.saes import holdout_mask
@@ -21,6 +23,7 @@ from resources import ComputeResource, LanguageModelResource
 from sae_core.activation_store import ActivationStore
 from sae_core.comparison import check_comparable, comparison_summary, compute_table, layer_table
 from sae_core.io import load_sae
+from sae_core.massive_activations import MassiveTokens
 from sae_core.splice import SplicedEvaluator
 
 GROUP_SAVING_TARGET, GROUP_FVU_GAP_TARGET = 0.5, 0.01
@@ -35,17 +38,33 @@ class SaeComparisonConfig(Config):
     batch_tokens: int = Field(default=4096, description="Padded tokens per forward pass.")
 
 
-def heldout_token_ids(store: ActivationStore, holdout_share: float, n_documents: int, max_tokens: int) -> dict[str, list[int]]:
-    """The first `max_tokens` token ids of up to `n_documents` held-out companies (alphabetical), by ticker."""
+class SpliceDocuments(NamedTuple):
+    """The held-out documents the spliced runs score, by ticker."""
+
+    token_ids: dict[str, list[int]]
+    """The first max_tokens_per_document token ids of each."""
+    unpatched: dict[str, list[int]]
+    """The positions among them that the SAEs were trained without (massive tokens under "exclude")."""
+
+
+def heldout_documents(
+    store: ActivationStore, holdout_share: float, n_documents: int, max_tokens: int, unusable: Tensor
+) -> SpliceDocuments:
+    """The first `max_tokens` tokens of up to `n_documents` held-out companies (alphabetical), and which of
+    those positions are `unusable` ((N,) bool over the store's tokens) and so stay unpatched."""
     if n_documents < 1 or max_tokens < 2:
         raise ValueError(f"need eval_documents >= 1 and max_tokens_per_document >= 2, got {n_documents}, {max_tokens}")
-    index = store.index
+    index = store.index.assign(unusable=unusable.numpy())
     index = index[holdout_mask(index.document, holdout_share)]
     chosen = sorted(index.document.unique())[:n_documents]
     if not chosen:
         raise ValueError(f"holdout_share {holdout_share} holds out no company to evaluate on")
     rows = index[index.document.isin(chosen)].sort_values(["document", "position"])
-    return {name: group.token_id.tolist()[:max_tokens] for name, group in rows.groupby("document")}
+    heads = {name: group.head(max_tokens) for name, group in rows.groupby("document")}
+    return SpliceDocuments(
+        token_ids={name: head.token_id.tolist() for name, head in heads.items()},
+        unpatched={name: head.position[head.unusable].tolist() for name, head in heads.items()},
+    )
 
 
 @asset(
@@ -61,6 +80,7 @@ def sae_comparison(
     context: AssetExecutionContext,
     config: SaeComparisonConfig,
     llm_activations: dict,
+    massive_activations: dict,
     group_saes: dict,
     per_layer_saes: dict,
     transfer_saes: dict,
@@ -81,12 +101,21 @@ def sae_comparison(
 
     device = compute.torch_device()
     store = ActivationStore(llm_activations["folder"])
-    documents = heldout_token_ids(
-        store, per_layer_saes["holdout_share"], config.eval_documents, config.max_tokens_per_document
+    usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
+    documents = heldout_documents(
+        store, per_layer_saes["holdout_share"], config.eval_documents, config.max_tokens_per_document, ~usable
     )
     model = language_model.load(device)
-    evaluator = SplicedEvaluator(model, list(documents.values()), batch_tokens=config.batch_tokens, device=device)
-    context.log.info(f"spliced evaluation on {len(documents)} held-out companies, {evaluator.n_predictions} predictions")
+    evaluator = SplicedEvaluator(
+        model,
+        list(documents.token_ids.values()),
+        batch_tokens=config.batch_tokens,
+        device=device,
+        unpatched=list(documents.unpatched.values()),
+    )
+    context.log.info(
+        f"spliced evaluation on {len(documents.token_ids)} held-out companies, {evaluator.n_predictions} predictions"
+    )
     paths = {(regime, layer): entry["path"] for regime, value in regimes.items() for entry in value["saes"] for layer in entry["layers"]}
     loaded = {path: load_sae(path).to(device) for path in set(paths.values())}
     spliced = []
@@ -103,7 +132,8 @@ def sae_comparison(
         table,
         metadata={
             **{name: round(value, 4) for name, value in summary.items()},
-            "spliced_documents": len(documents),
+            "spliced_documents": len(documents.token_ids),
+            "spliced_positions_left_unpatched": sum(map(len, documents.unpatched.values())),
             "spliced_predictions": evaluator.n_predictions,
             "compute": markdown_table(costs.assign(flops=costs.flops.map("{:.3g}".format))),
             "by_layer": _wide_markdown(table),

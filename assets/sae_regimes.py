@@ -13,12 +13,18 @@ import torch
 from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
-from assets.saes import GroupSaesConfig, SaeQualityThresholds, holdout_mask, sae_quality_result
+from assets.saes import (
+    GroupSaesConfig,
+    SaeQualityThresholds,
+    TokenSplit,
+    layer_metrics,
+    sae_quality_result,
+    token_split,
+)
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStore
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae, save_sae
-from sae_core.metrics import evaluate_sae
 from sae_core.sae import SparseAutoencoder
 
 TRANSFER_DIRECTIONS = {"forward": -1, "backward": +1}
@@ -41,7 +47,7 @@ def _train_and_save(
     trainer: SaeTrainer,
     store: ActivationStore,
     layer: int,
-    held_out: torch.Tensor,
+    split: TokenSplit,
     sae_cfg: SaeConfig,
     train_cfg: TrainConfig,
     folder,
@@ -50,8 +56,8 @@ def _train_and_save(
 ) -> dict:
     """Train one SAE on `layer`'s training tokens, score it on its held-out tokens, save it; return its entry."""
     activations = store.layer(layer, dtype=torch.float16)
-    result = trainer.train(context, activations[~held_out].float(), sae_cfg, train_cfg, init=init)
-    metrics = evaluate_sae(result.sae, activations[held_out].float().to(result.sae.device)).to_dict()
+    result = trainer.train(context, activations[split.train].float(), sae_cfg, train_cfg, init=init)
+    metrics = layer_metrics(result.sae, activations, split)
     path = save_sae(
         result.sae.cpu(),
         folder,
@@ -78,6 +84,7 @@ def _regime_metadata(saes: list[dict]) -> dict:
     return {
         "saes": len(saes),
         "mean_fvu": sum(r["fvu"] for r in rows) / len(rows),
+        "mean_fvu_with_massive": sum(r["fvu_with_massive"] for r in rows) / len(rows),
         "max_fvu": max(r["fvu"] for r in rows),
         "tokens_total": sum(e["tokens_seen"] for e in saes),
         "train_seconds_total": round(sum(e["train_seconds"] for e in saes), 1),
@@ -93,6 +100,7 @@ def per_layer_saes(
     context: AssetExecutionContext,
     config: PerLayerSaesConfig,
     llm_activations: dict,
+    massive_activations: dict,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
     sae_trainer: SaeTrainer,
@@ -104,13 +112,13 @@ def per_layer_saes(
     """
     device = compute.torch_device()
     store = ActivationStore(llm_activations["folder"])
-    held_out = torch.from_numpy(holdout_mask(store.index.document, config.holdout_share))
+    split = token_split(store, config.holdout_share, massive_activations)
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     root = artifacts.folder("per_layer_saes")
     saes = []
     for layer in range(store.n_layers):
         folder = root / f"layer_{layer:02d}"
-        saes.append(_train_and_save(context, sae_trainer, store, layer, held_out, sae_cfg, train_cfg, folder))
+        saes.append(_train_and_save(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder))
         context.log.info(f"layer {layer}: fvu {saes[-1]['metrics'][str(layer)]['fvu']:.4f} in {saes[-1]['train_seconds']}s")
     value = {
         "saes": saes,
@@ -126,6 +134,7 @@ def transfer_saes(
     context: AssetExecutionContext,
     config: TransferSaesConfig,
     llm_activations: dict,
+    massive_activations: dict,
     per_layer_saes: dict,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
@@ -142,7 +151,7 @@ def transfer_saes(
         raise ValueError(f"token_fraction must be in (0, 1], got {config.token_fraction!r}")
     device = compute.torch_device()
     store = ActivationStore(llm_activations["folder"])
-    held_out = torch.from_numpy(holdout_mask(store.index.document, per_layer_saes["holdout_share"]))
+    split = token_split(store, per_layer_saes["holdout_share"], massive_activations)
     sae_cfg = SaeConfig(**per_layer_saes["sae_config"])
     scratch_cfg = TrainConfig(**per_layer_saes["train_config"])
     # Whole batches, rounded down, so the fine-tune never spends more than its share of the
@@ -163,7 +172,7 @@ def transfer_saes(
             sae_trainer,
             store,
             layer,
-            held_out,
+            split,
             sae_cfg,
             train_cfg,
             root / f"layer_{layer:02d}_from_{source:02d}",

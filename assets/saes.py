@@ -1,8 +1,11 @@
 """Group-SAEs: one TopK SAE per AMAD layer group, plus one for the final layer."""
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
@@ -19,7 +22,9 @@ from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStore
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import save_sae
+from sae_core.massive_activations import MassiveTokens
 from sae_core.metrics import evaluate_sae
+from sae_core.sae import SparseAutoencoder
 from sae_core.splice import holdout_documents
 from sae_core.train import sample_group_activations
 
@@ -80,11 +85,44 @@ def holdout_mask(documents: pd.Series, share: float) -> np.ndarray:
     return documents.isin(held_out).to_numpy(copy=True)  # writable: torch.from_numpy shares it
 
 
+class TokenSplit(NamedTuple):
+    """Which of a store's N tokens an SAE trains on and is scored on; each (N,) bool."""
+
+    train: Tensor
+    """Usable tokens (`massive_activations`) of the training companies."""
+    evaluate: Tensor
+    """Usable tokens of the held-out companies: what `fvu`, `l0` and `dead_fraction` are measured on."""
+    with_massive: Tensor
+    """`evaluate` plus every massive token, for `fvu_with_massive`: never trained on under "exclude",
+    trained on under "keep", so the two FVUs show what the massive tokens do to the figure."""
+
+
+def token_split(store: ActivationStore, holdout_share: float, massive_activations: dict) -> TokenSplit:
+    """The training and evaluation tokens of every SAE asset, from the held-out companies and the massive tokens."""
+    held_out = torch.from_numpy(holdout_mask(store.index.document, holdout_share))
+    found = MassiveTokens.from_dict(massive_activations)
+    usable = found.usable_mask(store.n_tokens)
+    split = TokenSplit(~held_out & usable, held_out & usable, (held_out & usable) | found.massive_mask())
+    if not split.train.any() or not split.evaluate.any():
+        raise ValueError(f"holdout_share {holdout_share} leaves no training or no evaluation tokens")
+    return split
+
+
+def layer_metrics(sae: SparseAutoencoder, x: Tensor, split: TokenSplit) -> dict:
+    """Held-out FVU, L0 and dead fraction of `sae` on one layer's tokens x (N, d), and `fvu_with_massive`."""
+    metrics = evaluate_sae(sae, x[split.evaluate].float().to(sae.device)).to_dict()
+    with_massive = x[split.with_massive].float().to(sae.device)
+    grew = len(with_massive) > metrics["n_tokens"]
+    metrics["fvu_with_massive"] = evaluate_sae(sae, with_massive).fvu if grew else metrics["fvu"]
+    return metrics
+
+
 @asset(group_name="saes", kinds={"pytorch", "safetensors"})
 def group_saes(
     context: AssetExecutionContext,
     config: GroupSaesConfig,
     llm_activations: dict,
+    massive_activations: dict,
     layer_groups: dict,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
@@ -93,14 +131,13 @@ def group_saes(
     """An SAE (TopK with AuxK on dead latents by default) per layer group, trained on one random layer per
     token, saved in SAELens layout.
 
-    Returns {"saes": [{"layers", "path", "metrics": {layer: {fvu, l0, dead_fraction}}, ...}]}; metrics are on
-    the held-out companies' tokens of each layer the SAE serves.
+    Returns {"saes": [{"layers", "path", "metrics": {layer: {fvu, l0, dead_fraction, fvu_with_massive}}, ...}]};
+    metrics are on the held-out companies' tokens of each layer the SAE serves (`TokenSplit`). Massive
+    tokens are left out of training and evaluation unless massive_activations keeps them.
     """
     device = compute.torch_device()
     store = ActivationStore(llm_activations["folder"])
-    held_out = torch.from_numpy(holdout_mask(store.index.document, config.holdout_share))
-    if held_out.all() or not held_out.any():
-        raise ValueError(f"holdout_share {config.holdout_share} leaves no training or no evaluation tokens")
+    split = token_split(store, config.holdout_share, massive_activations)
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     root = artifacts.folder("group_saes")
     saes, rows = [], []
@@ -109,12 +146,12 @@ def group_saes(
         generator = torch.Generator().manual_seed(config.seed + number)
         # Each token contributes its activation from one uniformly random layer of the group,
         # so a group SAE sees as many activations as a per-layer SAE would.
-        train_rows = sample_group_activations([x[~held_out] for x in per_layer], generator).float()
+        train_rows = sample_group_activations([x[split.train] for x in per_layer], generator).float()
         result = sae_trainer.train(context, train_rows, sae_cfg, train_cfg)
         del train_rows
         metrics = {}
         for layer, x in zip(layers, per_layer):
-            metrics[layer] = evaluate_sae(result.sae.to(device), x[held_out].float().to(device)).to_dict()
+            metrics[layer] = layer_metrics(result.sae.to(device), x, split)
             rows.append({"sae": number, "layer": layer, **metrics[layer]})
         path = save_sae(
             result.sae.cpu(),
@@ -150,7 +187,9 @@ def group_saes(
             "architecture": sae_cfg.architecture,
             "k": sae_cfg.k or 0,
             "mean_fvu": float(table.fvu.mean()),
+            "mean_fvu_with_massive": float(table.fvu_with_massive.mean()),
             "max_fvu": float(table.fvu.max()),
+            "massive_tokens_left_out_of_training": int((~split.train & ~split.evaluate & split.with_massive).sum()),
             "max_dead_fraction": float(table.dead_fraction.max()),
             "train_seconds_total": round(sum(s["train_seconds"] for s in saes), 1),
             "per_layer": MetadataValue.md(table.to_markdown(index=False, floatfmt=".4f")),

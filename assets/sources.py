@@ -23,6 +23,7 @@ from assets.metadata import rule_metadata, table_preview
 from peerlens.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
 from peerlens.tickers import normalize_ticker
 from resources import ArtifactStorage, EdgarResource, SampleDataResource, YFinanceResource
+from sae_core.text import is_blank
 
 MONTHS = MonthlyPartitionsDefinition(
     # The sample's prices run 2013-02-08..2018-02-07: the first month-end return is March 2013 and
@@ -125,8 +126,11 @@ def _fetch_item1(frame: pd.DataFrame, tickers: list[str], edgar: EdgarResource, 
 
 @asset_check(asset=company_descriptions, blocking=True)
 def descriptions_are_unique_and_non_empty(company_descriptions: pd.DataFrame) -> AssetCheckResult:
-    """Every company appears once and has a non-empty description: an empty one would become a zero feature vector."""
-    empty = company_descriptions.ticker[company_descriptions.description.fillna("").str.strip() == ""].tolist()
+    """Every company appears once and has a description with something visible in it (`sae_core.text`):
+    a missing or blank one would become a feature vector that means nothing."""
+    empty = company_descriptions.ticker[
+        ~company_descriptions.description.map(lambda text: isinstance(text, str) and not is_blank(text))
+    ].tolist()
     duplicated = company_descriptions.ticker[company_descriptions.ticker.duplicated()].tolist()
     return AssetCheckResult(
         passed=not empty and not duplicated,

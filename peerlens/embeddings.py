@@ -23,6 +23,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import StandardScaler
 
 from peerlens.clustering import cosine_distance_matrix
+from sae_core.text import checked_text
 
 MINILM_DIM = 384
 """Width of an all-MiniLM-L6-v2 sentence embedding."""
@@ -35,10 +36,7 @@ def _check_texts(texts: list[str]) -> list[str]:
     if not texts:
         raise ValueError("texts is empty: there is nothing to embed")
     for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"texts[{position}] is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise ValueError(f"texts[{position}] is empty (or only whitespace)")
+        checked_text(text, f"texts[{position}]")
     return texts
 
 
@@ -67,7 +65,7 @@ def minilm_embeddings(texts: list[str], batch_size: int = 32) -> np.ndarray:
         (n, 384) float32, every row of unit L2 norm, so x_a · x_b is the cosine similarity.
 
     Raises:
-        ValueError: if `texts` is empty or a text is empty/whitespace (its index is named).
+        ValueError: if `texts` is empty, or a text is missing or blank (`sae_core.text`; its index is named).
     """
     texts = _check_texts(texts)
     if batch_size < 1:

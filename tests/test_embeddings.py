@@ -19,7 +19,7 @@ def test_minilm_embeddings_are_unit_vectors_that_put_banking_near_banking():
 
 
 def test_minilm_embeddings_name_the_empty_text():
-    with pytest.raises(ValueError, match=r"texts\[1\] is empty"):
+    with pytest.raises(ValueError, match=r"texts\[1\]: the description is empty"):
         minilm_embeddings(["a bank", "   ", "an oil company"])
 
 

@@ -158,3 +158,28 @@ def test_the_peer_query_reads_the_materialized_assets(materialized, capsys):
     top = read(root, "company_top_latents")
     assert set(top.ticker) == set(SLICE) - {"ABNB"}
     assert top.top_tokens.notna().all()
+
+
+def test_the_slices_massive_first_tokens_are_found_and_kept_out_of_every_company_vector(materialized):
+    import json
+
+    root, results = materialized
+    found = json.loads((root / "tables" / "massive_activations.json").read_text())
+    assert found["treatment"] == "exclude"
+    # MSFT's and MRK's descriptions start with a second sink (the full sample has 19 such companies).
+    index = pd.read_parquet(
+        json.loads((root / "tables" / "llm_activations.json").read_text())["folder"] + "/index.parquet"
+    )
+    massive = index.iloc[found["rows"]]
+    assert sorted(massive.document) == ["MRK", "MSFT"] and (massive.position == 0).all()
+    materialization = results[-1].asset_materializations_for_node("company_features")[0]
+    assert materialization.metadata["massive_tokens_excluded"].value == 2
+    checks = {
+        event.event_specific_data.check_name: event.event_specific_data
+        for result in results
+        for event in result.all_events
+        if event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+    }
+    assert checks["no_company_vector_is_dominated_by_one_token"].passed
+    assert checks["no_company_vector_is_dominated_by_one_token"].metadata["largest_share"].value < 0.25
+    assert checks["few_companies_have_massive_tokens"].metadata["companies_with_massive_tokens"].value == 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sae_core.config import SaeConfig
-from sae_core.features import SparseCodes, encode_tokens, pool_documents, top_activating_tokens
+from sae_core.features import SparseCodes, encode_tokens, pool_documents, token_shares, top_activating_tokens
 from sae_core.sae import TopKSae
 
 D_SAE = 5
@@ -142,3 +142,24 @@ def test_encode_tokens_joins_variable_width_codes_across_batches(architecture):
     one_shot = encode_tokens(sae, tokens, batch_size=50)
     dense = lambda codes: torch.zeros(50, 32).scatter_add_(1, codes.top_indices, codes.top_acts)
     torch.testing.assert_close(dense(joined), dense(one_shot))
+
+
+# --- token shares -----------------------------------------------------------------------------------
+
+
+def test_token_shares_are_each_tokens_projection_on_its_documents_summed_code():
+    # Document 0 sums to S = [1.5, 0, 6, 3, 0], ‖S‖² = 47.25; document 1 is one token.
+    shares = token_shares(hand_codes(), DOCUMENT, n_docs=2, d_sae=D_SAE)
+    expected = torch.tensor([1.5 * 1 + 6 * 2, 6 * 4 + 3 * 3, 1.5 * 0.5, 47.25], dtype=torch.float64) / 47.25
+    torch.testing.assert_close(shares, expected)
+    torch.testing.assert_close(torch.zeros(2, dtype=torch.float64).index_add_(0, torch.tensor(DOCUMENT), shares),
+                               torch.ones(2, dtype=torch.float64))
+
+
+def test_one_giant_token_dominates_its_documents_shares():
+    generator = torch.Generator().manual_seed(0)
+    acts = torch.rand(50, 3, generator=generator)
+    indices = torch.stack([torch.randperm(D_SAE, generator=generator)[:3] for _ in range(50)])
+    acts[0] *= 100  # one token's code a hundred times the others'
+    shares = token_shares(SparseCodes(acts, indices), np.zeros(50, dtype=np.int64), n_docs=1, d_sae=D_SAE)
+    assert shares[0] > 0.5 and shares[1:].max() < 0.05

@@ -6,6 +6,7 @@ import torch
 from assets.saes import GroupSaesConfig, group_saes
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStoreWriter
+from sae_core.massive_activations import find_massive_tokens
 
 
 def tiny_store(folder, n_layers=2, d_model=8, tokens_per_document=24, documents=10):
@@ -39,6 +40,7 @@ def test_group_saes_train_with_the_configured_optimizer_lr_precision_and_width(t
         context=dagster.build_asset_context(),
         config=config,
         llm_activations={"folder": str(store.folder)},
+        massive_activations=find_massive_tokens(store.token_norms()).to_dict(),
         layer_groups={"chosen_groups": [[0, 1]]},
         compute=ComputeResource(device="cpu"),
         artifacts=ArtifactStorage(root=str(tmp_path / "home")),

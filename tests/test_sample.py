@@ -29,7 +29,7 @@ def write_sample(root: Path, descriptions: str, constituents: str, cik_ticker: s
     """A sample folder with the real layout and the given file contents."""
     (root / "sp500").mkdir(parents=True)
     (root / "edgar").mkdir()
-    (root / "sp500" / "descriptions.csv").write_text(descriptions)
+    (root / "sp500" / "descriptions.csv").write_text(descriptions, encoding="utf-8")
     (root / "sp500" / "constituents.csv").write_text(constituents)
     (root / "sp500" / "cik_ticker.csv").write_text(cik_ticker)
     (root / "edgar" / "company_tickers.json").write_text(json.dumps(company_tickers))
@@ -44,6 +44,7 @@ DESCRIPTIONS = (
     "Symbol,Shortname,Longname,Longbusinesssummary\n"
     'brk.b,Berkshire,Berkshire Hathaway Inc.,"Berkshire  Hathaway\n  owns insurers. "\n'
     "EMPTY,Empty,Empty Inc.,\"   \"\n"
+    "INVISIBLE,Invisible,Invisible Inc.,\u200b\u2060\ufeff\n"
     "ZZZ,Zed,,First description.\n"
     "ZZZ,Zed,Zed Inc.,Second description.\n"
     "NEW,New,New Co,Listed after the constituents snapshot.\n"
@@ -126,10 +127,11 @@ def test_real_descriptions_have_one_row_per_company_and_a_cik_for_each(real_desc
 def test_descriptions_rules_drop_empty_and_repeated_rows_and_take_cik_from_constituents_first(synthetic_sample):
     loaded = load_company_descriptions(synthetic_sample)
     assert loaded.rule_counts == {
-        "rows_read": 6, "whitespace_normalised": 2, "empty_description_dropped": 1, "duplicate_ticker_dropped": 1,
+        "rows_read": 7, "whitespace_normalised": 2, "empty_description_dropped": 2, "duplicate_ticker_dropped": 1,
         "cik_from_constituents": 2, "cik_from_company_tickers": 1, "cik_missing": 1,
     }
     assert loaded.affected_tickers["cik_missing"] == ["GONE"]
+    assert loaded.affected_tickers["empty_description_dropped"] == ["EMPTY", "INVISIBLE"]  # zero-width only
     frame = loaded.frame.set_index("ticker")
     assert list(frame.index) == ["BRK-B", "ZZZ", "NEW", "GONE"]
     assert frame.loc["BRK-B", "description"] == "Berkshire Hathaway owns insurers."

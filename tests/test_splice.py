@@ -195,6 +195,26 @@ def test_the_sae_sees_exactly_the_text_tokens_that_capture_stores(model_with_bos
     torch.testing.assert_close(sae.inputs[0], stored, atol=ATOL, rtol=0)
 
 
+def test_unpatched_positions_are_left_as_they_are_and_not_scored(model_with_bos):
+    docs = [[10, 11, 12, 13, 14], [20, 21, 22]]
+    sae = IdentitySae()
+    evaluator = SplicedEvaluator(model_with_bos, docs, unpatched=[[0, 3], []])
+    evaluator.evaluate(LAYER, {"identity": sae})
+    assert evaluator.n_predictions == (4 - 2) + 2
+    stored = capture_batch(model_with_bos, docs).activations[LAYER]  # rows 0..4 are document 0
+    patched = stored[[1, 2, 4, 5, 6, 7]]
+    # The evaluator batches by length: compare the rows in one order, by their first coordinate.
+    torch.testing.assert_close(
+        sae.inputs[0][sae.inputs[0][:, 0].argsort()], patched[patched[:, 0].argsort()], atol=ATOL, rtol=0
+    )
+
+
+@pytest.mark.parametrize(("unpatched", "message"), [([[0]], "1 entries for 2 documents"), ([[5], []], "outside 0..4")])
+def test_unpatched_positions_outside_the_documents_are_refused(model_with_bos, unpatched, message):
+    with pytest.raises(ValueError, match=message):
+        SplicedEvaluator(model_with_bos, [[10, 11, 12, 13, 14], [20, 21, 22]], unpatched=unpatched)
+
+
 def test_without_bos_every_token_is_patched(model_without_bos):
     docs = [[10, 11, 12], [20, 21, 22, 23]]
     sae = IdentitySae()
