@@ -35,8 +35,18 @@ behind the treatment.
 Treatments: "exclude" (default) keeps massive tokens out of layer distances, SAE training and
 evaluation, spliced evaluation and company pooling; "keep" finds and reports them but changes
 nothing (the behaviour before this module, for comparison). Clipping a massive token's norm to the
-bound was measured and rejected: the clipped vector still points along the sink's few massive
-coordinates, at 20 times a normal token's norm, and still dominates its company's vector.
+bound was measured and rejected. On the sample, with one SAE at the feature layer (layer 19):
+
+                                       keep    clip    exclude
+    FVU, all non-massive tokens        0.164   0.162   0.155
+    largest token share, median of     0.378   0.159   0.007
+      the 19 companies with a sink
+    their nearest neighbour has a      19/19   19/19   1/19
+      sink too
+    their 5-NN GICS-sector agreement   0.15    0.21    0.71      (0.60 for the other companies)
+
+A clipped sink still points along the few massive coordinates, at 20 times a normal token's norm,
+so the companies that have one still find each other first; excluded, they find their industry.
 """
 
 from __future__ import annotations

@@ -61,3 +61,14 @@ def test_an_unknown_model_fails_naming_it_and_keeps_the_stored_activations(tmp_p
     assert not result.success
     assert "no-such-org/no-such-model" in result.failure_data_for_node("llm_activations").error.cause.message
     assert previous.read_text() == '{"n_layers": 30}'
+
+
+def test_a_missing_or_invisible_description_fails_the_blocking_check_naming_the_company():
+    from assets.sources import descriptions_are_unique_and_non_empty
+
+    frame = pd.DataFrame(
+        {"ticker": ["AMZN", "DAL", "OMC", "MMC"], "description": ["Sells things.", float("nan"), "\u200b\u200b", " "]}
+    )
+    result = descriptions_are_unique_and_non_empty(frame)
+    assert not result.passed
+    assert result.metadata["empty"].value == "DAL, OMC, MMC"

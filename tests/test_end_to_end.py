@@ -166,14 +166,14 @@ def test_the_slices_massive_first_tokens_are_found_and_kept_out_of_every_company
     root, results = materialized
     found = json.loads((root / "tables" / "massive_activations.json").read_text())
     assert found["treatment"] == "exclude"
-    # MSFT's and MRK's descriptions start with a second sink (the full sample has 19 such companies).
+    # C's, MRK's and MSFT's descriptions start with a second sink (the full sample has 19 such companies).
     index = pd.read_parquet(
         json.loads((root / "tables" / "llm_activations.json").read_text())["folder"] + "/index.parquet"
     )
     massive = index.iloc[found["rows"]]
-    assert sorted(massive.document) == ["MRK", "MSFT"] and (massive.position == 0).all()
+    assert sorted(massive.document) == ["C", "MRK", "MSFT"] and (massive.position == 0).all()
     materialization = results[-1].asset_materializations_for_node("company_features")[0]
-    assert materialization.metadata["massive_tokens_excluded"].value == 2
+    assert materialization.metadata["massive_tokens_excluded"].value == 3
     checks = {
         event.event_specific_data.check_name: event.event_specific_data
         for result in results
@@ -182,4 +182,4 @@ def test_the_slices_massive_first_tokens_are_found_and_kept_out_of_every_company
     }
     assert checks["no_company_vector_is_dominated_by_one_token"].passed
     assert checks["no_company_vector_is_dominated_by_one_token"].metadata["largest_share"].value < 0.25
-    assert checks["few_companies_have_massive_tokens"].metadata["companies_with_massive_tokens"].value == 2
+    assert checks["few_companies_have_massive_tokens"].metadata["companies_with_massive_tokens"].value == 3

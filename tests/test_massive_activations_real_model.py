@@ -19,6 +19,7 @@ from sae_core.capture import capture_documents, load_model, tokenize
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.features import encode_tokens, pool_documents, token_shares
 from sae_core.massive_activations import find_massive_tokens
+from sae_core.train import train_sae
 
 pytestmark = pytest.mark.e2e
 
