@@ -5,7 +5,6 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
 from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
@@ -17,6 +16,7 @@ from dagster import (
     asset_check,
 )
 from pydantic import Field
+from torch import Tensor
 
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStore
