@@ -76,3 +76,23 @@ def test_training_flops_follow_the_dense_encoder_and_sparse_decoder_formula():
     assert training_flops(relu, 10) == 6 * 10 * 576 * (2304 + 2304)
     with pytest.raises(ValueError, match="tokens"):
         training_flops(topk, -1)
+
+
+def test_the_spliced_documents_leave_their_massive_positions_unpatched(tmp_path):
+    import torch
+
+    from assets.sae_comparison import heldout_documents
+    from assets.saes import holdout_mask
+    from tests.test_group_saes_config import tiny_store
+
+    store = tiny_store(tmp_path / "store", tokens_per_document=6, documents=10)
+    held_out = holdout_mask(store.index.document, 0.3)
+    first_held_out = int(held_out.nonzero()[0][0])  # position 0 of the alphabetically first held-out company
+    unusable = torch.zeros(store.n_tokens, dtype=torch.bool)
+    unusable[[first_held_out, first_held_out + 4]] = True
+    documents = heldout_documents(store, 0.3, n_documents=5, max_tokens=4, unusable=unusable)
+    name = store.index.document[first_held_out]
+    assert min(documents.token_ids) == name
+    assert documents.unpatched[name] == [0]  # position 4 lies past the 4 tokens kept
+    assert all(len(ids) == 4 for ids in documents.token_ids.values())
+    assert not any(documents.unpatched[other] for other in documents.unpatched if other != name)
