@@ -6,7 +6,8 @@ with the demo's group-SAE settings, and scores them against the demo's per-layer
 
     saving       = 1 − (group SAEs) / (layers)       each SAE trains on the same number of tokens
     fvu_gap[l]   = FVU(group SAE of l, layer l) − FVU(per-layer SAE of l, layer l)
-                   both on the held-out companies' tokens of layer l (`assets.saes.holdout_mask`)
+                   both on the held-out companies' tokens of layer l, trained and scored without the
+                   demo's massive tokens (`assets.saes.token_split`), as the demo's SAEs were
 
 The per-layer FVUs (the anchor) are read from the demo's `sae_comparison` table rather than
 retrained: 30 SAEs would take ~10 min. As in `layer_groups`, the final layer always gets an SAE of
@@ -31,7 +32,7 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from assets.saes import GroupSaesConfig, holdout_mask  # noqa: E402
+from assets.saes import GroupSaesConfig, TokenSplit, token_split  # noqa: E402
 from sae_core.activation_store import ActivationStore  # noqa: E402
 from sae_core.metrics import evaluate_sae  # noqa: E402
 from sae_core.train import sample_group_activations, train_sae  # noqa: E402
@@ -50,7 +51,7 @@ def partition(layer_groups: dict, name: str) -> list[list[int]]:
     return groups if any(final in group for group in groups) else [*groups, [final]]
 
 
-def score_partition(groups: list[list[int]], store: ActivationStore, held_out: torch.Tensor,
+def score_partition(groups: list[list[int]], store: ActivationStore, split: TokenSplit,
                     per_layer_fvu: pd.Series, config: GroupSaesConfig) -> dict:
     """Train one group SAE per group as `group_saes` does and compare each layer with its per-layer SAE."""
     gaps, seconds = {}, 0.0
@@ -58,11 +59,11 @@ def score_partition(groups: list[list[int]], store: ActivationStore, held_out: t
     for number, layers in enumerate(groups):
         per_layer = [store.layer(layer, dtype=torch.float16) for layer in layers]
         generator = torch.Generator().manual_seed(config.seed + number)
-        rows = sample_group_activations([x[~held_out] for x in per_layer], generator).float()
+        rows = sample_group_activations([x[split.train] for x in per_layer], generator).float()
         result = train_sae(rows, sae_cfg, config.train_config("cpu"))
         seconds += result.seconds
         for layer, x in zip(layers, per_layer):
-            gaps[layer] = evaluate_sae(result.sae, x[held_out].float()).fvu - float(per_layer_fvu[layer])
+            gaps[layer] = evaluate_sae(result.sae, x[split.evaluate].float()).fvu - float(per_layer_fvu[layer])
     gap = pd.Series(gaps)
     n_layers = len(per_layer_fvu)
     return {
@@ -83,7 +84,8 @@ def main() -> None:
     parser.add_argument("--partitions", default="chosen,8,12", help="'chosen' and/or Ĝ values, comma-separated")
     args = parser.parse_args()
     tables = Path(args.home) / "tables"
-    needed = [tables / name for name in ("layer_groups.json", "llm_activations.json", "sae_comparison.parquet")]
+    needed = [tables / name for name in ("layer_groups.json", "llm_activations.json", "sae_comparison.parquet",
+                                         "massive_activations.json")]
     missing = [str(path) for path in needed if not path.exists()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)} not found: run `make demo` (or pass --home) first")
@@ -93,11 +95,11 @@ def main() -> None:
     comparison = pd.read_parquet(needed[2])
     per_layer_fvu = comparison[comparison.regime == "per_layer"].set_index("layer").fvu.sort_index()
     config = GroupSaesConfig()  # the demo's group-SAE settings
-    held_out = torch.from_numpy(holdout_mask(store.index.document, config.holdout_share))
+    split = token_split(store, config.holdout_share, json.loads(needed[3].read_text()))
 
     results = {}
     for name in args.partitions.split(","):
-        results[name] = score_partition(partition(layer_groups, name), store, held_out, per_layer_fvu, config)
+        results[name] = score_partition(partition(layer_groups, name), store, split, per_layer_fvu, config)
         print(f"partition {name}: {results[name]}", file=sys.stderr, flush=True)
     meeting = [name for name, r in results.items()
                if r["saving"] >= TARGETS["saving"] and r["fvu_gap_mean"] <= TARGETS["fvu_gap_mean"]]
