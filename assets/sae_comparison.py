@@ -18,13 +18,13 @@ from pydantic import Field
 from torch import Tensor
 
 from assets.metadata import figure_markdown, markdown_table, plt
-from assets.saes import holdout_mask
 from resources import ComputeResource, LanguageModelResource
 from sae_core.activation_store import ActivationStore
 from sae_core.comparison import check_comparable, comparison_summary, compute_table, layer_table
 from sae_core.io import load_sae
 from sae_core.massive_activations import MassiveTokens
 from sae_core.splice import SplicedEvaluator
+from sae_core.token_split import holdout_mask
 
 GROUP_SAVING_TARGET, GROUP_FVU_GAP_TARGET = 0.5, 0.01
 TRANSFER_SCORE_TARGET, TRANSFER_TOKEN_TARGET = 0.99, 0.1

@@ -13,19 +13,14 @@ import torch
 from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
-from assets.saes import (
-    GroupSaesConfig,
-    SaeQualityThresholds,
-    TokenSplit,
-    layer_metrics,
-    sae_quality_result,
-    token_split,
-)
+from assets.saes import GroupSaesConfig, SaeQualityThresholds, sae_quality_result
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStore
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae, save_sae
+from sae_core.massive_activations import MassiveTokens
 from sae_core.sae import SparseAutoencoder
+from sae_core.token_split import TokenSplit, layer_metrics, token_split
 
 TRANSFER_DIRECTIONS = {"forward": -1, "backward": +1}
 """Where layer l's initialisation comes from: layer l − 1 (forward) or layer l + 1 (backward)."""
@@ -112,7 +107,7 @@ def per_layer_saes(
     """
     device = compute.torch_device()
     store = ActivationStore(llm_activations["folder"])
-    split = token_split(store, config.holdout_share, massive_activations)
+    split = token_split(store.index.document, config.holdout_share, MassiveTokens.from_dict(massive_activations))
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     root = artifacts.folder("per_layer_saes")
     saes = []
@@ -151,7 +146,9 @@ def transfer_saes(
         raise ValueError(f"token_fraction must be in (0, 1], got {config.token_fraction!r}")
     device = compute.torch_device()
     store = ActivationStore(llm_activations["folder"])
-    split = token_split(store, per_layer_saes["holdout_share"], massive_activations)
+    split = token_split(
+        store.index.document, per_layer_saes["holdout_share"], MassiveTokens.from_dict(massive_activations)
+    )
     sae_cfg = SaeConfig(**per_layer_saes["sae_config"])
     scratch_cfg = TrainConfig(**per_layer_saes["train_config"])
     # Whole batches, rounded down, so the fine-tune never spends more than its share of the

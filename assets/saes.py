@@ -1,8 +1,5 @@
 """Group-SAEs: one TopK SAE per AMAD layer group, plus one for the final layer."""
 
-from typing import NamedTuple
-
-import numpy as np
 import pandas as pd
 import torch
 from dagster import (
@@ -16,16 +13,13 @@ from dagster import (
     asset_check,
 )
 from pydantic import Field
-from torch import Tensor
 
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStore
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import save_sae
 from sae_core.massive_activations import MassiveTokens
-from sae_core.metrics import evaluate_sae
-from sae_core.sae import SparseAutoencoder
-from sae_core.splice import holdout_documents
+from sae_core.token_split import layer_metrics, token_split
 from sae_core.train import sample_group_activations
 
 
@@ -78,45 +72,6 @@ class GroupSaesConfig(Config):
         )
 
 
-def holdout_mask(documents: pd.Series, share: float) -> np.ndarray:
-    """True for tokens of held-out companies (the stable crc32-of-ticker split of `holdout_documents`)."""
-    names = documents.unique()
-    held_out = set(names[holdout_documents(list(names), share)])
-    return documents.isin(held_out).to_numpy(copy=True)  # writable: torch.from_numpy shares it
-
-
-class TokenSplit(NamedTuple):
-    """Which of a store's N tokens an SAE trains on and is scored on; each (N,) bool."""
-
-    train: Tensor
-    """Usable tokens (`massive_activations`) of the training companies."""
-    evaluate: Tensor
-    """Usable tokens of the held-out companies: what `fvu`, `l0` and `dead_fraction` are measured on."""
-    with_massive: Tensor
-    """`evaluate` plus every massive token, for `fvu_with_massive`: never trained on under "exclude",
-    trained on under "keep", so the two FVUs show what the massive tokens do to the figure."""
-
-
-def token_split(store: ActivationStore, holdout_share: float, massive_activations: dict) -> TokenSplit:
-    """The training and evaluation tokens of every SAE asset, from the held-out companies and the massive tokens."""
-    held_out = torch.from_numpy(holdout_mask(store.index.document, holdout_share))
-    found = MassiveTokens.from_dict(massive_activations)
-    usable = found.usable_mask(store.n_tokens)
-    split = TokenSplit(~held_out & usable, held_out & usable, (held_out & usable) | found.massive_mask())
-    if not split.train.any() or not split.evaluate.any():
-        raise ValueError(f"holdout_share {holdout_share} leaves no training or no evaluation tokens")
-    return split
-
-
-def layer_metrics(sae: SparseAutoencoder, x: Tensor, split: TokenSplit) -> dict:
-    """Held-out FVU, L0 and dead fraction of `sae` on one layer's tokens x (N, d), and `fvu_with_massive`."""
-    metrics = evaluate_sae(sae, x[split.evaluate].float().to(sae.device)).to_dict()
-    with_massive = x[split.with_massive].float().to(sae.device)
-    grew = len(with_massive) > metrics["n_tokens"]
-    metrics["fvu_with_massive"] = evaluate_sae(sae, with_massive).fvu if grew else metrics["fvu"]
-    return metrics
-
-
 @asset(group_name="saes", kinds={"pytorch", "safetensors"})
 def group_saes(
     context: AssetExecutionContext,
@@ -132,12 +87,12 @@ def group_saes(
     token, saved in SAELens layout.
 
     Returns {"saes": [{"layers", "path", "metrics": {layer: {fvu, l0, dead_fraction, fvu_with_massive}}, ...}]};
-    metrics are on the held-out companies' tokens of each layer the SAE serves (`TokenSplit`). Massive
+    metrics are on the held-out companies' tokens of each layer the SAE serves (`sae_core.token_split`). Massive
     tokens are left out of training and evaluation unless massive_activations keeps them.
     """
     device = compute.torch_device()
     store = ActivationStore(llm_activations["folder"])
-    split = token_split(store, config.holdout_share, massive_activations)
+    split = token_split(store.index.document, config.holdout_share, MassiveTokens.from_dict(massive_activations))
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     root = artifacts.folder("group_saes")
     saes, rows = [], []

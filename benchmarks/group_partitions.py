@@ -7,7 +7,7 @@ with the demo's group-SAE settings, and scores them against the demo's per-layer
     saving       = 1 − (group SAEs) / (layers)       each SAE trains on the same number of tokens
     fvu_gap[l]   = FVU(group SAE of l, layer l) − FVU(per-layer SAE of l, layer l)
                    both on the held-out companies' tokens of layer l, trained and scored without the
-                   demo's massive tokens (`assets.saes.token_split`), as the demo's SAEs were
+                   demo's massive tokens (`sae_core.token_split`), as the demo's SAEs were
 
 The per-layer FVUs (the anchor) are read from the demo's `sae_comparison` table rather than
 retrained: 30 SAEs would take ~10 min. As in `layer_groups`, the final layer always gets an SAE of
@@ -32,9 +32,11 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from assets.saes import GroupSaesConfig, TokenSplit, token_split  # noqa: E402
+from assets.saes import GroupSaesConfig  # noqa: E402
 from sae_core.activation_store import ActivationStore  # noqa: E402
+from sae_core.massive_activations import MassiveTokens  # noqa: E402
 from sae_core.metrics import evaluate_sae  # noqa: E402
+from sae_core.token_split import TokenSplit, token_split  # noqa: E402
 from sae_core.train import sample_group_activations, train_sae  # noqa: E402
 
 TARGETS = {"saving": 0.5, "fvu_gap_mean": 0.01}
@@ -95,7 +97,8 @@ def main() -> None:
     comparison = pd.read_parquet(needed[2])
     per_layer_fvu = comparison[comparison.regime == "per_layer"].set_index("layer").fvu.sort_index()
     config = GroupSaesConfig()  # the demo's group-SAE settings
-    split = token_split(store, config.holdout_share, json.loads(needed[3].read_text()))
+    massive = MassiveTokens.from_dict(json.loads(needed[3].read_text()))
+    split = token_split(store.index.document, config.holdout_share, massive)
 
     results = {}
     for name in args.partitions.split(","):

@@ -44,13 +44,14 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from assets.features import feature_layer  # noqa: E402
-from assets.saes import GroupSaesConfig, holdout_mask  # noqa: E402
+from assets.saes import GroupSaesConfig  # noqa: E402
 from peerlens.company_latents import company_profiles  # noqa: E402
 from peerlens.sample import default_sample_dir, load_company_descriptions, load_industry_codes  # noqa: E402
 from sae_core.activation_store import ActivationStore  # noqa: E402
 from sae_core.features import encode_tokens, pool_documents, token_shares  # noqa: E402
 from sae_core.massive_activations import DEFAULT_NORM_MULTIPLE, find_massive_tokens, norm_ratios  # noqa: E402
 from sae_core.metrics import evaluate_sae  # noqa: E402
+from sae_core.token_split import holdout_mask  # noqa: E402
 from sae_core.train import train_sae  # noqa: E402
 
 TREATMENTS = ("keep", "clip", "exclude")

@@ -82,7 +82,7 @@ def test_the_spliced_documents_leave_their_massive_positions_unpatched(tmp_path)
     import torch
 
     from assets.sae_comparison import heldout_documents
-    from assets.saes import holdout_mask
+    from sae_core.token_split import holdout_mask
     from tests.test_group_saes_config import tiny_store
 
     store = tiny_store(tmp_path / "store", tokens_per_document=6, documents=10)

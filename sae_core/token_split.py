@@ -1,0 +1,66 @@
+"""Which stored tokens an SAE trains on and which it is scored on.
+
+Companies are held out whole (`splice.holdout_documents`: a stable crc32 split of their names), so
+an SAE is never scored on text it trained on; within both halves only the usable tokens count
+(`massive_activations.MassiveTokens.usable_mask`: the massive ones are left out unless kept):
+
+    train          usable tokens of the training companies
+    evaluate       usable tokens of the held-out companies          → fvu, l0, dead_fraction
+    with_massive   evaluate plus every massive token                → fvu_with_massive
+
+Under "exclude" no SAE ever trains on a massive token, so `fvu_with_massive` is what the SAE does
+on tokens it never saw; under "keep" it trained on them, and the two FVUs show how far those few
+tokens flatter the figure.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from sae_core.massive_activations import MassiveTokens
+from sae_core.metrics import evaluate_sae
+from sae_core.sae import SparseAutoencoder
+from sae_core.splice import holdout_documents
+
+
+def holdout_mask(documents: pd.Series, share: float) -> np.ndarray:
+    """(N,) bool: True for the tokens of held-out companies, `documents` naming each token's company."""
+    names = documents.unique()
+    held_out = set(names[holdout_documents(list(names), share)])
+    return documents.isin(held_out).to_numpy(copy=True)  # writable: torch.from_numpy shares it
+
+
+class TokenSplit(NamedTuple):
+    """Which of a store's N tokens an SAE trains on and is scored on; each (N,) bool (module docstring)."""
+
+    train: Tensor
+    """Usable tokens of the training companies."""
+    evaluate: Tensor
+    """Usable tokens of the held-out companies: what `fvu`, `l0` and `dead_fraction` are measured on."""
+    with_massive: Tensor
+    """`evaluate` plus every massive token, for `fvu_with_massive`."""
+
+
+def token_split(documents: pd.Series, holdout_share: float, massive: MassiveTokens) -> TokenSplit:
+    """The split of the N tokens whose companies `documents` (N,) names; raises ValueError when either
+    side would be empty."""
+    held_out = torch.from_numpy(holdout_mask(documents, holdout_share))
+    usable = massive.usable_mask(len(documents))
+    split = TokenSplit(~held_out & usable, held_out & usable, (held_out & usable) | massive.massive_mask())
+    if not split.train.any() or not split.evaluate.any():
+        raise ValueError(f"holdout_share {holdout_share} leaves no training or no evaluation tokens")
+    return split
+
+
+def layer_metrics(sae: SparseAutoencoder, x: Tensor, split: TokenSplit) -> dict:
+    """Held-out FVU, L0 and dead fraction of `sae` on one layer's tokens x (N, d), and `fvu_with_massive`."""
+    metrics = evaluate_sae(sae, x[split.evaluate].float().to(sae.device)).to_dict()
+    with_massive = x[split.with_massive].float().to(sae.device)
+    grew = len(with_massive) > metrics["n_tokens"]
+    metrics["fvu_with_massive"] = evaluate_sae(sae, with_massive).fvu if grew else metrics["fvu"]
+    return metrics
