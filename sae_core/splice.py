@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -135,18 +134,6 @@ class ResidualPatch:
         patched = hidden.clone()
         patched[positions] = replacement.to(hidden.dtype)
         return (patched, *output[1:]) if isinstance(output, tuple) else patched
-
-
-def holdout_documents(names: Sequence[str], share: float) -> list[int]:
-    """Indices of the documents held out for evaluation: about `share` of them, chosen by name.
-
-    A document is held out when crc32(name) mod 1000 < share · 1000 (the group_saes asset holds
-    out the same companies), so the choice depends on neither the order of the documents nor
-    a seed, and a larger share holds out a superset.
-    """
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], got {share!r}")
-    return [i for i, name in enumerate(names) if zlib.crc32(str(name).encode()) % 1000 < share * 1000]
 
 
 def _check_layer(model: LoadedModel, layer: int) -> None:
@@ -312,7 +299,7 @@ class SplicedEvaluator:
     The clean final states kept between layers are small: (predictions, d_model) per batch.
 
     Documents are batched by length, at most `batch_tokens` padded tokens a batch, which changes no
-    result. Pass held-out documents (see `holdout_documents`): the SAEs should not have trained on them.
+    result. Pass held-out documents (see `token_split.holdout_documents`): the SAEs should not have trained on them.
 
     `unpatched`: per document, text positions (0 = the first token after BOS) left as they are, like
     BOS, and not scored: the massive tokens the SAEs were trained without (`sae_core.massive_activations`).

@@ -1,6 +1,6 @@
 """Which stored tokens an SAE trains on and which it is scored on.
 
-Companies are held out whole (`splice.holdout_documents`: a stable crc32 split of their names), so
+Companies are held out whole (`holdout_documents`: a stable crc32 split of their names), so
 an SAE is never scored on text it trained on; within both halves only the usable tokens count
 (`massive_activations.MassiveTokens.usable_mask`: the massive ones are left out unless kept):
 
@@ -15,6 +15,8 @@ tokens flatter the figure.
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -25,7 +27,18 @@ from torch import Tensor
 from sae_core.massive_activations import MassiveTokens
 from sae_core.metrics import evaluate_sae
 from sae_core.sae import SparseAutoencoder
-from sae_core.splice import holdout_documents
+
+
+def holdout_documents(names: Sequence[str], share: float) -> list[int]:
+    """Indices of the documents held out for evaluation: about `share` of them, chosen by name.
+
+    A document is held out when crc32(name) mod 1000 < share · 1000 (every SAE asset and the
+    spliced evaluation hold out the same companies), so the choice depends on neither the order of
+    the documents nor a seed, and a larger share holds out a superset.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share!r}")
+    return [i for i, name in enumerate(names) if zlib.crc32(str(name).encode()) % 1000 < share * 1000]
 
 
 def holdout_mask(documents: pd.Series, share: float) -> np.ndarray:

@@ -23,7 +23,6 @@ from sae_core.config import SaeConfig, TrainConfig
 from sae_core.splice import (
     SplicedEvaluator,
     SplicedMetrics,
-    holdout_documents,
     spliced_evaluation,
     spliced_token_losses,
 )
@@ -359,27 +358,3 @@ def test_a_reconstruction_with_nan_is_rejected(model_with_bos, documents):
     with pytest.raises(ValueError, match=f"layer {LAYER} contains NaN"):
         spliced_evaluation(model_with_bos, NanSae(), LAYER, documents)
 
-
-# --- held-out documents -----------------------------------------------------------------------------
-
-NAMES = [f"TICKER{i}" for i in range(2000)]
-
-
-def test_holdout_depends_on_names_not_their_order():
-    held_out = {NAMES[i] for i in holdout_documents(NAMES, 0.1)}
-    reversed_names = NAMES[::-1]
-    assert {reversed_names[i] for i in holdout_documents(reversed_names, 0.1)} == held_out
-
-
-def test_holdout_takes_about_the_share_asked_and_a_larger_share_holds_out_a_superset():
-    small, large = set(holdout_documents(NAMES, 0.1)), set(holdout_documents(NAMES, 0.3))
-    assert 0.08 * len(NAMES) < len(small) < 0.12 * len(NAMES)
-    assert 0.27 * len(NAMES) < len(large) < 0.33 * len(NAMES)
-    assert small < large
-    assert holdout_documents(NAMES, 1.0) == list(range(len(NAMES)))
-
-
-@pytest.mark.parametrize("share", [0.0, -0.1, 1.5])
-def test_holdout_rejects_a_share_outside_zero_to_one(share):
-    with pytest.raises(ValueError, match="share"):
-        holdout_documents(NAMES, share)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae_core.massive_activations import find_massive_tokens
-from sae_core.token_split import holdout_mask, token_split
+from sae_core.token_split import holdout_documents, holdout_mask, token_split
 
 DOCUMENTS = pd.Series([f"CO{number}" for number in range(20) for _ in range(5)])  # 20 companies × 5 tokens
 
@@ -45,3 +45,28 @@ def test_kept_massive_tokens_are_trained_on_and_scored_like_any_token():
 def test_a_share_that_empties_either_side_is_refused(share, message):
     with pytest.raises(ValueError, match=message):
         token_split(DOCUMENTS, share, massive_at([]))
+
+
+# --- held-out documents -----------------------------------------------------------------------------
+
+NAMES = [f"TICKER{i}" for i in range(2000)]
+
+
+def test_holdout_depends_on_names_not_their_order():
+    held_out = {NAMES[i] for i in holdout_documents(NAMES, 0.1)}
+    reversed_names = NAMES[::-1]
+    assert {reversed_names[i] for i in holdout_documents(reversed_names, 0.1)} == held_out
+
+
+def test_holdout_takes_about_the_share_asked_and_a_larger_share_holds_out_a_superset():
+    small, large = set(holdout_documents(NAMES, 0.1)), set(holdout_documents(NAMES, 0.3))
+    assert 0.08 * len(NAMES) < len(small) < 0.12 * len(NAMES)
+    assert 0.27 * len(NAMES) < len(large) < 0.33 * len(NAMES)
+    assert small < large
+    assert holdout_documents(NAMES, 1.0) == list(range(len(NAMES)))
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.5])
+def test_holdout_rejects_a_share_outside_zero_to_one(share):
+    with pytest.raises(ValueError, match="share"):
+        holdout_documents(NAMES, share)
