@@ -26,7 +26,6 @@ from sae_core.activation_store import STORE_DTYPE, ActivationStore, ActivationSt
 from sae_core.capture import capture_documents, load_tokenizer, tokenize
 from sae_core.massive_activations import (
     DEFAULT_NORM_MULTIPLE,
-    TREATMENTS,
     MassiveTokens,
     find_massive_tokens,
     norm_ratios,
@@ -140,8 +139,6 @@ def massive_activations(
     store rows of the massive tokens with their peak ratio and layer). Metadata names every company
     with a massive token, the token and its position.
     """
-    if config.treatment not in TREATMENTS:
-        raise ValueError(f"massive_activations treatment must be one of {TREATMENTS}, got {config.treatment!r}")
     store = ActivationStore(llm_activations["folder"])
     norms = store.token_norms()
     found = find_massive_tokens(norms, config.norm_multiple, config.treatment)

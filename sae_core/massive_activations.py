@@ -6,8 +6,9 @@ the first token of a sequence and some delimiters. They act as fixed biases and 
 what they carry is the same whatever the token, not the meaning of the text. Capture prepends BOS
 so that the sink falls on BOS, which it drops, but the model does not always agree: in SmolLM2-135M
 on the sample the *first real token* of 19 of 381 descriptions («Amazon», «Microsoft», «Delta», …)
-turns into a second sink at layer 11, with residual norms 17–150 times the layer's median through
-layer 27 (and still 3–11 times it at layers 28–29, where no ordinary token exceeds 3). At layer 19
+turns into a second sink at layer 11, its residual norm peaking at 27–151 times the layer's median
+and staying far above it through layer 27 (still 3–11 times it at layers 28–29, where no ordinary
+token exceeds 3). At layer 19
 those 19 tokens hold 32% of the sum of squared norms of 104k tokens. Left in, they decide what an
 SAE learns, flatter its FVU, and make up most of the pooled feature vector of their company, whose
 nearest neighbours then become the other companies with a sink.
@@ -51,7 +52,7 @@ so the companies that have one still find each other first; excluded, they find 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -138,16 +139,7 @@ class MassiveTokens:
         return ~self.massive_mask()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "norm_multiple": self.norm_multiple,
-            "treatment": self.treatment,
-            "n_tokens": self.n_tokens,
-            "median_norms": list(self.median_norms),
-            "tokens_over_bound": list(self.tokens_over_bound),
-            "rows": list(self.rows),
-            "peak_ratios": list(self.peak_ratios),
-            "peak_layers": list(self.peak_layers),
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MassiveTokens:
