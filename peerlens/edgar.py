@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import requests
@@ -363,17 +363,27 @@ class EdgarClient:
 
     def latest_10k(self, cik: int) -> Filing | None:
         """The newest 10-K (or 10-K405) of `cik`, or None if the company never filed one."""
+        for filings in self._ten_k_pages(cik):
+            if filings:
+                return filings[0]
+        return None
+
+    def all_10k(self, cik: int) -> list[Filing]:
+        """Every 10-K (and 10-K405) `cik` ever filed, newest first: `recent` and every older page."""
+        return sorted(
+            (filing for page in self._ten_k_pages(cik) for filing in page),
+            key=lambda filing: filing.filing_date,
+            reverse=True,
+        )
+
+    def _ten_k_pages(self, cik: int) -> Iterator[list[Filing]]:
+        """The annual reports of `recent`, then of each older page (fetched only when asked for), each newest first."""
         submissions = self.submissions(cik)
-        filings = ten_k_filings(submissions)
-        if filings:
-            return filings[0]
+        yield ten_k_filings(submissions)
         # Older filings are paged out of `recent`; the pages come newest first.
         for page in submissions.get("filings", {}).get("files", []):
             columns = self.get_json(SUBMISSIONS_PAGE_URL.format(name=page["name"]))
-            older = sorted(_filings_from_columns(cik, columns), key=lambda f: f.filing_date, reverse=True)
-            if older:
-                return older[0]
-        return None
+            yield sorted(_filings_from_columns(cik, columns), key=lambda f: f.filing_date, reverse=True)
 
     def item1_business(self, filing: Filing) -> str:
         """'Item 1. Business' text of `filing`'s primary document (see `extract_item1_business`)."""

@@ -73,17 +73,22 @@ def default_sample_dir() -> Path:
     return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def check_sample_dir(root: str | Path) -> Path:
-    """`root` as a Path, after checking that every file in REQUIRED_FILES exists under it."""
+def check_files(root: str | Path, required: tuple[str, ...], holds: str = "sp500/ and edgar/") -> Path:
+    """`root` as a Path, after checking that every file in `required` exists under it."""
     root = Path(root)
-    missing = [name for name in REQUIRED_FILES if not (root / name).is_file()]
+    missing = [name for name in required if not (root / name).is_file()]
     if missing:
         raise FileNotFoundError(
             f"sample data folder {str(root)!r} lacks {len(missing)} required file(s): {', '.join(missing)}. "
             f"Point the environment variable {SAMPLE_DIR_ENV} (or the resource config) at the folder "
-            f"that holds sp500/ and edgar/."
+            f"that holds {holds}."
         )
     return root
+
+
+def check_sample_dir(root: str | Path) -> Path:
+    """`root` as a Path, after checking that every file in REQUIRED_FILES exists under it."""
+    return check_files(root, REQUIRED_FILES)
 
 
 def _read_csv(path: Path, required_columns: tuple[str, ...], **read_options) -> pd.DataFrame:
