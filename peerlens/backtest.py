@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations, groupby
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -64,7 +64,8 @@ class PairsResult:
     windows: list[Window]
     window_summary: pd.DataFrame
     """Per window: window, n_tickers (eligible), clusters_searched, clusters_skipped_too_large,
-    n_pairs, window_return (compounded portfolio return over the trading window)."""
+    n_pairs, clusters_as_of (date of the point-in-time clustering traded; NaT when one clustering serves
+    all windows), window_return (compounded portfolio return over the trading window)."""
 
 
 def walk_forward_windows(dates: pd.DatetimeIndex, cfg: PairsConfig = PairsConfig()) -> list[Window]:
@@ -190,9 +191,18 @@ def select_pairs(
     return _select_pairs(log_prices_formation, clusters, cfg).pairs
 
 
+def clustering_for_window(clusterings: Mapping[pd.Timestamp, pd.Series], trading_start: pd.Timestamp):
+    """(as_of, clusters) of the latest clustering dated on or before `trading_start`; (None, None) if none is.
+
+    A clustering dated D was made from texts known before D, so trading from D on uses nothing unknown then.
+    """
+    dated = [day for day in sorted(clusterings) if pd.Timestamp(day) <= trading_start]
+    return (dated[-1], clusterings[dated[-1]]) if dated else (None, None)
+
+
 def walk_forward_pairs(
     close_wide: pd.DataFrame,
-    clusters: pd.Series,
+    clusters: pd.Series | Mapping[pd.Timestamp, pd.Series],
     cfg: PairsConfig = PairsConfig(),
     jumps: pd.DataFrame | None = None,
 ) -> PairsResult:
@@ -212,13 +222,19 @@ def walk_forward_pairs(
 
     Args:
         close_wide: (dates x tickers) close prices (> 0, NaN where missing).
-        clusters: cluster id per ticker (index ticker).
+        clusters: cluster id per ticker (index ticker), used for every window; or point-in-time
+            clusterings {as_of: cluster id per ticker}: each window trades the latest one dated on or
+            before its trading start (`clustering_for_window`), and windows none precedes are skipped.
         jumps: optional jump-day flags, see :func:`peerlens.pairs_trading.simulate_pairs`.
     """
     if not isinstance(close_wide, pd.DataFrame):
         raise TypeError(f"close_wide must be a DataFrame (dates x tickers), got {type(close_wide).__name__}")
-    if not isinstance(clusters, pd.Series):
-        raise TypeError(f"clusters must be a Series (ticker -> cluster), got {type(clusters).__name__}")
+    clusterings = clusters if isinstance(clusters, Mapping) else None
+    for clustering in clusterings.values() if clusterings is not None else [clusters]:
+        if not isinstance(clustering, pd.Series):
+            raise TypeError(f"clusters must be a Series (ticker -> cluster), got {type(clustering).__name__}")
+    if clusterings is not None and not clusterings:
+        raise ValueError("clusters is an empty mapping: no point-in-time clustering to trade")
     closes = close_wide.astype("float64")
     closes.index = pd.DatetimeIndex(pd.to_datetime(closes.index))
     if (closes <= 0).any().any():
@@ -231,9 +247,21 @@ def walk_forward_pairs(
             raise ValueError("jumps shares no dates with close_wide: are they from the same price table?")
     log_prices = np.log(closes)
     windows = walk_forward_windows(log_prices.index, cfg)
+    as_of = None
+    if clusterings is not None:
+        dated = [(window, *clustering_for_window(clusterings, window.trading_start)) for window in windows]
+        windows = [window for window, day, _ in dated if day is not None]
+        chosen = {window: (day, clustering) for window, day, clustering in dated if day is not None}
+        if not windows:
+            raise ValueError(
+                f"no walk-forward window starts trading after the first clustering ({min(clusterings)}): "
+                "nothing can be traded out of sample"
+            )
 
     daily_parts, turnover_parts, pair_parts, summary_rows = [], [], [], []
     for k, window in enumerate(windows):
+        if clusterings is not None:
+            as_of, clusters = chosen[window]
         selection = _select_pairs(log_prices.loc[window.formation_start : window.formation_end], clusters, cfg)
         tickers = sorted(set(selection.pairs["a"]).union(selection.pairs["b"]))
         trading = log_prices.loc[window.trading_start : window.trading_end, tickers]
@@ -261,6 +289,7 @@ def walk_forward_pairs(
                 "clusters_searched": selection.clusters_searched,
                 "clusters_skipped_too_large": selection.clusters_skipped_too_large,
                 "n_pairs": len(selection.pairs),
+                "clusters_as_of": pd.Timestamp(as_of) if as_of is not None else pd.NaT,
                 "window_return": float(np.prod(1.0 + daily) - 1.0),
             }
         )

@@ -46,6 +46,8 @@ FIXED, ROLLING, IN_SAMPLE = "fixed clustering", "rolling θ", "in-sample θ (ref
 """Values of the ``selection`` column: how a row's clustering was chosen."""
 ROLLING_SUFFIX, IN_SAMPLE_SUFFIX = "rolling θ", "in-sample θ"
 """Method names of the θ variants: "<method> (<suffix>)"."""
+YEARLY_COLUMNS = ("method", "selection", "year", *MEASURES, "coverage", "n_clusters", "n_pairs", "n_companies",
+                  "theta", "universe_mc", "universe_sd", "as_of")
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class MeanCorrelationStudy(NamedTuple):
     """One row per (method, scored year): method, selection, year, mc_cluster, mc_pair, mc_matched,
     coverage, n_clusters, n_pairs, n_companies, theta (the cut used, threshold variants only),
     universe_mc and universe_sd (mean and standard deviation of the correlation over all pairs that
-    year: what a random grouping scores on average, and the spread of one random pair)."""
+    year: what a random grouping scores on average, and the spread of one random pair), as_of (the
+    date of the clustering that scored the year; NaT for an undated clustering)."""
     comparisons: pd.DataFrame
     """One row per (method, baseline, measure): diff (method − baseline, mean over common years),
     ci_low, ci_high, n_years, years_ahead."""
@@ -190,22 +193,91 @@ def mean_correlation_study(
 
     Args:
         monthly_returns: long frame month ("YYYY-MM"), ticker, log_return.
-        clusters: long frame method, ticker, cluster, optionally tree_parent and tree_z (module docstring).
+        clusters: long frame method, ticker, cluster, optionally tree_parent and tree_z (module
+            docstring), and optionally as_of. With as_of (a date per row) the clusterings are point in
+            time: year Y is scored only with the clustering of the latest as_of on or before 1 January
+            of Y (made from what was known before that day), on that clustering's companies; years no
+            clustering precedes are not scored. Without as_of one clustering scores every year.
         config: study knobs; defaults reproduce the sample report.
     """
     config = config or StudyConfig()
+    if not isinstance(monthly_returns, pd.DataFrame) or "ticker" not in monthly_returns.columns:
+        raise ValueError("monthly_returns must be a DataFrame with columns month, ticker, log_return")
+    if not isinstance(clusters, pd.DataFrame) or "as_of" not in clusters.columns:
+        parts = [_study_of_one_clustering(monthly_returns, clusters, config, score_years=None, as_of=pd.NaT)]
+    else:
+        served = years_served_by_clusterings(monthly_returns, clusters["as_of"])
+        if not served:
+            raise ValueError(
+                "no year of monthly_returns starts after a clustering's as_of: nothing can be scored "
+                f"out of sample (first as_of {pd.Timestamp(clusters['as_of'].min()).date()})"
+            )
+        parts = [
+            _study_of_one_clustering(monthly_returns, rows.drop(columns="as_of"), config, served[as_of], as_of)
+            for as_of, rows in clusters.groupby("as_of", sort=True)
+            if as_of in served
+        ]
+    scores, matched = _merged(part.scores for part in parts), _merged(part.matched for part in parts)
+    yearly = pd.concat([part.yearly for part in parts], ignore_index=True)
+    yearly = yearly.sort_values(["method", "year"], kind="stable").reset_index(drop=True)
+    variant_base = {k: v for part in parts for k, v in part.variant_base.items()}
+    comparisons = _compare(yearly, scores, matched, variant_base, config)
+    theta_choices = pd.concat([part.theta_choices for part in parts], ignore_index=True)
+    scored = set(yearly.year)
+    unscored = sorted({y for part in parts for y in part.unscored_years} - scored)
+    return MeanCorrelationStudy(yearly, comparisons, theta_choices, unscored)
+
+
+def years_served_by_clusterings(monthly_returns: pd.DataFrame, as_of: pd.Series) -> dict[pd.Timestamp, list[int]]:
+    """as_of → the calendar years of `monthly_returns` whose 1 January is on or after it and before the next as_of."""
+    dates = sorted(pd.to_datetime(pd.Series(as_of).unique()))
+    years = sorted({int(month[:4]) for month in monthly_returns["month"].astype(str)})
+    served: dict[pd.Timestamp, list[int]] = {}
+    for year in years:
+        usable = [day for day in dates if day <= pd.Timestamp(year, 1, 1)]
+        if usable:
+            served.setdefault(usable[-1], []).append(year)
+    return served
+
+
+def _merged(parts) -> dict[str, dict[int, list[ClusterScores]]]:
+    """method → year → draws, over studies that score disjoint years."""
+    merged: dict[str, dict[int, list[ClusterScores]]] = {}
+    for part in parts:
+        for method, by_year in part.items():
+            merged.setdefault(method, {}).update(by_year)
+    return merged
+
+
+class _ClusteringStudy(NamedTuple):
+    yearly: pd.DataFrame
+    scores: dict[str, dict[int, list[ClusterScores]]]
+    matched: dict[str, dict[int, list[ClusterScores]]]
+    variant_base: dict[str, str]
+    theta_choices: pd.DataFrame
+    unscored_years: list[int]
+
+
+def _study_of_one_clustering(
+    monthly_returns: pd.DataFrame,
+    clusters: pd.DataFrame,
+    config: StudyConfig,
+    score_years: list[int] | None,
+    as_of: pd.Timestamp,
+) -> _ClusteringStudy:
+    """One set of clusterings (made as of `as_of`, NaT if undated) scored on `score_years` (None: every
+    year); rolling θ is chosen on the years before each scored one, with the same clusterings."""
     universe, labels, trees = _labels_and_trees(clusters)
     if config.reference not in labels:
         raise ValueError(f"reference method {config.reference!r} is not among the clusterings {sorted(labels)}")
-    if not isinstance(monthly_returns, pd.DataFrame) or "ticker" not in monthly_returns.columns:
-        raise ValueError("monthly_returns must be a DataFrame with columns month, ticker, log_return")
     # Returns of companies nobody clustered would enter the universe average; leave them out.
     windows = yearly_correlation_windows(monthly_returns[monthly_returns["ticker"].isin(universe)], config.min_months)
     unscored = sorted(year for year, window in windows.items() if len(window.tickers) == 0)
     windows = {year: window for year, window in windows.items() if len(window.tickers) > 0}
     if not windows:
         raise ValueError(f"no year of monthly_returns has {config.min_months} months for any clustered company")
-    years = sorted(windows)
+    all_years = sorted(windows)
+    years = [y for y in all_years if score_years is None or y in score_years]
     score = _Scorer(universe, windows)
 
     # scores[method][year] is a list of draws: one for a fixed clustering, several for matched ones.
@@ -216,13 +288,14 @@ def mean_correlation_study(
         rows += [_row(method, FIXED, y, scores[method][y][0], np.nan) for y in years]
 
     for method, tree in trees.items():
-        for variant in _theta_variants(method, tree, score, years, config):
-            scores[variant.method] = {year: [year_scores] for year, year_scores in variant.scores.items()}
+        for variant in _theta_variants(method, tree, score, all_years, config):
+            kept = {year: s for year, s in variant.scores.items() if year in years}
+            scores[variant.method] = {year: [year_scores] for year, year_scores in kept.items()}
             rows += [
                 _row(variant.method, variant.selection, year, year_scores, variant.choices.theta[year])
-                for year, year_scores in variant.scores.items()
+                for year, year_scores in kept.items()
             ]
-            theta_rows.append(variant.choices.reset_index().assign(method=variant.method))
+            theta_rows.append(variant.choices.loc[list(kept)].reset_index().assign(method=variant.method))
 
     # Size-matched draws, one set per representation, shared by its θ variants.
     reference_sizes = cluster_sizes(labels[config.reference])
@@ -238,23 +311,19 @@ def mean_correlation_study(
         matched[method] = {year: [score(draw, year) for draw in draws] for year in years}
     variant_base = {f"{m} ({suffix})": m for m in trees for suffix in (ROLLING_SUFFIX, IN_SAMPLE_SUFFIX)}
 
-    yearly = pd.DataFrame(rows)
+    yearly = pd.DataFrame(rows, columns=[c for c in YEARLY_COLUMNS if c not in ("mc_matched", "universe_mc", "universe_sd", "as_of")])
     yearly["mc_matched"] = [
         float(np.mean([draw.mc_cluster for draw in matched[variant_base.get(method, method)][year]]))
         for method, year in zip(yearly.method, yearly.year)
     ]
     yearly["universe_mc"] = yearly.year.map({y: float(w.correlation.mean()) for y, w in windows.items()})
     yearly["universe_sd"] = yearly.year.map({y: float(w.correlation.std()) for y, w in windows.items()})
-    columns = ["method", "selection", "year", *MEASURES, "coverage", "n_clusters", "n_pairs", "n_companies",
-               "theta", "universe_mc", "universe_sd"]
-    yearly = yearly.loc[:, columns].sort_values(["method", "year"], kind="stable").reset_index(drop=True)
-
-    comparisons = _compare(yearly, scores, matched, variant_base, config)
+    yearly["as_of"] = pd.Series(pd.Timestamp(as_of), index=yearly.index, dtype="datetime64[ns]")
     theta_columns = ["method", "year", "theta", "fit_mc", "fit_years", "n_clusters"]
     theta_choices = (
         pd.concat(theta_rows, ignore_index=True)[theta_columns] if theta_rows else pd.DataFrame(columns=theta_columns)
     )
-    return MeanCorrelationStudy(yearly, comparisons, theta_choices, unscored)
+    return _ClusteringStudy(yearly.loc[:, list(YEARLY_COLUMNS)], scores, matched, variant_base, theta_choices, unscored)
 
 
 def _compare(

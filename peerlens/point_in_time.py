@@ -1,0 +1,105 @@
+"""Point-in-time clusterings: what every method would have grouped on a given day, from what was known then.
+
+A clustering dated D (its `as_of`) is made from each company's latest text with known_by < D
+(`peerlens.texts.texts_known_before`), on the companies that were index members on D and have prices.
+The evaluations score year Y with the clustering dated on or before 1 January of Y, and trade window W
+with the one dated on or before W's first day, so no text published on or after the start of a scored
+period can move its score.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from peerlens.methods import CLUSTER_COLUMNS, ClusteringConfig, cluster_every_method
+from peerlens.texts import texts_known_before
+
+DistancesOf = Callable[[pd.DataFrame], dict[str, np.ndarray]]
+"""Universe texts (TEXT_COLUMNS rows, in order) → feature method → (n, n) distances in that order."""
+
+
+def clustering_dates(texts: pd.DataFrame, last_day: object, months: tuple[int, ...] = (1, 7)) -> list[pd.Timestamp]:
+    """The first day of each month in `months` after the first text was known, up to `last_day`.
+
+    The default, 1 January and 1 July, dates a clustering at the start of every scored year and of
+    every half-year of trading.
+    """
+    if texts.empty:
+        return []
+    first, last = pd.Timestamp(texts.known_by.min()), pd.Timestamp(last_day)
+    starts = pd.date_range(first + pd.Timedelta(days=1), last, freq="MS")
+    return [day for day in starts if day.month in months]
+
+
+def universe_as_of(
+    texts: pd.DataFrame, day: object, members: set[str] | None = None, tradable: set[str] | None = None
+) -> pd.DataFrame:
+    """Texts of the companies in the universe on `day`: latest text known before it, ticker a member and tradable.
+
+    Two companies whose latest texts carry one ticker (a ticker reused after a company left) keep only
+    the newer text: a ticker names one company in the returns.
+    """
+    universe = texts_known_before(texts, day, tickers=members)
+    if tradable is not None:
+        universe = universe[universe.ticker.isin(tradable)]
+    universe = universe.sort_values("known_by", ascending=False, kind="stable").drop_duplicates("ticker")
+    return universe.sort_values("ticker").reset_index(drop=True)
+
+
+class PointInTimeClusters(NamedTuple):
+    frame: pd.DataFrame
+    """as_of, text_id, company_id and CLUSTER_COLUMNS: one row per (as_of, method, ticker)."""
+    thetas: pd.DataFrame
+    """One row per (as_of, feature method): theta."""
+    summary: pd.DataFrame
+    """One row per (as_of, method): companies and cluster_size_summary."""
+
+
+def point_in_time_clusterings(
+    texts: pd.DataFrame,
+    dates: list[pd.Timestamp],
+    distances_of: DistancesOf,
+    codes: pd.DataFrame,
+    config: ClusteringConfig,
+    members_on: Callable[[pd.Timestamp], set[str]] | None = None,
+    tradable: set[str] | None = None,
+    min_companies: int = 10,
+) -> PointInTimeClusters:
+    """Every method's clusters on each of `dates`, each from the universe of that day (`universe_as_of`).
+
+    Dates whose universe has fewer than `min_companies` companies are skipped (nothing to group).
+    `codes`: industry codes indexed by ticker (see `peerlens.methods.cluster_every_method`).
+    """
+    frames, thetas, summaries = [], [], []
+    for day in dates:
+        universe = universe_as_of(texts, day, members_on(day) if members_on else None, tradable)
+        if len(universe) < min_companies:
+            continue
+        tickers = universe.ticker.tolist()
+        clustering = cluster_every_method(tickers, distances_of(universe), codes, config)
+        ids = universe.set_index("ticker")
+        frames.append(
+            clustering.frame.assign(
+                as_of=day,
+                text_id=clustering.frame.ticker.map(ids.text_id),
+                company_id=clustering.frame.ticker.map(ids.company_id),
+            )
+        )
+        thetas += [{"as_of": day, "method": m, "theta": t} for m, t in clustering.thetas.items()]
+        summaries.append(clustering.summary.assign(as_of=day, companies=len(tickers)))
+    if not frames:
+        raise ValueError(
+            f"no clustering date from {dates[0].date() if dates else None} has {min_companies} companies with a "
+            "text known before it: the texts are newer than every date to score"
+        )
+    frame = pd.concat(frames, ignore_index=True).loc[:, ["as_of", "text_id", "company_id", *CLUSTER_COLUMNS]]
+    return PointInTimeClusters(frame, pd.DataFrame(thetas), pd.concat(summaries, ignore_index=True))
+
+
+def clusterings_by_date(clusters: pd.DataFrame, method: str) -> dict[pd.Timestamp, pd.Series]:
+    """{as_of: cluster id per ticker} of one method, for `peerlens.backtest.walk_forward_pairs`."""
+    rows = clusters[clusters.method == method]
+    return {pd.Timestamp(day): group.set_index("ticker").cluster for day, group in rows.groupby("as_of", sort=True)}
