@@ -42,15 +42,17 @@ def llm_activations(
 ) -> Output[dict]:
     """fp16 shards (n_layers, tokens, d_model) of the base model's residual stream, with a token index.
 
+    One document per text of the history (its text_id), not per company: a company's every filing is
+    captured, and the point-in-time steps downstream choose which one stands for it on a day.
     The value passed downstream is the store's manifest (folder, model, shapes); the tensors stay on disk.
     """
     device = compute.torch_device()
     started = time.perf_counter()
     model = language_model.load(device)
     context.log.info(f"loaded {language_model.name}: {model.n_layers} layers, width {model.d_model}, on {device}")
-    tickers = company_descriptions.ticker.tolist()
+    text_ids = company_descriptions.text_id.tolist()
     token_ids = tokenize(
-        model.tokenizer, company_descriptions.description.tolist(), language_model.max_tokens, names=tickers
+        model.tokenizer, company_descriptions.description.tolist(), language_model.max_tokens, names=text_ids
     )
     truncated = sum(len(ids) == language_model.max_tokens for ids in token_ids)
 
@@ -59,7 +61,7 @@ def llm_activations(
         folder,
         model.n_layers,
         model.d_model,
-        metadata={"model": language_model.name, "max_tokens": language_model.max_tokens, "tickers": tickers},
+        metadata={"model": language_model.name, "max_tokens": language_model.max_tokens, "text_ids": text_ids},
     )
     capture_started = time.perf_counter()
     try:
@@ -67,7 +69,7 @@ def llm_activations(
             model, token_ids, batch_tokens=language_model.batch_tokens, device=device, log=context.log.info,
             dtype=STORE_DTYPE,
         ):
-            documents = [tickers[batch[i]] for i in captured.document.tolist()]
+            documents = [text_ids[batch[i]] for i in captured.document.tolist()]
             writer.add(captured.activations.cpu(), documents, captured.position.cpu(), captured.token_id.cpu())
         store = writer.close()
     except BaseException:
@@ -75,7 +77,7 @@ def llm_activations(
         raise
     capture_seconds = time.perf_counter() - capture_started
     manifest = {"folder": str(store.folder), **store.manifest}
-    manifest.pop("tickers")
+    manifest.pop("text_ids")
     return Output(
         manifest,
         metadata={
@@ -83,7 +85,8 @@ def llm_activations(
             "n_layers": store.n_layers,
             "d_model": store.d_model,
             "tokens": store.n_tokens,
-            "companies": len(tickers),
+            "texts": len(text_ids),
+            "companies": int(company_descriptions.company_id.nunique()),
             "truncated_descriptions": truncated,
             "shards": len(store.manifest["shards"]),
             "capture_tokens_per_second": round(store.n_tokens / capture_seconds, 1),
@@ -97,14 +100,14 @@ def llm_activations(
 def activations_are_finite_and_cover_every_company(
     llm_activations: dict, company_descriptions: pd.DataFrame
 ) -> AssetCheckResult:
-    """No inf/NaN was stored (fp16 overflows above 65,504) and every company has at least one token."""
+    """No inf/NaN was stored (fp16 overflows above 65,504) and every text has at least one token."""
     store = ActivationStore(llm_activations["folder"])
     covered = set(store.index.document)
-    missing = sorted(set(company_descriptions.ticker) - covered)
+    missing = sorted(set(company_descriptions.text_id) - covered)
     non_finite = int(store.manifest["non_finite_values"])
     return AssetCheckResult(
         passed=non_finite == 0 and not missing,
-        metadata={"non_finite_values": non_finite, "companies_without_tokens": ", ".join(missing) or "none"},
+        metadata={"non_finite_values": non_finite, "texts_without_tokens": ", ".join(missing) or "none"},
     )
 
 
@@ -154,7 +157,7 @@ def massive_activations(
         positions=("position", lambda p: ", ".join(map(str, p))),
         tokens=("token", lambda t: " | ".join(t)),
         peak_ratio=("peak_ratio", "max"),
-    ).reset_index().rename(columns={"document": "company"})
+    ).reset_index().rename(columns={"document": "text"})
     n_companies = int(index.document.nunique())
     affected_share = len(by_company) / n_companies
     by_layer = pd.DataFrame(

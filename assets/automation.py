@@ -14,6 +14,7 @@ from dagster import (
 
 from assets.sources import MONTHS, CompanyDescriptionsConfig
 from peerlens.filings import FilingsCursor, poll_new_10k_filings
+from peerlens.texts import latest_texts
 from resources import EdgarResource, SampleDataResource
 
 monthly_refresh_job = define_asset_job(
@@ -47,7 +48,7 @@ FILINGS_BATCH = 100
 def new_10k_filings(context: SensorEvaluationContext, edgar: EdgarResource, sample_data: SampleDataResource):
     if not edgar.user_agent:
         return SkipReason("set PEERLENS_EDGAR_USER_AGENT ('Name email@domain') to watch EDGAR")
-    universe = sample_data.company_descriptions().frame[["ticker", "cik"]]
+    universe = latest_texts(sample_data.company_texts().frame)[["ticker", "cik"]]
     result = poll_new_10k_filings(
         universe, edgar.client(), FilingsCursor.from_json(context.cursor), batch_size=FILINGS_BATCH
     )

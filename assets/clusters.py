@@ -1,35 +1,23 @@
-"""Company clusters: the SAE clustering and its baselines, one long table.
+"""Company clusters, point in time: every method's clusters on each clustering date, one long table.
 
-Columns method, ticker, cluster, and for the MST methods the tree they were cut from (tree_parent, tree_z).
+Columns as_of, text_id, company_id, method, ticker, cluster, and for the MST methods the tree they were
+cut from (tree_parent, tree_z). The methods are registered in `peerlens.methods`.
 """
 
 import numpy as np
 import pandas as pd
-from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
+from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
-from assets.features import dense_features
+from assets.features import features_of_texts
 from assets.metadata import figure_markdown, plt
-from peerlens.clustering import (
-    cluster_size_summary,
-    cosine_distance_matrix,
-    cut_spanning_tree,
-    labels_from_codes,
-    minimum_spanning_tree_z,
-    random_clusters_like,
-    root_spanning_tree,
-    theta_for_cluster_count_on_tree,
-)
+from peerlens.clustering import cosine_distance_matrix
 from peerlens.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
+from peerlens.methods import ClusteringConfig
+from peerlens.point_in_time import clustering_dates, point_in_time_clusterings
+from peerlens.sample_2017 import members_on
 
-CODE_METHODS = {
-    "sic4": "sic4",
-    "sic2": "sic2",
-    "sic_division": "sic_division",
-    "gics_sector": "gics_sector",
-    "gics_sub_industry": "gics_sub_industry",
-}
-"""Baselines read straight off an industry code: method name → industry_codes column."""
+_DEFAULTS = ClusteringConfig()
 
 
 class CompanyClustersConfig(Config):
@@ -38,12 +26,18 @@ class CompanyClustersConfig(Config):
         description="Explicit MST cut per feature method (sae, minilm, tfidf): drop tree edges with z > θ.",
     )
     match_cluster_count_of: str = Field(
-        default="gics_sub_industry",
+        default=_DEFAULTS.match_cluster_count_of,
         description="Feature methods without an explicit θ are cut to as many clusters as this code method has; "
         "the `random` method copies its cluster sizes.",
     )
-    random_seed: int = Field(default=0, description="Seed of the `random` clustering (the floor).")
+    random_seed: int = Field(default=_DEFAULTS.random_seed, description="Seed of the `random` clustering (the floor).")
     pca_components: int = Field(default=256, description="Components kept before cosine distances (paper: 4,000).")
+    months: list[int] = Field(
+        default=[1, 7],
+        description="Clustering dates: the first day of these months after the first text was known, up to the last "
+        "price date (1 January dates the clusters each scored year uses; 1 July adds half-yearly refits for trading).",
+    )
+    min_companies: int = Field(default=10, description="Dates with fewer companies in the universe are skipped.")
 
 
 @asset(group_name="similarity", kinds={"pandas", "parquet"})
@@ -53,69 +47,67 @@ def company_clusters(
     company_features: pd.DataFrame,
     company_descriptions: pd.DataFrame,
     industry_codes: pd.DataFrame,
+    index_membership: pd.DataFrame,
+    daily_prices: pd.DataFrame,
 ) -> Output[pd.DataFrame]:
-    """Long frame (method, ticker, cluster, tree_parent, tree_z) for the SAE clustering and every baseline.
+    """Long frame (as_of, text_id, company_id, method, ticker, cluster, tree_parent, tree_z): each method's
+    clusters on each clustering date D, from what was known before D.
 
+    Universe on D: each company's latest text with known_by < D, among the index members on D (all
+    companies when index_membership is empty) whose prices started by D. One more date, the day after the
+    newest text, is added when it falls after the last price date (the clusters for today's peers).
     Feature methods (sae, minilm, tfidf): StandardScaler → PCA → 1 − cos → minimum spanning tree on the
-    z-scored distances, edges with z > θ removed, clusters = connected components; θ explicit, or set so
-    the method has as many clusters as `match_cluster_count_of`. Their rows also carry the tree itself
-    (each company's parent ticker and the edge's z; None/NaN for the root), so later stages can re-cut it
-    at any θ without the features. Code methods: one cluster per code, a missing code its own
-    singleton. `random`: the reference's labels shuffled (same cluster sizes), the floor. Code and
-    random rows have no tree (None/NaN).
+    z-scored distances, cut at θ (explicit, or the reference's cluster count on that universe); the
+    rows carry the tree (parent ticker and edge z) for later re-cuts. Code methods: one cluster per code.
+    `random`: the reference's labels shuffled, the floor.
     """
-    tickers, sae_matrix = dense_features(company_features)
-    descriptions = company_descriptions.set_index("ticker").loc[tickers, "description"].tolist()
-    distances = {
-        "sae": reduced_cosine_distances(sae_matrix, n_components=config.pca_components),
-        "minilm": cosine_distance_matrix(minilm_embeddings(descriptions)),
-        "tfidf": reduced_cosine_distances(tfidf_matrix(descriptions), n_components=config.pca_components),
-    }
-    unknown = sorted(set(config.theta) - set(distances))
-    if unknown:
-        raise ValueError(f"company_clusters theta: unknown methods {unknown}; feature methods are {sorted(distances)}")
-    if config.match_cluster_count_of not in CODE_METHODS:
-        raise ValueError(f"match_cluster_count_of {config.match_cluster_count_of!r} is not one of {sorted(CODE_METHODS)}")
-    codes = industry_codes.set_index("ticker").reindex(tickers)
-    labels = {
-        method: labels_from_codes(codes[column].reset_index(drop=True)) for method, column in CODE_METHODS.items()
-    }
-    # A θ fixed on the z scale means a different granularity for every representation; by default
-    # every feature method is cut to the reference's cluster count, so methods differ in how they group.
-    target = len(np.unique(labels[config.match_cluster_count_of]))
-    trees = {method: minimum_spanning_tree_z(d) for method, d in distances.items()}
-    thetas = {m: config.theta.get(m, theta_for_cluster_count_on_tree(tree, target)) for m, tree in trees.items()}
-    for method, tree in trees.items():
-        labels[method] = cut_spanning_tree(tree, thetas[method])
-    labels["random"] = random_clusters_like(labels[config.match_cluster_count_of], seed=config.random_seed)
+    texts = company_descriptions
+    last_price = daily_prices.date.max()
+    dates = clustering_dates(texts, last_price, tuple(config.months))
+    newest = texts.known_by.max() + pd.Timedelta(days=1)
+    if not dates or newest > dates[-1]:
+        dates.append(newest)
+    listed = daily_prices.groupby("ticker").date.min()
+    members = (lambda day: members_on(index_membership, day)) if len(index_membership) else None
+    embeddings = dict(zip(texts.text_id, minilm_embeddings(texts.description.tolist())))
 
-    tickers = np.asarray(tickers, dtype=object)
-    no_tree = (np.full(len(tickers), -1), np.full(len(tickers), np.nan))
-    frames = []
-    for method, method_labels in labels.items():
-        parent, z = root_spanning_tree(trees[method]) if method in trees else no_tree
-        frames.append(
-            pd.DataFrame(
-                {
-                    "method": method,
-                    "ticker": tickers,
-                    "cluster": np.asarray(method_labels, dtype=np.int64),
-                    "tree_parent": np.where(parent >= 0, tickers[np.maximum(parent, 0)], None),
-                    "tree_z": z,
-                }
-            )
-        )
-    frame = pd.concat(frames, ignore_index=True)
-    summary = pd.DataFrame([{"method": m, **cluster_size_summary(l)} for m, l in labels.items()])
+    def distances_of(universe: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {
+            "sae": reduced_cosine_distances(
+                features_of_texts(company_features, universe.text_id.tolist()), n_components=config.pca_components
+            ),
+            "minilm": cosine_distance_matrix(np.stack([embeddings[t] for t in universe.text_id])),
+            "tfidf": reduced_cosine_distances(
+                tfidf_matrix(universe.description.tolist()), n_components=config.pca_components
+            ),
+        }
+
+    built = point_in_time_clusterings(
+        texts,
+        dates,
+        distances_of,
+        industry_codes.set_index("ticker"),
+        ClusteringConfig(config.theta, config.match_cluster_count_of, config.random_seed),
+        members_on=members,
+        tradable_on=lambda day: set(listed.index[listed <= day]),
+        min_companies=config.min_companies,
+    )
+    frame, summary = built.frame, built.summary
     context.log.info("\n" + summary.to_string(index=False))
+    latest = frame.as_of.max()
+    per_date = summary.groupby("as_of").companies.first()
     return Output(
         frame,
         metadata={
-            "methods": len(labels),
-            "theta": MetadataValue.json({m: round(t, 4) for m, t in thetas.items()}),
-            "companies": len(tickers),
-            "cluster_sizes": MetadataValue.md(summary.to_markdown(index=False, floatfmt=".3f")),
-            "size_histogram": _size_histogram(frame),
+            "clustering_dates": len(per_date),
+            "first_as_of": str(frame.as_of.min().date()),
+            "latest_as_of": str(latest.date()),
+            "companies_per_date": MetadataValue.md(per_date.rename_axis("as_of").reset_index().astype(str).to_markdown(index=False)),
+            "theta": MetadataValue.md(built.thetas.pivot(index="as_of", columns="method", values="theta").reset_index().to_markdown(index=False, floatfmt=".3f")),
+            "cluster_sizes_latest": MetadataValue.md(
+                summary[summary.as_of == latest].drop(columns="as_of").to_markdown(index=False, floatfmt=".3f")
+            ),
+            "size_histogram_latest": _size_histogram(frame[frame.as_of == latest]),
         },
     )
 
@@ -137,11 +129,28 @@ def _size_histogram(frame: pd.DataFrame) -> MetadataValue:
 
 @asset_check(asset=company_clusters, blocking=True)
 def every_company_clustered_by_every_method(company_clusters: pd.DataFrame) -> AssetCheckResult:
-    """Each method assigns exactly one cluster to every company in the universe."""
-    per_method = company_clusters.groupby("method").ticker.agg(["count", "nunique"])
-    universe = company_clusters.ticker.nunique()
-    incomplete = per_method[(per_method["count"] != universe) | (per_method["nunique"] != universe)]
+    """On every date, each method assigns exactly one cluster to every company in that date's universe."""
+    incomplete = []
+    for as_of, rows in company_clusters.groupby("as_of"):
+        per_method = rows.groupby("method").ticker.agg(["count", "nunique"])
+        universe = rows.ticker.nunique()
+        bad = per_method[(per_method["count"] != universe) | (per_method["nunique"] != universe)]
+        incomplete += [f"{as_of.date()} {method}" for method in bad.index]
     return AssetCheckResult(
-        passed=bool(incomplete.empty and not company_clusters.cluster.isna().any()),
-        metadata={"companies": universe, "methods_incomplete": ", ".join(incomplete.index) or "none"},
+        passed=bool(not incomplete and not company_clusters.cluster.isna().any()),
+        metadata={"dates": int(company_clusters.as_of.nunique()), "methods_incomplete": ", ".join(incomplete) or "none"},
+    )
+
+
+@asset_check(asset=company_clusters, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
+def clusters_use_only_texts_known_before_their_date(
+    company_clusters: pd.DataFrame, company_descriptions: pd.DataFrame
+) -> AssetCheckResult:
+    """Every clustered company's text was public before the clustering's date (known_by < as_of): the
+    point-in-time rule, checked on the stored table."""
+    known_by = company_clusters.text_id.map(company_descriptions.set_index("text_id").known_by)
+    late = company_clusters[~(known_by < company_clusters.as_of)]
+    return AssetCheckResult(
+        passed=late.empty,
+        metadata={"rows": len(company_clusters), "rows_with_later_text": len(late)},
     )

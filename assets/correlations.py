@@ -15,9 +15,18 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import figure_markdown, plt
-from peerlens.mc_study import FIXED, MEASURES, ROLLING, StudyConfig, mean_correlation_study
+from peerlens.mc_study import (
+    FIXED,
+    MEASURES,
+    ROLLING,
+    StudyConfig,
+    mean_correlation_study,
+    years_served_by_clusterings,
+)
 
 _DEFAULTS = StudyConfig()
+POINT_IN_TIME, LOOK_AHEAD = "point in time", "look-ahead reference"
+"""Values of the `timing` column of cluster_correlations and mc_comparisons."""
 
 
 class MeanCorrelationConfig(Config):
@@ -63,17 +72,39 @@ def mean_correlations(
 ):
     """Per method and year: MC per cluster (the paper's), per pair, at the reference's cluster sizes, coverage.
 
-    Threshold methods also get "(rolling θ)" rows (θ chosen on earlier years only: the out-of-sample
-    score) and "(in-sample θ)" rows (θ fitted on all years: a reference, not a result). Every method
-    is compared with every baseline on the years both score, with cluster-bootstrap intervals.
+    The headline rows are point in time (timing "point in time"): year Y is scored with the clusters dated
+    on or before 1 January of Y, made from texts known before then, on that date's universe. The same
+    years scored with the latest clusters (today's texts and universe) follow as "look-ahead reference"
+    rows: what a backtest that ignores time would have reported. When the texts are newer than every
+    scored year (the 2024 vintage) only the reference exists, and the comparisons are its own.
+    Threshold methods also get "(rolling θ)" rows (θ chosen on earlier years only) and "(in-sample θ)"
+    rows (θ fitted on all years: a reference). Comparisons: every method against every baseline on the
+    years both score, with cluster-bootstrap intervals.
     """
-    study = mean_correlation_study(monthly_returns, company_clusters, StudyConfig(**config.model_dump()))
-    yearly, comparisons = study.yearly, study.comparisons
+    study_config = StudyConfig(**config.model_dump())
+    clusters = company_clusters.drop(columns=["text_id", "company_id"])
+    latest = clusters[clusters.as_of == clusters.as_of.max()].drop(columns="as_of")
+    if years_served_by_clusterings(monthly_returns, clusters.as_of):
+        headline = mean_correlation_study(monthly_returns, clusters, study_config)
+        years = sorted(headline.yearly.year.unique())
+        reference = mean_correlation_study(monthly_returns, latest, study_config, years=years)
+        yearly = pd.concat(
+            [headline.yearly.assign(timing=POINT_IN_TIME), reference.yearly.assign(timing=LOOK_AHEAD)],
+            ignore_index=True,
+        )
+        comparisons = headline.comparisons.assign(timing=POINT_IN_TIME)
+    else:
+        context.log.warning(
+            "every text is newer than every year of returns: only the look-ahead reference can be scored"
+        )
+        headline = reference = mean_correlation_study(monthly_returns, latest, study_config)
+        yearly = reference.yearly.assign(timing=LOOK_AHEAD)
+        comparisons = reference.comparisons.assign(timing=LOOK_AHEAD)
     overall = (
-        yearly.groupby(["method", "selection"])
+        yearly.groupby(["timing", "method", "selection"])
         .agg(**{m: (m, "mean") for m in (*MEASURES, "coverage", "n_clusters")}, n_years=("year", "nunique"))
         .reset_index()
-        .sort_values("mc_matched", ascending=False)
+        .sort_values(["timing", "mc_matched"], ascending=[False, False])
     )
     selected = context.selected_output_names
     if "cluster_correlations" in selected:
@@ -82,23 +113,25 @@ def mean_correlations(
             output_name="cluster_correlations",
             metadata={
                 "years": int(yearly.year.nunique()),
-                "years_without_enough_months": str(study.unscored_years),
+                "point_in_time_years": str(sorted(yearly.year[yearly.timing == POINT_IN_TIME].unique().tolist())),
+                "years_without_enough_months": str(headline.unscored_years),
                 "matched_to": config.reference,
                 "mean_over_years": MetadataValue.md(overall.to_markdown(index=False, floatfmt=".3f")),
                 "by_year": MetadataValue.md(yearly.to_markdown(index=False, floatfmt=".3f")),
-                "theta_choices": MetadataValue.md(study.theta_choices.to_markdown(index=False, floatfmt=".3f")),
-                "mc_by_year_plot": _mc_plot(yearly),
+                "theta_choices": MetadataValue.md(headline.theta_choices.to_markdown(index=False, floatfmt=".3f")),
+                "mc_by_year_plot": _mc_plot(yearly[yearly.timing == yearly.timing.iloc[0]]),
             },
         )
     if "mc_comparisons" in selected:
-        headline = comparisons.method.str.startswith("sae")
+        sae = comparisons.method.str.startswith("sae")
         yield Output(
             comparisons,
             output_name="mc_comparisons",
             metadata={
+                "timing": str(comparisons.timing.iloc[0]) if len(comparisons) else "none",
                 "interval": "95% percentile bootstrap; clusters resampled within each year, years paired",
                 "n_boot": config.n_boot,
-                "sae_vs_baselines": MetadataValue.md(_interval_table(comparisons[headline]).to_markdown(index=False)),
+                "sae_vs_baselines": MetadataValue.md(_interval_table(comparisons[sae]).to_markdown(index=False)),
                 "all": MetadataValue.md(_interval_table(comparisons).to_markdown(index=False)),
             },
         )
@@ -129,20 +162,24 @@ def _mc_plot(table: pd.DataFrame) -> MetadataValue:
 
 @asset_check(asset="cluster_correlations")
 def correlations_are_in_range_for_every_method_and_year(cluster_correlations: pd.DataFrame) -> AssetCheckResult:
-    """MC values lie in [−1, 1], coverage in [0, 1]; fixed clusterings score every year, rolling θ all but the first."""
+    """MC values lie in [−1, 1], coverage in [0, 1]; within each timing, fixed clusterings score every year it
+    scores and rolling θ at most those."""
     values = cluster_correlations[list(MEASURES)].to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
-    by_method = cluster_correlations.groupby("method")
-    years, selection = by_method.year.nunique(), by_method.selection.first()
-    all_years = cluster_correlations.year.nunique()
-    complete = (years[selection == FIXED] == all_years).all() and (years[selection == ROLLING] <= all_years - 1).all()
+    complete, years_per_method = True, {}
+    for timing, rows in cluster_correlations.groupby("timing"):
+        by_method = rows.groupby("method")
+        years, selection = by_method.year.nunique(), by_method.selection.first()
+        all_years = rows.year.nunique()
+        complete &= bool((years[selection == FIXED] == all_years).all() and (years[selection == ROLLING] <= all_years).all())
+        years_per_method[timing] = {m: int(n) for m, n in years.items()}
     return AssetCheckResult(
         passed=bool(
             ((finite >= -1) & (finite <= 1)).all()
             and cluster_correlations.coverage.dropna().between(0, 1).all()
             and complete
         ),
-        metadata={"years_per_method": MetadataValue.json({m: int(n) for m, n in years.items()})},
+        metadata={"years_per_method": MetadataValue.json(years_per_method)},
     )
 
 
@@ -154,7 +191,8 @@ def random_baseline_scores_near_the_universe_average(cluster_correlations: pd.Da
     Standard error of year y: universe_sd_y / sqrt(n_pairs_y), as if random's pairs were independent (they
     share members, so the true error is somewhat larger: hence 4, not 2).
     """
-    random = cluster_correlations[(cluster_correlations.method == "random") & (cluster_correlations.n_pairs > 0)]
+    scored = cluster_correlations[cluster_correlations.timing == cluster_correlations.timing.iloc[0]]
+    random = scored[(scored.method == "random") & (scored.n_pairs > 0)]
     if random.empty:
         return AssetCheckResult(passed=False, metadata={"reason": "no scored `random` rows"})
     gap = float((random.mc_pair - random.universe_mc).mean())

@@ -1,8 +1,5 @@
 """Evaluation: do a method's pairs trade (walk-forward backtest)? Mean correlation lives in assets.correlations."""
 
-import os
-from pathlib import Path
-
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -15,8 +12,11 @@ from dagster import (
 )
 
 from assets.metadata import figure_markdown, plt
-from peerlens.backtest import summarize_backtest, walk_forward_pairs
+from assets.correlations import LOOK_AHEAD, POINT_IN_TIME
+from peerlens.backtest import summarize_backtest, walk_forward_pairs, walk_forward_windows
+from peerlens.layout import write_parquet_atomically
 from peerlens.pairs_trading import PairsConfig
+from peerlens.point_in_time import clusterings_by_date
 from resources import ArtifactStorage
 
 
@@ -35,7 +35,7 @@ class PairsBacktestConfig(Config):
 @asset(
     group_name="evaluation",
     kinds={"pandas", "parquet"},
-    check_specs=[AssetCheckSpec("formation_ends_before_trading_starts", asset="pairs_backtest", blocking=True)],
+    check_specs=[AssetCheckSpec("trading_uses_only_what_was_known_before_it", asset="pairs_backtest", blocking=True)],
 )
 def pairs_backtest(
     context: AssetExecutionContext,
@@ -46,56 +46,69 @@ def pairs_backtest(
 ):
     """Walk-forward within-cluster cointegration pairs per method: Sharpe, returns, drawdown, turnover, pairs.
 
-    Pairs, hedge ratios and z-score statistics come from the formation window only; trades happen in the
-    following trading window, with costs. turnover_annual = mean daily notional traded per unit of capital
-    × 252 (the notional that pays cost_bps; see `peerlens.backtest.summarize_backtest`). Daily returns,
-    daily turnover and selected pairs are written beside the table.
+    Point in time (timing "point in time", the headline): each trading window trades the method's clusters
+    dated on or before its first day, made from texts known before then; windows before the first
+    clustering are not traded. The same windows traded with the latest clusters follow as the "look-ahead
+    reference". Pairs, hedge ratios and z-score statistics come from the formation window only; trades
+    happen in the following trading window, with costs. turnover_annual = mean daily notional traded per
+    unit of capital × 252 (see `peerlens.backtest.summarize_backtest`). Daily returns, daily turnover and
+    selected pairs are written beside the table (columns and rows named "<method>" and
+    "<method> (look-ahead reference)").
     """
     cfg = PairsConfig(**config.model_dump())
-    universe = company_clusters.ticker.unique()
-    prices = daily_prices[daily_prices.ticker.isin(universe)]
+    prices = daily_prices[daily_prices.ticker.isin(company_clusters.ticker.unique())]
     close = prices.pivot(index="date", columns="ticker", values="close").sort_index()
     jumps = prices.pivot(index="date", columns="ticker", values="jump").reindex_like(close).fillna(False).astype(bool)
+    first_as_of = company_clusters.as_of.min()
+    tradable = any(window.trading_start >= first_as_of for window in walk_forward_windows(close.index, cfg))
+    latest = company_clusters[company_clusters.as_of == company_clusters.as_of.max()]
 
-    rows, daily, turnover, pairs, windows = [], {}, {}, [], None
-    for method, members in company_clusters.groupby("method"):
-        result = walk_forward_pairs(close, members.set_index("ticker").cluster, cfg, jumps=jumps)
-        daily[method] = result.daily_returns
-        turnover[method] = result.daily_turnover
-        pairs.append(result.pairs.assign(method=method))
-        windows = result.windows
-        rows.append({"method": method, **summarize_backtest(result)})
-        context.log.info(f"{method}: {len(result.pairs)} pairs over {len(result.windows)} windows")
-    table = pd.DataFrame(rows).sort_values("sharpe", ascending=False).reset_index(drop=True)
+    rows, daily, turnover, pairs, summaries = [], {}, {}, [], []
+    for method in sorted(company_clusters.method.unique()):
+        runs = {LOOK_AHEAD: latest[latest.method == method].set_index("ticker").cluster}
+        if tradable:
+            # The reference trades the same windows: the latest clusters, as if known at the first date.
+            runs = {POINT_IN_TIME: clusterings_by_date(company_clusters, method), LOOK_AHEAD: {first_as_of: runs[LOOK_AHEAD]}}
+        for timing, clusters in runs.items():
+            result = walk_forward_pairs(close, clusters, cfg, jumps=jumps)
+            name = method if timing == POINT_IN_TIME else f"{method} ({LOOK_AHEAD})"
+            daily[name], turnover[name] = result.daily_returns, result.daily_turnover
+            pairs.append(result.pairs.assign(method=name))
+            summaries.append(result.window_summary.assign(method=name))
+            rows.append({"timing": timing, "method": method, **summarize_backtest(result)})
+            context.log.info(f"{name}: {len(result.pairs)} pairs over {len(result.windows)} windows")
+    table = pd.DataFrame(rows).sort_values(["timing", "sharpe"], ascending=[False, False]).reset_index(drop=True)
 
     folder = artifacts.folder("pairs_backtest")
-    _write_parquet(pd.DataFrame(daily).rename_axis("date").reset_index(), folder / "daily_returns.parquet")
-    _write_parquet(pd.DataFrame(turnover).rename_axis("date").reset_index(), folder / "daily_turnover.parquet")
-    _write_parquet(pd.concat(pairs, ignore_index=True), folder / "pairs.parquet")
-    window_frame = pd.DataFrame([vars(w) for w in windows])
+    write_parquet_atomically(pd.DataFrame(daily).rename_axis("date").reset_index(), folder / "daily_returns.parquet")
+    write_parquet_atomically(pd.DataFrame(turnover).rename_axis("date").reset_index(), folder / "daily_turnover.parquet")
+    write_parquet_atomically(pd.concat(pairs, ignore_index=True), folder / "pairs.parquet")
+    window_summary = pd.concat(summaries, ignore_index=True)
     yield Output(
         table,
         metadata={
             "backtest": MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
-            "equity_curves": _equity_plot(pd.DataFrame(daily)),
-            "windows": MetadataValue.md(window_frame.astype(str).to_markdown(index=False)),
+            "equity_curves": _equity_plot(pd.DataFrame({k: v for k, v in daily.items() if LOOK_AHEAD not in k})),
+            "windows": MetadataValue.md(
+                window_summary[window_summary.method == window_summary.method.iloc[0]].astype(str).to_markdown(index=False)
+            ),
+            "first_traded": str(window_summary.clusters_as_of.min()),
             "cost_bps": cfg.cost_bps,
         },
     )
-    # Look-ahead guard: every trading window must start strictly after its formation window ends.
-    overlapping = window_frame[window_frame.trading_start <= window_frame.formation_end]
+    # Look-ahead guards: every trading window starts strictly after its formation window ends, and on or
+    # after the date of the clusters it trades.
+    overlapping = window_summary[window_summary.trading_start <= window_summary.formation_end]
+    early = window_summary[window_summary.clusters_as_of > window_summary.trading_start]
     yield AssetCheckResult(
-        check_name="formation_ends_before_trading_starts",
-        passed=overlapping.empty,
-        metadata={"windows": len(window_frame), "overlapping_windows": len(overlapping)},
+        check_name="trading_uses_only_what_was_known_before_it",
+        passed=overlapping.empty and early.empty,
+        metadata={
+            "windows": len(window_summary),
+            "overlapping_windows": len(overlapping),
+            "windows_trading_clusters_dated_later": len(early),
+        },
     )
-
-
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    """Write to a temporary name, then rename: an interrupted run never leaves half a file."""
-    partial = path.with_name(path.name + ".tmp")
-    frame.to_parquet(partial, index=False)
-    os.replace(partial, path)
 
 
 def _equity_plot(daily: pd.DataFrame) -> MetadataValue:

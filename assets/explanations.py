@@ -2,17 +2,18 @@
 company's most specific latents (with every latent's description, which the `peerlens` CLI reads)."""
 
 import math
-import os
 
 import numpy as np
 import pandas as pd
 from dagster import AssetIn, AssetCheckResult, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
-from assets.features import TOP_TOKENS_FILE, dense_features
+from assets.features import TOP_TOKENS_FILE, features_of_texts
 from peerlens import company_latents
 from peerlens.explain import describe_latents, explain_clusters, explanations_markdown, specificity_weighted
+from peerlens.layout import write_parquet_atomically
 from peerlens.peers import LATENT_DESCRIPTIONS_FILE
+from peerlens.texts import latest_texts
 from resources import ArtifactStorage, LanguageModelResource
 from sae_core.activation_store import ActivationStore
 from sae_core.capture import load_tokenizer
@@ -45,6 +46,12 @@ def _describe(
     )
 
 
+def _latest_sae_clusters(company_clusters: pd.DataFrame) -> pd.DataFrame:
+    """The SAE method's rows of the latest clustering date (today's texts and universe), by ticker."""
+    latest = company_clusters[(company_clusters.as_of == company_clusters.as_of.max()) & (company_clusters.method == "sae")]
+    return latest.sort_values("ticker").reset_index(drop=True)
+
+
 class ClusterExplanationsConfig(Config):
     top_latents: int = Field(default=5, description="Latents shown per cluster.")
     context_tokens: int = Field(default=6, description="Tokens of context around each top-activating token.")
@@ -59,14 +66,15 @@ def cluster_explanations(
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ) -> Output[pd.DataFrame]:
-    """Per SAE cluster (≥ 2 members): its top latents by drop-one contribution to within-cluster similarity
+    """Per SAE cluster (≥ 2 members) of the latest clustering date: its top latents by drop-one contribution to within-cluster similarity
     (of the IDF-weighted pooled latents, see `specificity_weighted`),
     each with its strongest tokens in context and the companies where it fires most.
 
     Columns: cluster, size, members, latent, rank, contribution, share, within_similarity, top_tokens, top_companies.
     """
-    tickers, features = dense_features(company_features)
-    sae_labels = company_clusters[company_clusters.method == "sae"].set_index("ticker").cluster.loc[tickers]
+    sae = _latest_sae_clusters(company_clusters)
+    tickers, features = sae.ticker.tolist(), features_of_texts(company_features, sae.text_id.tolist())
+    sae_labels = sae.cluster
     # Rank latents on IDF-weighted features: a latent every description shares explains no cluster.
     explained = explain_clusters(
         specificity_weighted(features), tickers, sae_labels.to_numpy(), top_latents=config.top_latents
@@ -89,8 +97,8 @@ def cluster_explanations(
 def every_sae_cluster_is_explained(
     cluster_explanations: pd.DataFrame, company_clusters: pd.DataFrame
 ) -> AssetCheckResult:
-    """Every SAE cluster with two or more members has at least one explaining latent with described tokens."""
-    sae = company_clusters[company_clusters.method == "sae"]
+    """Every SAE cluster of the latest date with two or more members has an explaining latent with described tokens."""
+    sae = _latest_sae_clusters(company_clusters)
     sizes = sae.groupby("cluster").size()
     expected = set(sizes[sizes >= 2].index)
     explained = set(cluster_explanations.cluster.unique())
@@ -134,7 +142,9 @@ def company_top_latents(
 
     Columns: ticker, rank, latent, value, weighted_value, share, top_tokens, top_companies.
     """
-    tickers, features = dense_features(company_features)
+    current = latest_texts(company_descriptions)
+    tickers = current.ticker.tolist()
+    features = features_of_texts(company_features, current.text_id.tolist())
     top = company_latents.company_top_latents(features, tickers, n_latents=config.top_latents)
     fired = np.flatnonzero(features.max(axis=0) > 0)
     described = _describe(
@@ -142,9 +152,7 @@ def company_top_latents(
         llm_activations, language_model, artifacts,
     )
     path = artifacts.folder("company_top_latents") / LATENT_DESCRIPTIONS_FILE
-    partial = path.with_name(path.name + ".tmp")
-    described.to_parquet(partial, index=False)
-    os.replace(partial, path)
+    write_parquet_atomically(described, path)
 
     # An even spread through the alphabet, so the sample is not all A-companies.
     shown = tickers[:: max(1, math.ceil(len(tickers) / config.companies_shown))][: config.companies_shown]
@@ -165,7 +173,7 @@ def company_top_latents(
 def every_company_has_described_top_latents(
     company_top_latents: pd.DataFrame, company_features: pd.DataFrame
 ) -> AssetCheckResult:
-    """Every company with features has at least one specific latent, and every listed latent has tokens."""
+    """Every company (by its latest text) has at least one specific latent, and every listed latent has tokens."""
     missing = sorted(set(company_features.ticker) - set(company_top_latents.ticker))
     undescribed = int(company_top_latents.top_tokens.isna().sum())
     return AssetCheckResult(

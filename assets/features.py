@@ -1,4 +1,4 @@
-"""Company features: each company's SAE latents, pooled over the tokens of its description."""
+"""Company features: each text's SAE latents, pooled over its tokens."""
 
 import numpy as np
 import pandas as pd
@@ -7,6 +7,7 @@ from dagster import AssetCheckResult, AssetCheckSpec, AssetIn, Config, Output, a
 from pydantic import Field
 
 from assets.metadata import markdown_table
+from peerlens.layout import write_parquet_atomically
 from resources import ArtifactStorage
 from sae_core.activation_store import ActivationStore
 from sae_core.features import SparseCodes, encode_tokens, pool_documents, token_shares, top_activating_tokens
@@ -57,10 +58,12 @@ def company_features(
     llm_activations: dict,
     massive_activations: dict,
     group_saes: dict,
+    company_descriptions: pd.DataFrame,
     artifacts: ArtifactStorage,
 ):
-    """Sparse long frame (ticker, latent, value): the pooled SAE code of each company over its usable tokens
-    (massive ones excluded unless massive_activations keeps them), zeros omitted.
+    """Sparse long frame (text_id, ticker, latent, value): the pooled SAE code of each text over its usable
+    tokens (massive ones excluded unless massive_activations keeps them), zeros omitted. One row set per
+    text, not per company: the point-in-time steps choose which of a company's texts stands for it.
 
     Also writes `latent_top_tokens.parquet` (latent, rank, token_index, activation, document, position,
     token_id): each latent's strongest tokens, for the cluster explanations; token_index is the store row.
@@ -71,28 +74,29 @@ def company_features(
     sae = load_sae(entry["path"])
     usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
     index = store.index
-    tickers = sorted(index.document.unique())
-    _refuse_companies_without_usable_tokens(index.document, usable, tickers)
+    text_ids = sorted(index.document.unique())
+    _refuse_texts_without_usable_tokens(index.document, usable, text_ids)
     rows = torch.nonzero(usable).flatten().numpy()  # store row of each encoded token
     codes = encode_tokens(sae, store.layer(layer)[usable])
-    document = index.document.iloc[rows].map({t: i for i, t in enumerate(tickers)}).to_numpy()
-    pooled = pool_documents(codes, document, len(tickers), sae.cfg.d_sae, config.pooling).numpy()
-    dominance = _largest_token_shares(codes, document, tickers, index.position.to_numpy()[rows], sae.cfg.d_sae)
+    document = index.document.iloc[rows].map({t: i for i, t in enumerate(text_ids)}).to_numpy()
+    pooled = pool_documents(codes, document, len(text_ids), sae.cfg.d_sae, config.pooling).numpy()
+    dominance = _largest_token_shares(codes, document, text_ids, index.position.to_numpy()[rows], sae.cfg.d_sae)
 
     nonzero_rows, latents = np.nonzero(pooled)
+    ticker_of = company_descriptions.set_index("text_id").ticker
     frame = pd.DataFrame(
         {
-            "ticker": np.asarray(tickers)[nonzero_rows],
+            "text_id": np.asarray(text_ids)[nonzero_rows],
             "latent": latents.astype(np.int32),
             "value": pooled[nonzero_rows, latents],
         }
     )
+    frame.insert(1, "ticker", frame.text_id.map(ticker_of))
     top = top_activating_tokens(codes, n_per_latent=config.top_tokens_per_latent)
     top["token_index"] = rows[top.token_index.to_numpy()]
     top = top.join(index[["document", "position", "token_id"]], on="token_index")
     top_path = artifacts.folder("company_features") / TOP_TOKENS_FILE
-    top.to_parquet(top_path.with_name(top_path.name + ".tmp"), index=False)
-    top_path.with_name(top_path.name + ".tmp").replace(top_path)
+    write_parquet_atomically(top, top_path)
 
     active = (pooled > 0).sum(axis=1)
     yield Output(
@@ -101,7 +105,7 @@ def company_features(
             "layer": layer,
             "sae_layers": str(entry["layers"]),
             "pooling": config.pooling,
-            "companies": len(tickers),
+            "texts": len(text_ids),
             "d_sae": sae.cfg.d_sae,
             "massive_tokens_excluded": int((~usable).sum()),
             "mean_active_latents_per_company": float(active.mean()),
@@ -114,29 +118,29 @@ def company_features(
     yield _dominance_check(dominance, config)
 
 
-def _refuse_companies_without_usable_tokens(documents: pd.Series, usable: torch.Tensor, tickers: list[str]) -> None:
+def _refuse_texts_without_usable_tokens(documents: pd.Series, usable: torch.Tensor, text_ids: list[str]) -> None:
     left = set(documents[usable.numpy()])
-    empty = [ticker for ticker in tickers if ticker not in left]
+    empty = [text_id for text_id in text_ids if text_id not in left]
     if empty:
         raise ValueError(
-            f"companies {empty[:10]} have no usable token: every token of their description is massive "
+            f"texts {empty[:10]} have no usable token: every token of their description is massive "
             "(massive_activations); give them a longer description, or set its treatment to keep"
         )
 
 
 def _largest_token_shares(
-    codes: SparseCodes, document: np.ndarray, tickers: list[str], position: np.ndarray, d_sae: int
+    codes: SparseCodes, document: np.ndarray, text_ids: list[str], position: np.ndarray, d_sae: int
 ) -> pd.DataFrame:
-    """Per company: its tokens, the largest share one token makes up of its pooled vector, and that token's
+    """Per text: its tokens, the largest share one token makes up of its pooled vector, and that token's
     position; largest share first."""
     shares = pd.DataFrame(
-        {"company": document, "share": token_shares(codes, document, len(tickers), d_sae).numpy(), "position": position}
+        {"text": document, "share": token_shares(codes, document, len(text_ids), d_sae).numpy(), "position": position}
     )
-    largest = shares.loc[shares.groupby("company").share.idxmax()]
+    largest = shares.loc[shares.groupby("text").share.idxmax()]
     return pd.DataFrame(
         {
-            "ticker": np.asarray(tickers)[largest.company.to_numpy()],
-            "tokens": np.bincount(document, minlength=len(tickers))[largest.company.to_numpy()],
+            "text_id": np.asarray(text_ids)[largest.text.to_numpy()],
+            "tokens": np.bincount(document, minlength=len(text_ids))[largest.text.to_numpy()],
             "max_token_share": largest.share.to_numpy(),
             "at_position": largest.position.to_numpy(),
         }
@@ -151,34 +155,42 @@ def _dominance_check(dominance: pd.DataFrame, config: CompanyFeaturesConfig) -> 
         check_name="no_company_vector_is_dominated_by_one_token",
         passed=dominated.empty,
         metadata={
-            "dominated_companies": ", ".join(dominated.ticker) or "none",
+            "dominated_texts": ", ".join(dominated.text_id) or "none",
             "dominated_share": round(len(dominated) / len(dominance), 4),
             "largest_share": float(dominance.max_token_share.max()),
             "max_token_share": config.max_token_share,
-            "too_short_to_judge": ", ".join(dominance.ticker[dominance.tokens < config.min_tokens_judged]) or "none",
+            "too_short_to_judge": ", ".join(dominance.text_id[dominance.tokens < config.min_tokens_judged]) or "none",
         },
     )
 
 
 def dense_features(company_features: pd.DataFrame, d_sae: int | None = None) -> tuple[list[str], np.ndarray]:
-    """(tickers, (n_companies, d_sae) matrix) from the sparse long frame."""
-    tickers = sorted(company_features.ticker.unique())
+    """(text_ids, (n_texts, d_sae) matrix) from the sparse long frame, texts sorted."""
+    text_ids = sorted(company_features.text_id.unique())
     width = d_sae or int(company_features.latent.max()) + 1
-    matrix = np.zeros((len(tickers), width), dtype=np.float32)
-    row = company_features.ticker.map({t: i for i, t in enumerate(tickers)}).to_numpy()
+    matrix = np.zeros((len(text_ids), width), dtype=np.float32)
+    row = company_features.text_id.map({t: i for i, t in enumerate(text_ids)}).to_numpy()
     matrix[row, company_features.latent.to_numpy()] = company_features.value.to_numpy()
-    return tickers, matrix
+    return text_ids, matrix
+
+
+def features_of_texts(company_features: pd.DataFrame, text_ids: list[str]) -> np.ndarray:
+    """(len(text_ids), d_sae) pooled features in the order of `text_ids`; every id must have features."""
+    known, matrix = dense_features(company_features)
+    position = pd.Index(known).get_indexer(text_ids)
+    if (position < 0).any():
+        raise ValueError(f"texts without features: {[t for t, p in zip(text_ids, position) if p < 0][:5]}")
+    return matrix[position]
 
 
 @asset_check(asset=company_features, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
-def every_company_has_a_finite_feature_vector(
+def every_text_has_a_finite_feature_vector(
     company_features: pd.DataFrame, company_descriptions: pd.DataFrame
 ) -> AssetCheckResult:
-    """Each company has at least one active latent and no value is NaN or inf."""
-    missing = sorted(set(company_descriptions.ticker) - set(company_features.ticker))
+    """Each text has at least one active latent and no value is NaN or inf."""
+    missing = sorted(set(company_descriptions.text_id) - set(company_features.text_id))
     non_finite = int((~np.isfinite(company_features.value.to_numpy())).sum())
     return AssetCheckResult(
         passed=not missing and non_finite == 0,
-        metadata={"companies_without_features": ", ".join(missing) or "none", "non_finite_values": non_finite},
+        metadata={"texts_without_features": ", ".join(missing) or "none", "non_finite_values": non_finite},
     )
-

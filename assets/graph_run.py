@@ -37,7 +37,7 @@ def materialize_graph(
             assets, selection=selection, instance=instance, resources=resources, run_config=config, tags=tags
         )
 
-    upstream = AssetSelection.assets("daily_prices", "company_descriptions", "industry_codes")
+    upstream = AssetSelection.assets("daily_prices", "company_descriptions", "industry_codes", "index_membership")
     returns = AssetSelection.assets("monthly_returns")
     rest = AssetSelection.all() - upstream - returns
     return [

@@ -20,19 +20,23 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import rule_metadata, table_preview
+from peerlens.layout import write_parquet_atomically
 from peerlens.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
+from peerlens.texts import LOADED_COLUMNS, append_texts, texts_from_records
 from peerlens.tickers import normalize_ticker
 from resources import ArtifactStorage, EdgarResource, SampleDataResource, YFinanceResource
 from sae_core.text import is_blank
 
 MONTHS = MonthlyPartitionsDefinition(
-    # The sample's prices run 2013-02-08..2018-02-07: the first month-end return is March 2013 and
-    # the last complete month January 2018. Live deployments set these to their own window.
-    start_date=os.environ.get("PEERLENS_MONTHS_START", "2013-03-01"),
-    end_date=os.environ.get("PEERLENS_MONTHS_END", "2018-02-01") or None,
+    # The 2017 vintage's prices run 2007-01-03..2020-10-28: the first month-end return is February 2007,
+    # the last complete month September 2020. The 2024 vintage (2013-02-08..2018-02-07) sets
+    # PEERLENS_MONTHS_START=2013-03-01 and PEERLENS_MONTHS_END=2018-02-01; live deployments their own window.
+    start_date=os.environ.get("PEERLENS_MONTHS_START", "2007-02-01"),
+    end_date=os.environ.get("PEERLENS_MONTHS_END", "2020-10-01") or None,
 )
 
-EDGAR_OVERRIDES = "edgar_item1.parquet"
+EDGAR_TEXTS = "edgar_texts.parquet"
+"""The 10-K texts fetched from EDGAR so far (a text history); each refresh appends to it."""
 
 
 class CompanyDescriptionsConfig(Config):
@@ -52,23 +56,25 @@ def company_descriptions(
     edgar: EdgarResource,
     artifacts: ArtifactStorage,
 ) -> Output[pd.DataFrame]:
-    """One business description per company: ticker, cik, name, description, source, as_of.
+    """The text history: every text each company ever had (`peerlens.texts.TEXT_COLUMNS`), one row per text.
 
-    The sample's Yahoo summaries, overlaid with every 10-K 'Item 1. Business' fetched from EDGAR so far
-    (the sensor fetches only companies with a new filing; earlier fetches are kept in an artifact).
+    text_id, company_id (CIK, else ticker), cik, ticker (at the time), name, description, source,
+    known_by (the day the text became public). The sample vintage's texts plus every 10-K 'Item 1.
+    Business' fetched from EDGAR so far, each a new row dated by its filing: a newer text never
+    replaces an older one, and what is scored on a period uses only texts known before it starts.
     """
-    loaded = sample_data.company_descriptions()
+    loaded = sample_data.company_texts()
     frame, counts = loaded.frame, dict(loaded.rule_counts)
-    overrides_path = artifacts.folder("company_descriptions") / EDGAR_OVERRIDES
-    overrides = pd.read_parquet(overrides_path) if overrides_path.exists() else frame.iloc[:0]
+    history_path = artifacts.folder("company_descriptions") / EDGAR_TEXTS
+    fetched = pd.read_parquet(history_path) if history_path.exists() else frame.iloc[:0]
     if config.refresh_from_edgar:
-        fetched = _fetch_item1(frame, [normalize_ticker(t) for t in config.refresh_from_edgar], edgar, context)
-        overrides = pd.concat([overrides[~overrides.ticker.isin(fetched.ticker)], fetched], ignore_index=True)
-        tmp = overrides_path.with_name(overrides_path.name + ".tmp")
-        overrides.to_parquet(tmp, index=False)
-        os.replace(tmp, overrides_path)
-    frame = pd.concat([frame[~frame.ticker.isin(overrides.ticker)], overrides], ignore_index=True)
-    counts["descriptions_from_edgar"] = len(overrides)
+        new = _fetch_item1(frame, [normalize_ticker(t) for t in config.refresh_from_edgar], edgar, context)
+        update = append_texts(fetched, new)
+        fetched = update.history
+        write_parquet_atomically(fetched, history_path)
+        counts["edgar_texts_added"] = len(update.added)
+    frame = append_texts(frame, fetched).history
+    counts["texts_from_edgar"] = len(fetched)
 
     if config.tickers:
         wanted = {normalize_ticker(t) for t in config.tickers}
@@ -82,33 +88,36 @@ def company_descriptions(
         excluded = sorted(set(frame.ticker) - with_prices)
         frame = frame[frame.ticker.isin(with_prices)]
     counts["excluded_without_prices"] = len(excluded)
-    frame = frame.sort_values("ticker").reset_index(drop=True)
+    frame = frame.sort_values(["ticker", "known_by", "source"]).reset_index(drop=True)
     if frame.empty:
         raise ValueError("company_descriptions: no company is left after the universe filters")
     return Output(
         frame,
         metadata={
-            "companies": len(frame),
+            "texts": len(frame),
+            "companies": int(frame.company_id.nunique()),
+            "vintage": sample_data.vintage,
+            "known_by_range": f"{frame.known_by.min().date()} .. {frame.known_by.max().date()}",
             **rule_metadata(counts),
             "excluded_without_prices_tickers": ", ".join(excluded) or "none",
             "mean_description_chars": float(frame.description.str.len().mean()),
-            "preview": table_preview(frame[["ticker", "cik", "name", "source"]]),
+            "preview": table_preview(frame[["ticker", "company_id", "name", "source", "known_by"]]),
         },
     )
 
 
 def _fetch_item1(frame: pd.DataFrame, tickers: list[str], edgar: EdgarResource, context) -> pd.DataFrame:
-    """Latest 10-K Item 1 text for `tickers` (which must be in `frame`, for their CIKs)."""
+    """Latest 10-K Item 1 text for `tickers` (which must be in `frame`, for their CIKs), as a text history."""
     client = edgar.client()
     rows = []
-    known = frame.set_index("ticker")
+    known = frame.sort_values("known_by").drop_duplicates("ticker", keep="last").set_index("ticker")
     for ticker in tickers:
         if ticker not in known.index or pd.isna(known.at[ticker, "cik"]):
             raise ValueError(f"refresh_from_edgar: ticker {ticker!r} has no CIK in the universe")
         cik = int(known.at[ticker, "cik"])
         filing = client.latest_10k(cik)
         if filing is None:
-            context.log.warning(f"{ticker} (CIK {cik}) has no 10-K on EDGAR; keeping its previous description")
+            context.log.warning(f"{ticker} (CIK {cik}) has no 10-K on EDGAR; its earlier texts stay its latest")
             continue
         rows.append(
             {
@@ -117,35 +126,72 @@ def _fetch_item1(frame: pd.DataFrame, tickers: list[str], edgar: EdgarResource, 
                 "name": known.at[ticker, "name"],
                 "description": client.item1_business(filing),
                 "source": f"edgar:{filing.accession_number}",
-                "as_of": pd.Timestamp(filing.filing_date),
+                "known_by": filing.filing_date,
             }
         )
         context.log.info(f"{ticker}: Item 1 of 10-K {filing.accession_number} ({filing.filing_date})")
-    return pd.DataFrame(rows, columns=frame.columns)
+    return texts_from_records(pd.DataFrame(rows, columns=list(LOADED_COLUMNS)), "EDGAR refresh")
 
 
 @asset_check(asset=company_descriptions, blocking=True)
 def descriptions_are_unique_and_non_empty(company_descriptions: pd.DataFrame) -> AssetCheckResult:
-    """Every company appears once and has a description with something visible in it (`sae_core.text`):
-    a missing or blank one would become a feature vector that means nothing."""
-    empty = company_descriptions.ticker[
-        ~company_descriptions.description.map(lambda text: isinstance(text, str) and not is_blank(text))
-    ].tolist()
-    duplicated = company_descriptions.ticker[company_descriptions.ticker.duplicated()].tolist()
+    """Every text appears once, is dated, and has something visible in it (`sae_core.text`): a missing or
+    blank one would become a feature vector that means nothing."""
+    texts = company_descriptions
+    empty = texts.text_id[~texts.description.map(lambda text: isinstance(text, str) and not is_blank(text))].tolist()
+    duplicated = texts.text_id[texts.text_id.duplicated()].tolist()
+    undated = texts.text_id[texts.known_by.isna()].tolist()
     return AssetCheckResult(
-        passed=not empty and not duplicated,
-        metadata={"empty": ", ".join(empty) or "none", "duplicated": ", ".join(duplicated) or "none"},
+        passed=not empty and not duplicated and not undated,
+        metadata={
+            "empty": ", ".join(empty) or "none",
+            "duplicated": ", ".join(duplicated) or "none",
+            "undated": ", ".join(undated) or "none",
+        },
+    )
+
+
+@asset(group_name="sources", kinds={"pandas", "parquet"})
+def index_membership(sample_data: SampleDataResource) -> Output[pd.DataFrame]:
+    """Index membership spells (ticker, start_date, end_date; NaT end: still a member): who was in the index on
+    a day, so a clustering dated D holds only the companies an investor could have named on D. Empty when the
+    source has no history (the 2024 vintage): then every company with a text and prices is in the universe."""
+    frame = sample_data.index_membership()
+    return Output(
+        frame,
+        metadata={
+            "spells": len(frame),
+            "tickers": int(frame.ticker.nunique()),
+            "point_in_time": bool(len(frame)),
+        },
+    )
+
+
+@asset_check(asset=index_membership, blocking=True)
+def membership_spells_do_not_overlap(index_membership: pd.DataFrame) -> AssetCheckResult:
+    """A ticker's spells are disjoint (each ends before the next starts): otherwise "member on D" is ambiguous."""
+    spells = index_membership.sort_values(["ticker", "start_date"])
+    previous_end = spells.groupby("ticker").end_date.shift()
+    overlapping = spells[(previous_end.isna() & spells.ticker.duplicated()) | (previous_end > spells.start_date)]
+    return AssetCheckResult(
+        passed=overlapping.empty,
+        metadata={"overlapping": ", ".join(sorted(set(overlapping.ticker))) or "none"},
     )
 
 
 @asset(group_name="sources", kinds={"pandas", "parquet"})
 def industry_codes(company_descriptions: pd.DataFrame, sample_data: SampleDataResource) -> Output[pd.DataFrame]:
-    """SIC (4-digit, 2-digit, division) and GICS (sector, sub-industry) per company, joined on CIK where possible."""
-    loaded = sample_data.industry_codes(company_descriptions[["ticker", "cik"]])
+    """SIC (4-digit, 2-digit, division) and GICS (sector, sub-industry) per ticker, joined on CIK where possible.
+
+    When the labels were known is in the metadata: a label known only after a scored period is not point in time.
+    """
+    companies = company_descriptions.sort_values("known_by").drop_duplicates("ticker", keep="last")
+    loaded = sample_data.industry_codes(companies[["ticker", "cik"]])
     frame = loaded.frame
     return Output(
         frame,
         metadata={
+            "label_vintages": sample_data.label_vintages(),
             **rule_metadata(loaded.rule_counts),
             "ticker_cik_conflicts_tickers": ", ".join(loaded.affected_tickers.get("ticker_cik_conflicts", [])) or "none",
             "distinct_sic4": int(frame.sic4.nunique()),
@@ -159,10 +205,10 @@ def industry_codes(company_descriptions: pd.DataFrame, sample_data: SampleDataRe
 def every_company_has_an_industry_row(
     company_descriptions: pd.DataFrame, industry_codes: pd.DataFrame
 ) -> AssetCheckResult:
-    """One industry row per company (codes may be missing, the row may not)."""
+    """One industry row per ticker (codes may be missing, the row may not)."""
     missing = sorted(set(company_descriptions.ticker) - set(industry_codes.ticker))
     return AssetCheckResult(
-        passed=not missing and len(industry_codes) == len(company_descriptions),
+        passed=not missing and len(industry_codes) == company_descriptions.ticker.nunique(),
         metadata={
             "missing": ", ".join(missing) or "none",
             "sic4_missing": int(industry_codes.sic4.isna().sum()),
@@ -186,7 +232,7 @@ def daily_prices(
         raw = sample_data.daily_prices()
         source_counts: dict[str, int] = {}
     elif config.source == "yfinance":
-        tickers = sorted(sample_data.company_descriptions().frame.ticker)
+        tickers = sorted(sample_data.company_texts().frame.ticker.unique())
         loaded = yfinance.daily_prices(tickers)
         raw, source_counts = loaded.frame, loaded.rule_counts
     else:

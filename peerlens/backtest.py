@@ -63,7 +63,7 @@ class PairsResult:
     """Selected pairs: window, PAIR_COLUMNS, n_entries (trades opened), window_return (compounded)."""
     windows: list[Window]
     window_summary: pd.DataFrame
-    """Per window: window, n_tickers (eligible), clusters_searched, clusters_skipped_too_large,
+    """Per window: window, formation_end, trading_start, n_tickers (eligible), clusters_searched, clusters_skipped_too_large,
     n_pairs, clusters_as_of (date of the point-in-time clustering traded; NaT when one clustering serves
     all windows), window_return (compounded portfolio return over the trading window)."""
 
@@ -285,6 +285,8 @@ def walk_forward_pairs(
         summary_rows.append(
             {
                 "window": k,
+                "formation_end": window.formation_end,
+                "trading_start": window.trading_start,
                 "n_tickers": selection.n_tickers,
                 "clusters_searched": selection.clusters_searched,
                 "clusters_skipped_too_large": selection.clusters_skipped_too_large,

@@ -1,6 +1,6 @@
 """`peerlens`: ask the materialized assets for a company's peers, or why two companies are alike.
 
-    peerlens peers TICKER [-n 10] [--shared 3] [--storage PATH]
+    peerlens peers TICKER [-n 10] [--shared 3] [--storage PATH] [--as-of YYYY-MM-DD]
     peerlens explain A B [--shared 5] [--storage PATH]
 
 Reads the files a run of the graph wrote (see `peerlens.peers`); it needs no Dagster. Errors
@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"storage folder the assets were materialized to (default: ${HOME_ENV}, else ./.peerlens)",
     )
+    storage.add_argument(
+        "--as-of",
+        default=None,
+        help="answer as of this date (YYYY-MM-DD): each company by its latest text known before it, and the "
+        "clusters dated on or before it (default: today, the latest texts)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     peers = commands.add_parser("peers", parents=[storage], help="the most similar companies to TICKER")
     peers.add_argument("ticker")
@@ -134,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 1 for a query error)."""
     args = build_parser().parse_args(argv)
     try:
-        index = PeerIndex.load(args.storage)
+        index = PeerIndex.load(args.storage, as_of=args.as_of)
         if args.command == "peers":
             text = format_peers(index.peers(args.ticker, n=args.n, n_shared=args.shared))
         else:

@@ -187,7 +187,10 @@ def _row(method: str, selection: str, year: int, scores: ClusterScores, theta: f
 
 
 def mean_correlation_study(
-    monthly_returns: pd.DataFrame, clusters: pd.DataFrame, config: StudyConfig | None = None
+    monthly_returns: pd.DataFrame,
+    clusters: pd.DataFrame,
+    config: StudyConfig | None = None,
+    years: list[int] | None = None,
 ) -> MeanCorrelationStudy:
     """Score every clustering three ways per year, choose θ out of sample, compare with baselines.
 
@@ -199,12 +202,13 @@ def mean_correlation_study(
             of Y (made from what was known before that day), on that clustering's companies; years no
             clustering precedes are not scored. Without as_of one clustering scores every year.
         config: study knobs; defaults reproduce the sample report.
+        years: score only these years (undated clusters only; None: every year with returns).
     """
     config = config or StudyConfig()
     if not isinstance(monthly_returns, pd.DataFrame) or "ticker" not in monthly_returns.columns:
         raise ValueError("monthly_returns must be a DataFrame with columns month, ticker, log_return")
     if not isinstance(clusters, pd.DataFrame) or "as_of" not in clusters.columns:
-        parts = [_study_of_one_clustering(monthly_returns, clusters, config, score_years=None, as_of=pd.NaT)]
+        parts = [_study_of_one_clustering(monthly_returns, clusters, config, score_years=years, as_of=pd.NaT)]
     else:
         served = years_served_by_clusterings(monthly_returns, clusters["as_of"])
         if not served:

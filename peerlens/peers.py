@@ -4,8 +4,8 @@ Reads what a run of the graph materialized (no Dagster needed), under the storag
 IO manager writes to — `--storage`, else $PEERLENS_HOME, else `.peerlens` in the working folder,
 the same rule as `resources.storage`:
 
-    tables/company_features.parquet        ticker, latent, value (pooled SAE latents, zeros omitted)
-    tables/company_clusters.parquet        method, ticker, cluster
+    tables/company_features.parquet        text_id, ticker, latent, value (pooled SAE latents, zeros omitted)
+    tables/company_clusters.parquet        as_of, method, ticker, cluster (one clustering per date)
     tables/company_descriptions.parquet    ticker, name, ...
     artifacts/company_top_latents/latent_descriptions.parquet
                                            latent, top_tokens, top_companies (every latent that fires)
@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from peerlens.company_latents import company_profiles
+from peerlens.layout import HOME_ENV, storage_root
+from peerlens.texts import texts_known_before
 
-HOME_ENV = "PEERLENS_HOME"
-DEFAULT_HOME = ".peerlens"
 LATENT_DESCRIPTIONS_FILE = "latent_descriptions.parquet"
 
 MATERIALIZED_FILES = {
@@ -68,11 +68,6 @@ class UnknownTickerError(ValueError):
         self.ticker, self.suggestions = ticker, suggestions
         hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
         super().__init__(f"unknown ticker {ticker!r}: not one of the {n_companies} companies with features{hint}")
-
-
-def storage_root(storage: str | os.PathLike | None = None) -> Path:
-    """The storage root: `storage` if given, else $PEERLENS_HOME, else `.peerlens` (resolved)."""
-    return Path(storage or os.environ.get(HOME_ENV) or DEFAULT_HOME).resolve()
 
 
 @dataclass(frozen=True)
@@ -170,6 +165,20 @@ def _read_materialized(root: Path) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def _as_of(
+    features: pd.DataFrame, clusters: pd.DataFrame, descriptions: pd.DataFrame, as_of: object
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The frames narrowed to what was known before `as_of` (None: today), when they carry the dates to do so."""
+    if "text_id" in features.columns and {"text_id", "known_by"} <= set(descriptions.columns):
+        day = pd.Timestamp(as_of) if as_of is not None else descriptions.known_by.max() + pd.Timedelta(days=1)
+        descriptions = texts_known_before(descriptions, day)
+        features = features[features.text_id.isin(set(descriptions.text_id))]
+    if "as_of" in clusters.columns and len(clusters):
+        dates = clusters.as_of[clusters.as_of <= pd.Timestamp(as_of)] if as_of is not None else clusters.as_of
+        clusters = clusters[clusters.as_of == dates.max()] if len(dates) else clusters.iloc[:0]
+    return features, clusters, descriptions
+
+
 class PeerIndex:
     """The companies' profiles, clusters and latent descriptions, ready to answer peer queries.
 
@@ -188,10 +197,19 @@ class PeerIndex:
         company_clusters: pd.DataFrame,
         company_descriptions: pd.DataFrame,
         latent_descriptions: pd.DataFrame,
+        as_of: object = None,
     ):
-        """Build the index from the asset frames (columns as in the module docstring)."""
+        """Build the index from the asset frames (columns as in the module docstring).
+
+        With text histories (company_features and company_descriptions carry text_id) each company is
+        its latest text known before `as_of`, and the clusters are those of the latest clustering dated
+        on or before it; `as_of` None means today: every company's newest text and the latest clusters.
+        """
+        company_features, company_clusters, company_descriptions = _as_of(
+            company_features, company_clusters, company_descriptions, as_of
+        )
         if company_features.empty:
-            raise ValueError("company_features is empty: no company to compare")
+            raise ValueError(f"company_features is empty{f' as of {as_of}' if as_of else ''}: no company to compare")
         self.tickers = sorted(company_features["ticker"].astype(str).unique())
         self._row = {ticker: i for i, ticker in enumerate(self.tickers)}
         latents = company_features["latent"].to_numpy(dtype=np.int64)
@@ -208,8 +226,8 @@ class PeerIndex:
         self.descriptions = latent_descriptions.drop_duplicates("latent").set_index("latent")
 
     @classmethod
-    def load(cls, storage: str | os.PathLike | None = None) -> PeerIndex:
-        """Read the materialized assets under `storage_root(storage)`.
+    def load(cls, storage: str | os.PathLike | None = None, as_of: object = None) -> PeerIndex:
+        """Read the materialized assets under `storage_root(storage)`, as of a date (see `__init__`).
 
         Raises:
             AssetsNotMaterializedError: naming every asset whose file is missing.
@@ -220,6 +238,7 @@ class PeerIndex:
             frames["company_clusters"],
             frames["company_descriptions"],
             frames["company_top_latents"],
+            as_of=as_of,
         )
 
     def resolve(self, ticker: str) -> str:

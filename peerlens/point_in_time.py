@@ -65,17 +65,20 @@ def point_in_time_clusterings(
     codes: pd.DataFrame,
     config: ClusteringConfig,
     members_on: Callable[[pd.Timestamp], set[str]] | None = None,
-    tradable: set[str] | None = None,
+    tradable_on: Callable[[pd.Timestamp], set[str]] | None = None,
     min_companies: int = 10,
 ) -> PointInTimeClusters:
     """Every method's clusters on each of `dates`, each from the universe of that day (`universe_as_of`).
 
-    Dates whose universe has fewer than `min_companies` companies are skipped (nothing to group).
+    `members_on(day)` and `tradable_on(day)` (e.g. tickers whose prices have started) narrow the universe;
+    None keeps every company. Dates whose universe has fewer than `min_companies` companies are skipped.
     `codes`: industry codes indexed by ticker (see `peerlens.methods.cluster_every_method`).
     """
     frames, thetas, summaries = [], [], []
     for day in dates:
-        universe = universe_as_of(texts, day, members_on(day) if members_on else None, tradable)
+        universe = universe_as_of(
+            texts, day, members_on(day) if members_on else None, tradable_on(day) if tradable_on else None
+        )
         if len(universe) < min_companies:
             continue
         tickers = universe.ticker.tolist()

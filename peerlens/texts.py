@@ -132,3 +132,8 @@ def texts_known_before(history: pd.DataFrame, day: object, tickers: object = Non
         # Filtered after choosing: a company renamed since its member ticker keeps its latest text.
         latest = latest[latest.ticker.isin(set(tickers))]
     return latest.sort_values("ticker").reset_index(drop=True)
+
+
+def latest_texts(history: pd.DataFrame) -> pd.DataFrame:
+    """Each company's newest text (TEXT_COLUMNS, one row per company): what it says of itself today."""
+    return texts_known_before(history, history.known_by.max() + pd.Timedelta(days=1))

@@ -8,35 +8,82 @@ import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from peerlens import sample
+from peerlens import sample, sample_2017
 from peerlens.edgar import EdgarClient
+from peerlens.texts import texts_from_records
 from peerlens.yfinance_prices import load_yfinance_prices
 
 
+VINTAGES = ("2017", "2024")
+
+
 class SampleDataResource(ConfigurableResource):
-    """The offline S&P 500 sample: descriptions, GICS/SIC/CIK tables and 2013-2018 daily prices."""
+    """The offline S&P 500 sample, in one of its two text vintages.
+
+    2017 (the default): vendor profiles known by May 2017, GICS of May 2017, dividend-adjusted prices
+    2007–2020 and point-in-time index membership: texts older than the returns they are scored on.
+    2024: Yahoo summaries of April 2024 with 2013–2018 prices: every score on it is look-ahead.
+    """
 
     path: str = Field(
         default="",
         description="Sample folder; empty means $PEERLENS_SAMPLE_DIR, else ../shared/data beside the project.",
     )
+    vintage: str = Field(default="2017", description="Text vintage: '2017' (sp500_2017/) or '2024' (sp500/).")
+    vendors: list[str] = Field(
+        default=[sample_2017.DEFAULT_VENDOR],
+        description="2017 vintage: whose profiles to load (yf, gf, mw); one text per company and vendor.",
+    )
 
     def root(self) -> Path:
-        """The sample folder, checked to hold every file the loaders read."""
-        return sample.check_sample_dir(self.path or sample.default_sample_dir())
+        """The sample folder, checked to hold every file the chosen vintage's loaders read."""
+        if self.vintage not in VINTAGES:
+            raise ValueError(f"sample_data vintage must be one of {VINTAGES}, got {self.vintage!r}")
+        root = self.path or sample.default_sample_dir()
+        return sample_2017.check_vintage_dir(root) if self.vintage == "2017" else sample.check_sample_dir(root)
 
-    def company_descriptions(self) -> sample.LoadedTable:
-        return sample.load_company_descriptions(self.root())
+    def company_texts(self) -> sample.LoadedTable:
+        """The vintage's texts as a text history (`peerlens.texts.TEXT_COLUMNS`)."""
+        if self.vintage == "2017":
+            return sample_2017.load_texts_2017(self.root(), tuple(self.vendors))
+        loaded = sample.load_company_descriptions(self.root())
+        texts = texts_from_records(loaded.frame.rename(columns={"as_of": "known_by"}), sample.DESCRIPTIONS_FILE)
+        return sample.LoadedTable(texts, loaded.rule_counts, loaded.affected_tickers)
 
     def industry_codes(self, companies: pd.DataFrame) -> sample.LoadedTable:
-        return sample.load_industry_codes(self.root(), companies)
+        """SIC and GICS per company (see `sample.load_industry_codes`); the 2017 vintage's GICS is May 2017's."""
+        loaded = sample.load_industry_codes(self.root(), companies)
+        if self.vintage == "2024":
+            return loaded
+        gics = sample_2017.load_gics_2017(self.root()).frame.set_index("ticker")
+        frame = loaded.frame.copy()
+        for column in ("gics_sector", "gics_sub_industry"):
+            frame[column] = frame.ticker.map(gics[column]).astype("string")
+        counts = {k: v for k, v in loaded.rule_counts.items() if not k.startswith("gics_")}
+        counts["gics_2017_missing"] = int(frame.gics_sub_industry.isna().sum())
+        return sample.LoadedTable(frame, counts, loaded.affected_tickers)
+
+    def label_vintages(self) -> str:
+        """When the industry labels were known, for reports: labels known only later are not point in time."""
+        if self.vintage == "2017":
+            return "GICS as of May 2017 (sp500_2017/company_bio.csv); SIC from cik_ticker.csv (2019): known only later"
+        return "GICS from constituents.csv (2026) and SIC from cik_ticker.csv (2019): both known only today"
 
     def daily_prices(self) -> pd.DataFrame:
+        if self.vintage == "2017":
+            return sample_2017.load_prices_2017(self.root()).frame
         return sample.load_daily_prices(self.root())
 
     def price_tickers(self) -> set[str]:
-        """Tickers that have prices, read from the price file's ticker column alone."""
+        """Tickers that have prices."""
         return set(self.daily_prices()["ticker"].unique())
+
+    def index_membership(self) -> pd.DataFrame:
+        """Membership spells (ticker, start_date, end_date); empty for the 2024 vintage, which has none."""
+        if self.vintage == "2017":
+            return sample_2017.load_membership(self.root())
+        return pd.DataFrame({"ticker": pd.Series(dtype=str), "start_date": pd.Series(dtype="datetime64[ns]"),
+                             "end_date": pd.Series(dtype="datetime64[ns]")})
 
 
 class EdgarResource(ConfigurableResource):

@@ -9,14 +9,12 @@ Layout under the storage root (default `.peerlens/`, or $PEERLENS_HOME):
                                              (activation shards, SAE folders)
 
 No pickle anywhere: a stranger can open every file with pandas, pyarrow or a text editor.
-Every write goes to a temporary file first and is renamed into place, so an interrupted run
-never leaves a half-written table where the last good one was.
+The layout and the atomic write are `peerlens.layout`'s, shared with the assets and the CLI.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +22,7 @@ import pandas as pd
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 from pydantic import Field
 
-# One rule for where results live (a configured root, else $PEERLENS_HOME, else .peerlens), shared
-# with the `peerlens` CLI that reads them back.
-from peerlens.peers import storage_root
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+from peerlens.layout import artifact_folder, storage_root, write_json_atomically, write_parquet_atomically
 
 
 class ArtifactStorage(ConfigurableResource):
@@ -45,7 +31,7 @@ class ArtifactStorage(ConfigurableResource):
     root: str = Field(default="", description="Storage root; empty means $PEERLENS_HOME, else .peerlens.")
 
     def folder(self, asset_name: str) -> Path:
-        path = storage_root(self.root) / "artifacts" / asset_name
+        path = artifact_folder(self.root, asset_name)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -84,11 +70,9 @@ class TableIOManager(ConfigurableIOManager):
 
     def _write(self, base: Path, obj: Any) -> Path:
         if isinstance(obj, pd.DataFrame):
-            path = base.with_name(base.name + ".parquet")
-            _atomic_write(path, lambda tmp: obj.to_parquet(tmp, index=False))
+            path = write_parquet_atomically(obj, base.with_name(base.name + ".parquet"))
         elif isinstance(obj, (dict, list)):
-            path = base.with_name(base.name + ".json")
-            _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str)))
+            path = write_json_atomically(obj, base.with_name(base.name + ".json"))
         else:
             raise TypeError(f"TableIOManager stores DataFrames, dicts and lists, not {type(obj).__name__}")
         return path

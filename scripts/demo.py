@@ -31,6 +31,7 @@ def main() -> int:
     print(f"  Dagster instance (runs, metadata, checks): {os.environ['DAGSTER_HOME']}")
     print("  open the UI:  make dev   (then http://127.0.0.1:3000 → Assets)")
     print("  ask for peers: .venv/bin/peerlens peers JPM    .venv/bin/peerlens explain XOM CVX")
+    print("  as of a date:  .venv/bin/peerlens peers JPM --as-of 2018-01-01")
     return 0 if ok else 1
 
 

@@ -63,12 +63,18 @@ def test_an_unknown_model_fails_naming_it_and_keeps_the_stored_activations(tmp_p
     assert previous.read_text() == '{"n_layers": 30}'
 
 
-def test_a_missing_or_invisible_description_fails_the_blocking_check_naming_the_company():
+def test_a_missing_invisible_or_undated_text_fails_the_blocking_check_naming_the_text():
     from assets.sources import descriptions_are_unique_and_non_empty
 
     frame = pd.DataFrame(
-        {"ticker": ["AMZN", "DAL", "OMC", "MMC"], "description": ["Sells things.", float("nan"), "\u200b\u200b", " "]}
+        {
+            "text_id": ["AMZN|s", "DAL|s", "OMC|s", "MMC|s"],
+            "description": ["Sells things.", float("nan"), "\u200b\u200b", " "],
+            "known_by": pd.to_datetime(["2017-05-18"] * 4),
+        }
     )
     result = descriptions_are_unique_and_non_empty(frame)
     assert not result.passed
-    assert result.metadata["empty"].value == "DAL, OMC, MMC"
+    assert result.metadata["empty"].value == "DAL|s, OMC|s, MMC|s"
+    undated = descriptions_are_unique_and_non_empty(frame.assign(description="x", known_by=[pd.NaT] * 4))
+    assert not undated.passed and undated.metadata["undated"].value.startswith("AMZN|s")

@@ -29,7 +29,9 @@ RUN_CONFIG = {
 
 @asset(name="company_clusters")
 def planted_company_clusters() -> pd.DataFrame:
-    return planted_clusters()
+    """The planted clusters, dated twice: 2014 is scored with the first, 2015 on with the second."""
+    clusters = planted_clusters().assign(text_id=lambda f: f.ticker, company_id=lambda f: f.ticker)
+    return pd.concat([clusters.assign(as_of=pd.Timestamp(day)) for day in ("2013-06-01", "2015-01-01")])
 
 
 @asset(name="monthly_returns")
@@ -54,6 +56,14 @@ def test_both_tables_are_materialized_with_markdown_and_plot_and_every_check_pas
     assert "image/png;base64" in yearly_metadata["mc_by_year_plot"].value
     comparisons = result.output_for_node("mean_correlations", "mc_comparisons")
     assert set(comparisons.measure) == {"mc_cluster", "mc_pair", "mc_matched"}
+    assert set(comparisons.timing) == {"point in time"}
+    yearly = result.output_for_node("mean_correlations", "cluster_correlations")
+    headline = yearly[yearly.timing == "point in time"]
+    assert headline.year.min() == 2014  # 2013 starts before the first clustering: not scored out of sample
+    assert set(headline.as_of[headline.year == 2014]) == {pd.Timestamp("2013-06-01")}
+    assert set(headline.as_of[headline.year > 2014]) == {pd.Timestamp("2015-01-01")}
+    reference = yearly[yearly.timing == "look-ahead reference"]
+    assert set(reference.year) == set(headline.year) and reference.as_of.isna().all()
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == len(CHECKS) and all(e.passed for e in evaluations)
 

@@ -8,14 +8,17 @@ LINEAGE = {
     "company_descriptions": set(),
     "industry_codes": {"company_descriptions"},
     "daily_prices": set(),
+    "index_membership": set(),
     "monthly_returns": {"daily_prices"},
     "llm_activations": {"company_descriptions"},
     "massive_activations": {"llm_activations"},
     "layer_distances": {"llm_activations", "massive_activations"},
     "layer_groups": {"layer_distances"},
     "group_saes": {"llm_activations", "massive_activations", "layer_groups"},
-    "company_features": {"llm_activations", "massive_activations", "group_saes"},
-    "company_clusters": {"company_features", "company_descriptions", "industry_codes"},
+    "company_features": {"llm_activations", "massive_activations", "group_saes", "company_descriptions"},
+    "company_clusters": {
+        "company_features", "company_descriptions", "industry_codes", "index_membership", "daily_prices"
+    },
     "cluster_correlations": {"company_clusters", "monthly_returns"},
     "pairs_backtest": {"company_clusters", "daily_prices"},
     "cluster_explanations": {"company_features", "company_clusters", "llm_activations"},
@@ -54,10 +57,10 @@ def test_blocking_checks_guard_the_stages_whose_failure_would_poison_what_follow
         assert name in blocking, name
 
 
-def test_monthly_returns_is_partitioned_by_month_over_the_sample_window():
+def test_monthly_returns_is_partitioned_by_month_over_the_2017_vintage_window():
     partitions = defs.resolve_asset_graph().get(AssetKey("monthly_returns")).partitions_def
     keys = partitions.get_partition_keys()
-    assert keys[0] == "2013-03-01" and keys[-1] == "2018-01-01" and len(keys) == 59
+    assert keys[0] == "2007-02-01" and keys[-1] == "2020-09-01" and len(keys) == 164
 
 
 def test_schedule_sensor_and_jobs_are_registered():

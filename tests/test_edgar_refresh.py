@@ -1,4 +1,4 @@
-"""company_descriptions with refresh_from_edgar: the 10-K's Item 1 replaces the sample text, and stays."""
+"""company_descriptions with refresh_from_edgar: the 10-K's Item 1 becomes a new text beside the sample's, and stays."""
 
 from pathlib import Path
 
@@ -24,23 +24,29 @@ def run(tmp_path, refresh: list[str]):
     }
     config = {"ops": {"company_descriptions": {"config": {"tickers": ["AAPL", "MSFT"], "refresh_from_edgar": refresh}}}}
     result = materialize([company_descriptions], resources=resources, run_config=config)
-    return pd.read_parquet(tmp_path / "tables" / "company_descriptions.parquet").set_index("ticker"), result
+    return pd.read_parquet(tmp_path / "tables" / "company_descriptions.parquet"), result
 
 
-def test_a_refreshed_company_gets_its_10k_item1_and_keeps_it_in_later_runs(tmp_path, monkeypatch):
+def test_a_refreshed_company_gets_its_10k_item1_as_a_new_dated_text_and_keeps_it_in_later_runs(tmp_path, monkeypatch):
     fetched = []
     monkeypatch.setattr(EdgarClient, "latest_10k", lambda self, cik: fetched.append(cik) or APPLE_FILING)
     monkeypatch.setattr(EdgarClient, "get_text", lambda self, url: APPLE_10K.read_text(errors="replace"))
 
     refreshed, result = run(tmp_path, refresh=["aapl"])
     assert fetched == [320193]
-    assert refreshed.at["AAPL", "source"] == "edgar:0000320193-24-000123"
-    assert "iPhone" in refreshed.at["AAPL", "description"]
-    assert refreshed.at["MSFT", "source"].startswith("sample:")
+    apple = refreshed[refreshed.ticker == "AAPL"].set_index("source")
+    # The vendor text of May 2017 stays; the 10-K is a second text, dated by its filing.
+    assert list(apple.index) == ["yf@sp500_2017", "edgar:0000320193-24-000123"]
+    assert apple.known_by.tolist() == [pd.Timestamp("2017-05-18"), pd.Timestamp("2024-11-01")]
+    assert "iPhone" in apple.at["edgar:0000320193-24-000123", "description"]
+    assert apple.company_id.nunique() == 1
+    assert (refreshed[refreshed.ticker == "MSFT"].source == "yf@sp500_2017").all()
     metadata = result.asset_materializations_for_node("company_descriptions")[0].metadata
-    assert metadata["rule/descriptions_from_edgar"].value == 1
+    assert metadata["rule/texts_from_edgar"].value == 1 and metadata["rule/edgar_texts_added"].value == 1
 
     fetched.clear()
     later, _ = run(tmp_path, refresh=[])
     assert fetched == []
-    assert later.at["AAPL", "description"] == refreshed.at["AAPL", "description"]
+    pd.testing.assert_frame_equal(later, refreshed)
+    again, _ = run(tmp_path, refresh=["AAPL"])  # the same filing fetched again adds nothing
+    pd.testing.assert_frame_equal(again, refreshed)

@@ -18,6 +18,7 @@ from assets.automation import new_10k_filings
 from peerlens.edgar import SUBMISSIONS_URL, Filing, ten_k_filings
 from peerlens.filings import FilingsCursor, PollResult, poll_new_10k_filings
 from peerlens.sample import LoadedTable
+from peerlens.texts import texts_from_records
 from resources import EdgarResource, SampleDataResource
 
 SAMPLE_DIR = Path(
@@ -239,13 +240,13 @@ def edgar_serves(monkeypatch, tesla, aapl):
 
     monkeypatch.setattr(requests.Session, "get", get)
     monkeypatch.setattr(requests.Session, "request", no_network)
+    texts = universe(("TSLA", TSLA_CIK), ("AAPL", AAPL_CIK)).assign(
+        name=["Tesla, Inc.", "Apple Inc."], description=["Cars.", "Phones."], source="sample", known_by="2024-04-12"
+    )
     monkeypatch.setattr(
         SampleDataResource,
-        "company_descriptions",
-        lambda self: LoadedTable(
-            frame=universe(("TSLA", TSLA_CIK), ("AAPL", AAPL_CIK)).assign(name=["Tesla, Inc.", "Apple Inc."]),
-            rule_counts={},
-        ),
+        "company_texts",
+        lambda self: LoadedTable(frame=texts_from_records(texts, "test universe"), rule_counts={}),
     )
     return served
 

@@ -31,7 +31,8 @@ FEATURE_LAYER = 19  # two thirds of the way up SmolLM2's 30 layers, as company_f
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    descriptions = SampleDataResource().company_descriptions().frame.set_index("ticker").loc[TICKERS]
+    # The 2024 vintage: the one whose texts were measured to trigger the sinks.
+    descriptions = SampleDataResource(vintage="2024").company_texts().frame.set_index("ticker").loc[TICKERS]
     model = load_model()
     token_ids = tokenize(model.tokenizer, descriptions.description.tolist(), 512, names=TICKERS)
     writer = ActivationStoreWriter(tmp_path_factory.mktemp("store") / "store", model.n_layers, model.d_model)

@@ -135,8 +135,8 @@ def pairs_by_window(texts: pd.DataFrame, close: pd.DataFrame) -> tuple[pd.DataFr
     dated = clusterings_by_date(clusters(texts), "tfidf")
     config = PairsConfig(formation_days=126, trading_days=63, pvalue_max=0.2)
     result = walk_forward_pairs(close, dated, config)
-    starts = pd.Series({k: w.trading_start for k, w in enumerate(result.windows)}, name="trading_start")
-    return result.pairs.join(starts, on="window"), result.window_summary.join(starts, on="window")
+    starts = result.window_summary.set_index("window").trading_start
+    return result.pairs.join(starts, on="window"), result.window_summary
 
 
 def test_a_text_dated_on_a_window_start_changes_no_pair_traded_before_it():
