@@ -22,7 +22,15 @@ from pydantic import Field
 
 from assets.metadata import figure_markdown, markdown_table, plt
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource
-from sae_core.activation_store import STORE_DTYPE, ActivationStore, ActivationStoreWriter
+from sae_core.activation_store import (
+    FINGERPRINTS,
+    STORE_DTYPE,
+    ActivationStore,
+    ActivationStoreWriter,
+    copy_documents,
+    document_fingerprint,
+    documents_held,
+)
 from sae_core.capture import capture_documents, load_tokenizer, tokenize
 from sae_core.massive_activations import (
     DEFAULT_NORM_MULTIPLE,
@@ -43,34 +51,51 @@ def llm_activations(
     """fp16 shards (n_layers, tokens, d_model) of the base model's residual stream, with a token index.
 
     One document per text of the history (its text_id), not per company: a company's every filing is
-    captured, and the point-in-time steps downstream choose which one stands for it on a day.
+    captured, and the point-in-time steps downstream choose which one stands for it on a day. Texts
+    the previous store already holds (same id, same content, same model and truncation) are copied
+    from it, not captured again: a new filing costs one model pass over its own text.
     The value passed downstream is the store's manifest (folder, model, shapes); the tensors stay on disk.
     """
-    device = compute.torch_device()
     started = time.perf_counter()
-    model = language_model.load(device)
-    context.log.info(f"loaded {language_model.name}: {model.n_layers} layers, width {model.d_model}, on {device}")
     text_ids = company_descriptions.text_id.tolist()
-    token_ids = tokenize(
-        model.tokenizer, company_descriptions.description.tolist(), language_model.max_tokens, names=text_ids
-    )
-    truncated = sum(len(ids) == language_model.max_tokens for ids in token_ids)
-
+    fingerprints = dict(zip(text_ids, company_descriptions.description.map(document_fingerprint)))
     folder = artifacts.folder("llm_activations") / "store"
+    previous = _reusable_store(folder, language_model)
+    reused = documents_held(previous, fingerprints) if previous else set()
+    new = [i for i, text_id in enumerate(text_ids) if text_id not in reused]
+
+    model, device, token_ids = None, compute.torch_device(), []
+    if new:
+        model = language_model.load(device)
+        context.log.info(f"loaded {language_model.name}: {model.n_layers} layers, width {model.d_model}, on {device}")
+        token_ids = tokenize(
+            model.tokenizer,
+            [company_descriptions.description.iloc[i] for i in new],
+            language_model.max_tokens,
+            names=[text_ids[i] for i in new],
+        )
+    n_layers, d_model = (model.n_layers, model.d_model) if model else (previous.n_layers, previous.d_model)
     writer = ActivationStoreWriter(
         folder,
-        model.n_layers,
-        model.d_model,
-        metadata={"model": language_model.name, "max_tokens": language_model.max_tokens, "text_ids": text_ids},
+        n_layers,
+        d_model,
+        metadata={
+            "model": language_model.name,
+            "max_tokens": language_model.max_tokens,
+            "text_ids": text_ids,
+            FINGERPRINTS: fingerprints,
+        },
     )
     capture_started = time.perf_counter()
     try:
-        for batch, captured in capture_documents(
-            model, token_ids, batch_tokens=language_model.batch_tokens, device=device, log=context.log.info,
-            dtype=STORE_DTYPE,
-        ):
-            documents = [text_ids[batch[i]] for i in captured.document.tolist()]
-            writer.add(captured.activations.cpu(), documents, captured.position.cpu(), captured.token_id.cpu())
+        reused_tokens = copy_documents(previous, reused, writer) if reused else 0
+        if new:
+            for batch, captured in capture_documents(
+                model, token_ids, batch_tokens=language_model.batch_tokens, device=device, log=context.log.info,
+                dtype=STORE_DTYPE,
+            ):
+                documents = [text_ids[new[batch[i]]] for i in captured.document.tolist()]
+                writer.add(captured.activations.cpu(), documents, captured.position.cpu(), captured.token_id.cpu())
         store = writer.close()
     except BaseException:
         shutil.rmtree(writer.folder.with_name(writer.folder.name + ".tmp"), ignore_errors=True)
@@ -78,6 +103,8 @@ def llm_activations(
     capture_seconds = time.perf_counter() - capture_started
     manifest = {"folder": str(store.folder), **store.manifest}
     manifest.pop("text_ids")
+    manifest.pop(FINGERPRINTS)
+    captured_tokens = store.n_tokens - reused_tokens
     return Output(
         manifest,
         metadata={
@@ -87,13 +114,26 @@ def llm_activations(
             "tokens": store.n_tokens,
             "texts": len(text_ids),
             "companies": int(company_descriptions.company_id.nunique()),
-            "truncated_descriptions": truncated,
+            "texts_captured": len(new),
+            "texts_reused": len(reused),
+            "tokens_through_the_model": captured_tokens,
+            "truncated_descriptions": sum(len(ids) == language_model.max_tokens for ids in token_ids),
             "shards": len(store.manifest["shards"]),
-            "capture_tokens_per_second": round(store.n_tokens / capture_seconds, 1),
+            "capture_tokens_per_second": round(captured_tokens / capture_seconds, 1) if new else 0.0,
             "seconds_total": round(time.perf_counter() - started, 1),
             "device": device,
         },
     )
+
+
+def _reusable_store(folder, language_model: LanguageModelResource) -> ActivationStore | None:
+    """The store from the last run when it was captured with the same model and truncation, else None."""
+    try:
+        store = ActivationStore(folder)
+    except FileNotFoundError:
+        return None
+    same = store.manifest.get("model") == language_model.name and store.manifest.get("max_tokens") == language_model.max_tokens
+    return store if same else None
 
 
 @asset_check(asset=llm_activations, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})

@@ -16,6 +16,7 @@ crash never leaves a half-written store where a reader expects a whole one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ from safetensors.torch import save_file
 MANIFEST = "store.json"
 INDEX = "index.parquet"
 TOKEN_NORMS = "token_norms.safetensors"
+FINGERPRINTS = "document_fingerprints"
+"""Manifest key: document name → `document_fingerprint` of the text it was captured from."""
 STORE_DTYPE = torch.float16
 """What shards hold; capturing straight into it (capture.capture_documents' dtype) skips a conversion."""
 
@@ -141,6 +144,43 @@ class ActivationStoreWriter:
         os.replace(self._tmp, self.folder)
         shutil.rmtree(old, ignore_errors=True)
         return ActivationStore(self.folder)
+
+
+def document_fingerprint(text: str) -> str:
+    """A short content hash of a document's text (sha256, 16 hex digits)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def documents_held(store: ActivationStore, fingerprints: dict[str, str]) -> set[str]:
+    """The documents of `fingerprints` (name → fingerprint) that `store` holds, captured from the same text."""
+    held = store.manifest.get(FINGERPRINTS, {})
+    return {name for name, fingerprint in fingerprints.items() if held.get(name) == fingerprint}
+
+
+def copy_documents(store: ActivationStore, documents: set[str], writer: ActivationStoreWriter) -> int:
+    """Add every stored token of `documents` from `store` to `writer`, exactly as stored (no model pass).
+
+    Reads one shard at a time; returns the number of tokens copied. This is how a store grows by new
+    documents without running the model again over the documents it already holds.
+    """
+    if (store.n_layers, store.d_model) != (writer.n_layers, writer.d_model):
+        raise ValueError(
+            f"cannot copy from a store of {store.n_layers} layers × {store.d_model} into one of "
+            f"{writer.n_layers} × {writer.d_model}"
+        )
+    index = store.index
+    wanted = index[index["document"].isin(documents)]
+    for shard_number, rows in wanted.groupby("shard", sort=True):
+        with safe_open(str(store.folder / store.manifest["shards"][shard_number]), framework="pt") as shard:
+            activations = shard.get_tensor("activations")
+        take = torch.from_numpy(rows["row"].to_numpy())
+        writer.add(
+            activations[:, take],
+            rows["document"].tolist(),
+            torch.from_numpy(rows["position"].to_numpy()),
+            torch.from_numpy(rows["token_id"].to_numpy()),
+        )
+    return len(wanted)
 
 
 def _stored_norms(activations: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,105 @@
+"""A new filing costs one language-model pass over its own text: llm_activations, run twice on a text history
+that grew by one text, with a model that counts the tokens it is run on."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from dagster import asset, materialize
+from transformers import LlamaForCausalLM
+
+from assets.activations import llm_activations
+from peerlens.texts import append_texts, texts_from_records
+from resources import ArtifactStorage, ComputeResource, LanguageModelResource, TableIOManager
+from sae_core.activation_store import ActivationStore
+from sae_core.capture import LoadedModel, wrap_model
+from tests.test_capture import word_tokenizer
+from tests.tiny_models import tiny_llama_config
+
+TOKENS_SEEN: list[int] = []
+"""Tokens (padding included) in every forward pass of the counting model, appended by its hook."""
+
+
+class CountingLanguageModel(LanguageModelResource):
+    """The tiny Llama with a forward hook that records how many tokens each pass runs over."""
+
+    def load(self, device: str) -> LoadedModel:
+        torch.manual_seed(0)
+        llama = LlamaForCausalLM(tiny_llama_config()).eval()
+        llama.model.register_forward_pre_hook(
+            lambda module, args, kwargs: TOKENS_SEEN.append(int(kwargs["input_ids"].numel())), with_kwargs=True
+        )
+        return wrap_model(self.name, llama, word_tokenizer())
+
+
+def texts(*rows: tuple[str, str, str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["ticker", "description", "known_by"])
+    return texts_from_records(frame.assign(cik=None, name=frame.ticker, source="test@" + frame.known_by), "test")
+
+
+FIRST = texts(("BANK", "the bank sells loans", "2017-01-02"), ("CARS", "the car sells cars", "2017-01-02"))
+FILING = texts(("BANK", "the bank sells loans loans loans the bank", "2018-03-01"))
+
+
+def materialize_activations(history: pd.DataFrame, root) -> tuple[dict, dict]:
+    @asset(name="company_descriptions")
+    def history_asset() -> pd.DataFrame:
+        return history
+
+    resources = {
+        "io_manager": TableIOManager(root=str(root)),
+        "artifacts": ArtifactStorage(root=str(root)),
+        "language_model": CountingLanguageModel(name="counting-tiny-llama"),
+        "compute": ComputeResource(device="cpu"),
+    }
+    result = materialize([history_asset, llm_activations], resources=resources)
+    assert result.success
+    metadata = result.asset_materializations_for_node("llm_activations")[0].metadata
+    return result.output_for_node("llm_activations"), {k: v.value for k, v in metadata.items()}
+
+
+def test_one_new_filing_costs_one_model_pass_over_its_own_text_only(tmp_path):
+    TOKENS_SEEN.clear()
+    first, first_metadata = materialize_activations(FIRST, tmp_path)
+    assert first_metadata["texts_captured"] == 2 and first_metadata["texts_reused"] == 0
+    before = ActivationStore(first["folder"])
+    old_index, old_layer = before.index, before.layer(1)
+
+    TOKENS_SEEN.clear()
+    grown = append_texts(FIRST, FILING).history
+    second, metadata = materialize_activations(grown, tmp_path)
+    # One pass, over the filing's BOS and its eight words: nothing already held is run again.
+    words = len(FILING.description.item().split())
+    assert TOKENS_SEEN == [1 + words]
+    assert metadata["texts_captured"] == 1 and metadata["texts_reused"] == 2
+    assert metadata["tokens_through_the_model"] == words  # BOS is run, never stored
+
+    after = ActivationStore(second["folder"])
+    index = after.index
+    assert set(index.document) == set(grown.text_id)
+    for text_id in FIRST.text_id:  # the copied texts are bit for bit what the first run stored
+        was, now = old_index.document == text_id, index.document == text_id
+        assert torch.equal(old_layer[torch.from_numpy(was.to_numpy())], after.layer(1)[torch.from_numpy(now.to_numpy())])
+
+    TOKENS_SEEN.clear()
+    materialize_activations(grown, tmp_path)
+    assert TOKENS_SEEN == []  # nothing new: the model is not even loaded
+
+
+def test_a_different_model_or_truncation_captures_everything_again(tmp_path):
+    materialize_activations(FIRST, tmp_path)
+    TOKENS_SEEN.clear()
+
+    @asset(name="company_descriptions")
+    def history_asset() -> pd.DataFrame:
+        return FIRST
+
+    resources = {
+        "io_manager": TableIOManager(root=str(tmp_path)),
+        "artifacts": ArtifactStorage(root=str(tmp_path)),
+        "language_model": CountingLanguageModel(name="counting-tiny-llama", max_tokens=3),
+        "compute": ComputeResource(device="cpu"),
+    }
+    result = materialize([history_asset, llm_activations], resources=resources)
+    assert result.success
+    assert sum(TOKENS_SEEN) > 0
