@@ -103,6 +103,7 @@ def company_features(
         frame,
         metadata={
             "layer": layer,
+            "sae_release": group_saes.get("release_version", "none"),
             "sae_layers": str(entry["layers"]),
             "pooling": config.pooling,
             "texts": len(text_ids),

@@ -1,5 +1,8 @@
 """Group-SAEs: one TopK SAE per AMAD layer group, plus one for the final layer."""
 
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import torch
 from dagster import (
@@ -7,6 +10,7 @@ from dagster import (
     AssetExecutionContext,
     Config,
     ConfigurableResource,
+    DataVersion,
     MetadataValue,
     Output,
     asset,
@@ -14,11 +18,13 @@ from dagster import (
 )
 from pydantic import Field
 
+from peerlens.layout import staging_path
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStore
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import save_sae
 from sae_core.massive_activations import MassiveTokens
+from sae_core.release import load_release, new_release, publish_release, release_id
 from sae_core.token_split import layer_metrics, token_split
 from sae_core.train import sample_group_activations
 
@@ -49,6 +55,10 @@ class GroupSaesConfig(Config):
     )
     holdout_share: float = Field(default=0.1, description="Share of companies held out for evaluation.")
     seed: int = 0
+    retrain: bool = Field(
+        default=False,
+        description="Train a new release even though one of this recipe exists (new texts alone never retrain).",
+    )
 
     def sae_config(self, d_in: int) -> SaeConfig:
         return SaeConfig(
@@ -83,19 +93,88 @@ def group_saes(
     artifacts: ArtifactStorage,
     sae_trainer: SaeTrainer,
 ) -> Output[dict]:
-    """An SAE (TopK with AuxK on dead latents by default) per layer group, trained on one random layer per
-    token, saved in SAELens layout.
+    """The SAE release: an SAE (TopK with AuxK on dead latents by default) per layer group, trained on one
+    random layer per token, saved in SAELens layout under artifacts/group_saes/releases/<release>/.
 
-    Returns {"saes": [{"layers", "path", "metrics": {layer: {fvu, l0, dead_fraction, fvu_with_massive}}, ...}]};
-    metrics are on the held-out companies' tokens of each layer the SAE serves (`sae_core.token_split`). Massive
-    tokens are left out of training and evaluation unless massive_activations keeps them.
+    A release is keyed by its recipe (model, SAE and training configuration, `sae_core.release`), not by
+    the texts: when a release of this recipe exists it is returned as it is, so new filings are encoded
+    by the SAEs every earlier text was, and latent ids keep their meaning. `retrain: true` (or a changed
+    recipe) trains a new one on the texts of the store now; its new version marks what was built from the
+    old one as stale.
+
+    Returns {"saes": [{"layers", "path", "metrics": {layer: {fvu, l0, dead_fraction, fvu_with_massive}}, ...}],
+    "release", "release_version", "corpus_texts", ...}; metrics are on the held-out texts' tokens of each layer
+    the SAE serves (`sae_core.token_split`). Massive tokens are left out of training and evaluation unless
+    massive_activations keeps them.
     """
     device = compute.torch_device()
     store = ActivationStore(llm_activations["folder"])
+    sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
+    recipe = {
+        "model": store.manifest["model"],
+        "sae_config": sae_cfg.to_dict(),
+        "train_config": {k: v for k, v in train_cfg.to_dict().items() if k != "device"},
+        "holdout_share": config.holdout_share,
+    }
+    releases = artifacts.folder("group_saes") / "releases"
+    folder = releases / release_id(recipe)
+    release = None if config.retrain else load_release(folder)
+    reused = release is not None
+    if not reused:
+        staging = staging_path(folder)
+        staging.mkdir(parents=True)
+        try:
+            trained = _train_group_saes(context, config, store, massive_activations, layer_groups, device,
+                                        sae_trainer, staging, folder)
+            corpus = sorted(store.index.document.unique())
+            release = new_release(recipe, corpus, trained, notes={"layer_groups": layer_groups["chosen_groups"]})
+            publish_release(staging, release, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        context.log.info(f"trained SAE release {release.version} on {len(release.corpus)} texts")
+    else:
+        context.log.info(f"reusing SAE release {release.version} (trained on {len(release.corpus)} texts)")
+    trained = release.trained
+    table = pd.DataFrame(
+        [{"sae": n, "layer": int(layer), **m} for n, sae in enumerate(trained["saes"]) for layer, m in sae["metrics"].items()]
+    )
+    return Output(
+        {**trained, "release": release.release_id, "release_version": release.version, "corpus_texts": len(release.corpus)},
+        data_version=DataVersion(release.version),
+        metadata={
+            "release": release.release_id,
+            "release_version": release.version,
+            "reused": reused,
+            "corpus_texts": len(release.corpus),
+            "texts_in_store_not_in_corpus": len(set(store.index.document) - set(release.corpus)),
+            "release_groups_match_current_layer_groups": trained_groups(trained) == layer_groups["chosen_groups"],
+            "saes": len(trained["saes"]),
+            "d_sae": sae_cfg.d_sae,
+            "architecture": sae_cfg.architecture,
+            "k": sae_cfg.k or 0,
+            "mean_fvu": float(table.fvu.mean()),
+            "mean_fvu_with_massive": float(table.fvu_with_massive.mean()),
+            "max_fvu": float(table.fvu.max()),
+            "massive_tokens_left_out_of_training": trained.get("massive_tokens_left_out_of_training", 0),
+            "max_dead_fraction": float(table.dead_fraction.max()),
+            "train_seconds_total": round(sum(s["train_seconds"] for s in trained["saes"]), 1),
+            "per_layer": MetadataValue.md(table.to_markdown(index=False, floatfmt=".4f")),
+        },
+    )
+
+
+def trained_groups(trained: dict) -> list[list[int]]:
+    return [list(sae["layers"]) for sae in trained["saes"]]
+
+
+def _train_group_saes(
+    context, config: GroupSaesConfig, store: ActivationStore, massive_activations: dict, layer_groups: dict,
+    device: str, sae_trainer: SaeTrainer, staging: Path, folder: Path,
+) -> dict:
+    """Train one SAE per chosen group into `staging`; the returned paths name their place in `folder`."""
     split = token_split(store.index.document, config.holdout_share, MassiveTokens.from_dict(massive_activations))
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
-    root = artifacts.folder("group_saes")
-    saes, rows = [], []
+    saes = []
     for number, layers in enumerate(layer_groups["chosen_groups"]):
         per_layer = [store.layer(layer, dtype=torch.float16) for layer in layers]
         generator = torch.Generator().manual_seed(config.seed + number)
@@ -104,13 +183,11 @@ def group_saes(
         train_rows = sample_group_activations([x[split.train] for x in per_layer], generator).float()
         result = sae_trainer.train(context, train_rows, sae_cfg, train_cfg)
         del train_rows
-        metrics = {}
-        for layer, x in zip(layers, per_layer):
-            metrics[layer] = layer_metrics(result.sae.to(device), x, split)
-            rows.append({"sae": number, "layer": layer, **metrics[layer]})
-        path = save_sae(
+        metrics = {str(layer): layer_metrics(result.sae.to(device), x, split) for layer, x in zip(layers, per_layer)}
+        name = f"sae_{number:02d}_layers_{layers[0]}-{layers[-1]}"
+        save_sae(
             result.sae.cpu(),
-            root / f"sae_{number:02d}_layers_{layers[0]}-{layers[-1]}",
+            staging / name,
             metadata={
                 "model_name": store.manifest["model"],
                 "hook_name": f"blocks.{layers[0]}.hook_resid_post",
@@ -121,35 +198,20 @@ def group_saes(
         saes.append(
             {
                 "layers": layers,
-                "path": str(path),
-                "metrics": {str(k): v for k, v in metrics.items()},
+                "path": str(folder / name),
+                "metrics": metrics,
                 "train_seconds": round(result.seconds, 1),
                 "tokens_seen": result.tokens_seen,
             }
         )
         context.log.info(f"SAE {number} (layers {layers}) trained in {result.seconds:.1f}s")
-    table = pd.DataFrame(rows)
-    return Output(
-        {
-            "saes": saes,
-            "sae_config": sae_cfg.to_dict(),
-            "train_config": train_cfg.to_dict(),
-            "holdout_share": config.holdout_share,
-        },
-        metadata={
-            "saes": len(saes),
-            "d_sae": sae_cfg.d_sae,
-            "architecture": sae_cfg.architecture,
-            "k": sae_cfg.k or 0,
-            "mean_fvu": float(table.fvu.mean()),
-            "mean_fvu_with_massive": float(table.fvu_with_massive.mean()),
-            "max_fvu": float(table.fvu.max()),
-            "massive_tokens_left_out_of_training": int((~split.train & ~split.evaluate & split.with_massive).sum()),
-            "max_dead_fraction": float(table.dead_fraction.max()),
-            "train_seconds_total": round(sum(s["train_seconds"] for s in saes), 1),
-            "per_layer": MetadataValue.md(table.to_markdown(index=False, floatfmt=".4f")),
-        },
-    )
+    return {
+        "saes": saes,
+        "sae_config": sae_cfg.to_dict(),
+        "train_config": train_cfg.to_dict(),
+        "holdout_share": config.holdout_share,
+        "massive_tokens_left_out_of_training": int((~split.train & ~split.evaluate & split.with_massive).sum()),
+    }
 
 
 @asset_check(asset=group_saes, blocking=True)

@@ -1,5 +1,7 @@
 """The group_saes asset trains with what its config says, as per_layer_saes and transfer_saes do."""
 
+from pathlib import Path
+
 import dagster
 import torch
 
@@ -7,6 +9,7 @@ from assets.saes import GroupSaesConfig, group_saes
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStoreWriter
 from sae_core.massive_activations import find_massive_tokens
+from sae_core.release import load_release
 
 
 def tiny_store(folder, n_layers=2, d_model=8, tokens_per_document=24, documents=10):
@@ -52,3 +55,42 @@ def test_group_saes_train_with_the_configured_optimizer_lr_precision_and_width(t
     assert (train_cfg.optimizer, train_cfg.lr, train_cfg.autocast) == ("adam", 1e-3, "bf16")
     assert (train_cfg.total_tokens, train_cfg.batch_size) == (256, 64)
     assert train_cfg.to_dict() == config.train_config("cpu").to_dict()
+
+
+def run_group_saes(tmp_path, store, **overrides):
+    settings = {"expansion_factor": 2, "k": 4, "total_tokens": 256, "batch_size": 64, "holdout_share": 0.3}
+    config = GroupSaesConfig(**{**settings, **overrides})
+    output = group_saes(
+        context=dagster.build_asset_context(),
+        config=config,
+        llm_activations={"folder": str(store.folder)},
+        massive_activations=find_massive_tokens(store.token_norms()).to_dict(),
+        layer_groups={"chosen_groups": [[0, 1]]},
+        compute=ComputeResource(device="cpu"),
+        artifacts=ArtifactStorage(root=str(tmp_path / "home")),
+        sae_trainer=SaeTrainer(),
+    )
+    return output.value, output.data_version.value
+
+
+def test_new_texts_are_encoded_with_the_existing_release_and_only_a_retrain_makes_a_new_one(tmp_path, monkeypatch):
+    trainings = []
+    original_train = SaeTrainer.train
+    monkeypatch.setattr(
+        SaeTrainer, "train", lambda self, *args, **kwargs: trainings.append(1) or original_train(self, *args, **kwargs)
+    )
+    first, first_version = run_group_saes(tmp_path, tiny_store(tmp_path / "store", documents=10))
+    assert len(trainings) == 1 and first["corpus_texts"] == 10
+
+    grown = tiny_store(tmp_path / "store", documents=12)  # two new filings in the store
+    reused, reused_version = run_group_saes(tmp_path, grown)
+    assert len(trainings) == 1  # no retraining: the same SAEs, the same latent ids
+    assert reused == first and reused_version == first_version
+
+    retrained, retrained_version = run_group_saes(tmp_path, grown, retrain=True)
+    assert len(trainings) == 2 and retrained["corpus_texts"] == 12
+    assert retrained["release"] == first["release"] and retrained_version != first_version  # downstream is stale
+    assert load_release(Path(retrained["saes"][0]["path"]).parent).version == retrained_version
+
+    other_recipe, _ = run_group_saes(tmp_path, grown, k=2)
+    assert len(trainings) == 3 and other_recipe["release"] != first["release"]

@@ -1,0 +1,84 @@
+"""SAE releases: a trained set of SAEs recorded with what it was trained on, so a latent id keeps its meaning.
+
+A release is a folder
+
+    <releases>/<release_id>/release.json     the SaeRelease record below
+    <releases>/<release_id>/sae_*/...        the SAEs, SAELens layout (`sae_core.io`)
+
+`release_id` is a hash of the training recipe (model, SAE and training configuration), not of the
+corpus: new texts are encoded with the release that exists, and only a deliberate act (a changed recipe,
+or an explicit retrain) trains a new one. A retrain of the same recipe replaces the folder, and its
+`trained_at` stamp (the data version downstream assets are built from) changes, which marks everything
+built from the old release as stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+RELEASE_FILE = "release.json"
+
+
+def release_id(recipe: dict) -> str:
+    """A stable 12-hex-digit id of a training recipe (any JSON-serialisable dict; key order does not matter)."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class SaeRelease:
+    release_id: str
+    trained_at: str
+    """UTC ISO timestamp of the training run: the release's version."""
+    recipe: dict
+    """What the id hashes: model, SAE config, training config."""
+    corpus: list[str]
+    """The documents (text ids) whose tokens it was trained and evaluated on."""
+    trained: dict
+    """The trained set as the training asset returns it: {"saes": [{"layers", "path", "metrics", ...}], ...}."""
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return f"{self.release_id}@{self.trained_at}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SaeRelease:
+        return cls(**data)
+
+
+def new_release(recipe: dict, corpus: list[str], trained: dict, notes: dict | None = None) -> SaeRelease:
+    stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return SaeRelease(release_id(recipe), stamp, recipe, sorted(corpus), trained, notes or {})
+
+
+def load_release(folder: str | Path) -> SaeRelease | None:
+    """The release recorded in `folder`, or None when there is none (never trained, or a crashed publish)."""
+    path = Path(folder) / RELEASE_FILE
+    if not path.exists():
+        return None
+    return SaeRelease.from_dict(json.loads(path.read_text()))
+
+
+def publish_release(staging: Path, release: SaeRelease, folder: Path) -> None:
+    """Write release.json into `staging` (which holds the SAEs) and move it onto `folder` in one rename.
+
+    A folder cannot be renamed over a non-empty one, so an existing release is moved aside first and
+    deleted after; a crash between the two renames leaves no release.json at `folder`, which reads as
+    "no release" and trains again, never as half of one.
+    """
+    (staging / RELEASE_FILE).write_text(json.dumps(release.to_dict(), indent=2))
+    retired = folder.with_name(folder.name + ".retired")
+    shutil.rmtree(retired, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, retired)
+    os.replace(staging, folder)
+    shutil.rmtree(retired, ignore_errors=True)
