@@ -6,6 +6,8 @@ run over the partition range, then everything downstream.
 """
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContext
 
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
@@ -17,15 +19,19 @@ def materialize_graph(
     run_config: dict | None = None,
     resources: dict | None = None,
     log=print,
+    only_stale: bool = False,
 ) -> list:
-    """Materialize every asset (and run every check) of `defs`; returns the three run results.
+    """Materialize every asset (and run every check) of `defs`; returns the run results.
 
     `run_config` is one config for the whole graph ({"ops": {asset_name: {"config": ...}}}); each run
-    receives the part for its own assets. `resources` replace those of `defs` by key.
+    receives the part for its own assets. `resources` replace those of `defs` by key. With `only_stale`
+    the sources and returns are reread (cheap, and how a changed input is noticed: their data versions
+    hash their content) and of the rest only what is missing or stale is run, with what lies downstream
+    of it: a second run over unchanged inputs and code recomputes nothing heavy.
     """
     graph = defs.resolve_asset_graph()
     assets = list(defs.assets) + list(defs.asset_checks or [])
-    resources = {**defs.resources, **(resources or {})}
+    resources = {**(defs.resources or {}), **(resources or {})}
     months = graph.get(AssetKey("monthly_returns")).partitions_def.get_partition_keys()
     ops_config = (run_config or {}).get("ops", {})
 
@@ -40,8 +46,35 @@ def materialize_graph(
     upstream = AssetSelection.assets("daily_prices", "company_descriptions", "industry_codes", "index_membership")
     returns = AssetSelection.assets("monthly_returns")
     rest = AssetSelection.all() - upstream - returns
-    return [
+    results = [
         run(upstream),
         run(returns, tags={PARTITION_RANGE_START: months[0], PARTITION_RANGE_END: months[-1]}),
-        run(rest),
     ]
+    if only_stale:
+        outdated = stale_or_missing(instance, graph, rest.resolve(graph))
+        if not outdated:
+            log("nothing downstream of the sources is missing or stale: nothing to recompute")
+            return results
+        rest = (AssetSelection.assets(*outdated).downstream() & rest)
+    return [*results, run(rest)]
+
+
+class _InstanceLoadingContext(LoadingContext):
+    """The minimal loading context Dagster's stale-status resolver needs outside a webserver request."""
+
+    def __init__(self, instance: DagsterInstance):
+        self._instance, self._loaders = instance, {}
+
+    @property
+    def instance(self) -> DagsterInstance:
+        return self._instance
+
+    @property
+    def loaders(self) -> dict:
+        return self._loaders
+
+
+def stale_or_missing(instance: DagsterInstance, graph, keys) -> list[AssetKey]:
+    """The keys Dagster reports as never materialized or stale (code version or an input's data version changed)."""
+    resolver = CachingStaleStatusResolver(instance, graph, _InstanceLoadingContext(instance))
+    return sorted(key for key in keys if resolver.get_status(key) in (StaleStatus.STALE, StaleStatus.MISSING))

@@ -2,11 +2,12 @@
 
 
 import base64
+import hashlib
 import io
 
 import matplotlib
 import pandas as pd
-from dagster import MetadataValue
+from dagster import DataVersion, MetadataValue
 
 matplotlib.use("Agg")  # no display on a Dagster worker: render to PNG only
 import matplotlib.pyplot as plt  # noqa: E402
@@ -32,3 +33,9 @@ def figure_markdown(figure) -> MetadataValue:
     plt.close(figure)
     encoded = base64.b64encode(buffer.getvalue()).decode()
     return MetadataValue.md(f"![plot](data:image/png;base64,{encoded})")
+
+
+def frame_version(frame: pd.DataFrame) -> DataVersion:
+    """A source table's data version: a hash of its content, so rereading unchanged data marks nothing stale."""
+    rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return DataVersion(hashlib.sha256(rows.tobytes() + ",".join(map(str, frame.columns)).encode()).hexdigest()[:16])

@@ -19,7 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.metadata import rule_metadata, table_preview
+from assets.metadata import frame_version, rule_metadata, table_preview
 from peerlens.layout import write_parquet_atomically
 from peerlens.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
 from peerlens.texts import LOADED_COLUMNS, append_texts, texts_from_records
@@ -93,6 +93,7 @@ def company_descriptions(
         raise ValueError("company_descriptions: no company is left after the universe filters")
     return Output(
         frame,
+        data_version=frame_version(frame),
         metadata={
             "texts": len(frame),
             "companies": int(frame.company_id.nunique()),
@@ -159,6 +160,7 @@ def index_membership(sample_data: SampleDataResource) -> Output[pd.DataFrame]:
     frame = sample_data.index_membership()
     return Output(
         frame,
+        data_version=frame_version(frame),
         metadata={
             "spells": len(frame),
             "tickers": int(frame.ticker.nunique()),
@@ -190,6 +192,7 @@ def industry_codes(company_descriptions: pd.DataFrame, sample_data: SampleDataRe
     frame = loaded.frame
     return Output(
         frame,
+        data_version=frame_version(frame),
         metadata={
             "label_vintages": sample_data.label_vintages(),
             **rule_metadata(loaded.rule_counts),
@@ -242,6 +245,7 @@ def daily_prices(
     jumps = prices[prices.jump][["ticker", "date"]]
     return Output(
         prices,
+        data_version=frame_version(prices),
         metadata={
             **rule_metadata({**source_counts, **cleaned.rule_counts}),
             "tickers": int(prices.ticker.nunique()),

@@ -22,7 +22,8 @@ def main() -> int:
 
     started = time.perf_counter()
     with DagsterInstance.get() as instance:
-        results = materialize_graph(defs, instance)
+        # A rerun recomputes only what changed inputs or code made stale (see materialize_graph).
+        results = materialize_graph(defs, instance, only_stale=True)
     minutes = (time.perf_counter() - started) / 60
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     ok = all(result.success for result in results)
