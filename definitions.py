@@ -9,7 +9,10 @@ CPU) and a deployment (EDGAR + yfinance, a GPU) with nothing but environment var
     PEERLENS_DEVICE             auto | cpu | cuda
     PEERLENS_SAE_LAUNCHER       in_process | torchrun: where SAE training runs (default in_process)
     PEERLENS_SAE_NPROC          torchrun processes per node, e.g. 8 on an 8-GPU node (default 1)
-    PEERLENS_EDGAR_USER_AGENT   'Name email@domain' for SEC EDGAR
+    PEERLENS_EDGAR_USER_AGENT   'Name email@domain' for SEC EDGAR (switches the new-filings sensor on)
+    PEERLENS_PRICE_SOURCE       sample | yfinance: where the monthly schedule refreshes prices from
+    PEERLENS_VINTAGE            2017 | 2024: the offline sample's text vintage (default 2017)
+    PEERLENS_MONTHS_START/END   the monthly partitions (default 2007-02-01 .. 2020-10-01, the 2017 vintage's)
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ def resources_from_environment() -> dict:
     return {
         "io_manager": TableIOManager(root=home),
         "artifacts": ArtifactStorage(root=home),
-        "sample_data": SampleDataResource(path=os.environ.get("PEERLENS_SAMPLE_DIR", "")),
+        "sample_data": SampleDataResource(
+            path=os.environ.get("PEERLENS_SAMPLE_DIR", ""), vintage=os.environ.get("PEERLENS_VINTAGE", "2017")
+        ),
         "edgar": EdgarResource(user_agent=os.environ.get("PEERLENS_EDGAR_USER_AGENT", "")),
-        "yfinance": YFinanceResource(),
+        "yfinance": YFinanceResource(enabled=os.environ.get("PEERLENS_PRICE_SOURCE", "sample") == "yfinance"),
         "language_model": LanguageModelResource(name=os.environ.get("PEERLENS_MODEL", DEFAULT_MODEL)),
         "compute": ComputeResource(device=os.environ.get("PEERLENS_DEVICE", "auto")),
         "sae_trainer": SaeTrainer(

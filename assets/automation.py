@@ -2,20 +2,27 @@
 
 from dagster import (
     AssetSelection,
+    DagsterRunStatus,
+    RunsFilter,
     DefaultSensorStatus,
     RunConfig,
     RunRequest,
     SensorEvaluationContext,
+    ScheduleEvaluationContext,
     SkipReason,
-    build_schedule_from_partitioned_job,
     define_asset_job,
+    schedule,
     sensor,
 )
 
-from assets.sources import MONTHS, CompanyDescriptionsConfig
-from peerlens.filings import FilingsCursor, poll_new_10k_filings
+from dagster._core.storage.tags import RUN_KEY_TAG
+
+import pandas as pd
+
+from assets.sources import MONTHS, CompanyDescriptionsConfig, DailyPricesConfig
+from peerlens.filings import FilingsCursor, follow_up_runs, poll_new_10k_filings
 from peerlens.texts import latest_texts
-from resources import EdgarResource, SampleDataResource
+from resources import EdgarResource, SampleDataResource, YFinanceResource
 
 monthly_refresh_job = define_asset_job(
     "monthly_refresh",
@@ -26,7 +33,23 @@ monthly_refresh_job = define_asset_job(
     description="New month: prices → that month's returns → correlation and backtest reports.",
 )
 
-monthly_refresh_schedule = build_schedule_from_partitioned_job(monthly_refresh_job, day_of_month=2, hour_of_day=6)
+
+
+@schedule(job=monthly_refresh_job, cron_schedule="0 6 2 * *", execution_timezone="UTC")
+def monthly_refresh_schedule(context: ScheduleEvaluationContext, yfinance: YFinanceResource):
+    """On the 2nd of each month: the month just ended, its prices from yfinance when the deployment is live
+    (PEERLENS_PRICE_SOURCE=yfinance), else from the offline sample."""
+    this_month = pd.Timestamp(context.scheduled_execution_time).tz_localize(None).normalize().replace(day=1)
+    month = (this_month - pd.DateOffset(months=1)).strftime("%Y-%m-%d")
+    if month not in MONTHS.get_partition_keys():
+        return SkipReason(f"month {month} is outside the monthly partitions (PEERLENS_MONTHS_START/END)")
+    source = "yfinance" if yfinance.enabled else "sample"
+    return RunRequest(
+        run_key=f"month:{month}",
+        partition_key=month,
+        run_config=RunConfig(ops={"daily_prices": DailyPricesConfig(source=source)}),
+        tags={"peerlens/price_source": source},
+    )
 
 filings_refresh_job = define_asset_job(
     "filings_refresh",
@@ -48,15 +71,40 @@ FILINGS_BATCH = 100
 def new_10k_filings(context: SensorEvaluationContext, edgar: EdgarResource, sample_data: SampleDataResource):
     if not edgar.user_agent:
         return SkipReason("set PEERLENS_EDGAR_USER_AGENT ('Name email@domain') to watch EDGAR")
+    cursor = FilingsCursor.from_json(context.cursor)
+    again, pending = follow_up_runs(cursor.pending, _run_outcomes(context.instance, cursor.pending))
     universe = latest_texts(sample_data.company_texts().frame)[["ticker", "cik"]]
-    result = poll_new_10k_filings(
-        universe, edgar.client(), FilingsCursor.from_json(context.cursor), batch_size=FILINGS_BATCH
-    )
-    context.update_cursor(result.cursor.to_json())
-    if not result.changed:
+    result = poll_new_10k_filings(universe, edgar.client(), cursor, batch_size=FILINGS_BATCH)
+    requests = {run_key: tickers for run_key, tickers in again.items()}
+    if result.changed:
+        requests["10k:" + ",".join(sorted(result.filings.values()))] = result.changed
+    # The cursor and the run requests are committed together with the tick: a filing is remembered as
+    # seen only in the same step that requests its refresh, and stays pending until that run succeeds.
+    context.update_cursor(FilingsCursor(result.cursor.latest, result.cursor.next_offset, {**pending, **requests}).to_json())
+    if not requests:
         return SkipReason(f"checked {result.checked} companies: no new 10-K")
-    return RunRequest(
-        run_key="10k:" + ",".join(sorted(result.filings.values())),
-        run_config=RunConfig(ops={"company_descriptions": CompanyDescriptionsConfig(refresh_from_edgar=result.changed)}),
-        tags={"peerlens/changed_tickers": ",".join(result.changed)},
-    )
+    return [
+        RunRequest(
+            run_key=run_key,
+            run_config=RunConfig(ops={"company_descriptions": CompanyDescriptionsConfig(refresh_from_edgar=tickers)}),
+            tags={"peerlens/changed_tickers": ",".join(tickers)},
+        )
+        for run_key, tickers in requests.items()
+    ]
+
+
+def _run_outcomes(instance, pending: dict[str, list[str]]) -> dict[str, str]:
+    """Run key → "success" | "failure" | "running" for the pending refresh runs the instance knows."""
+    if not pending:
+        return {}
+    outcomes = {}
+    for run_key in pending:
+        runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+        if runs:
+            status = runs[0].status
+            outcomes[run_key] = (
+                "success" if status == DagsterRunStatus.SUCCESS
+                else "failure" if status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+                else "running"
+            )
+    return outcomes

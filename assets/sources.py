@@ -1,8 +1,10 @@
 """Sources: company descriptions, industry codes, daily prices and monthly returns."""
 
 import os
+from contextlib import contextmanager
 
 import pandas as pd
+import requests
 from dagster import (
     AssetIn,
     AssetCheckResult,
@@ -14,12 +16,14 @@ from dagster import (
     MetadataValue,
     MonthlyPartitionsDefinition,
     Output,
+    RetryRequested,
     asset,
     asset_check,
 )
 from pydantic import Field
 
 from assets.metadata import frame_version, rule_metadata, table_preview
+from peerlens.edgar import EdgarError
 from peerlens.layout import write_parquet_atomically
 from peerlens.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
 from peerlens.texts import LOADED_COLUMNS, append_texts, texts_from_records
@@ -37,6 +41,20 @@ MONTHS = MonthlyPartitionsDefinition(
 
 EDGAR_TEXTS = "edgar_texts.parquet"
 """The 10-K texts fetched from EDGAR so far (a text history); each refresh appends to it."""
+
+
+LIVE_RETRIES, LIVE_RETRY_SECONDS = 3, 60
+"""A live source that stays unreachable after its client's own retries gets the step retried this often."""
+
+
+@contextmanager
+def retried_when_unreachable(source: str):
+    """Turn a network failure of a live source into Dagster's step retry (RetryRequested), up to LIVE_RETRIES
+    times LIVE_RETRY_SECONDS apart; bad input still fails at once."""
+    try:
+        yield
+    except (EdgarError, requests.RequestException, ConnectionError, TimeoutError) as error:
+        raise RetryRequested(max_retries=LIVE_RETRIES, seconds_to_wait=LIVE_RETRY_SECONDS) from error
 
 
 class CompanyDescriptionsConfig(Config):
@@ -68,7 +86,8 @@ def company_descriptions(
     history_path = artifacts.folder("company_descriptions") / EDGAR_TEXTS
     fetched = pd.read_parquet(history_path) if history_path.exists() else frame.iloc[:0]
     if config.refresh_from_edgar:
-        new = _fetch_item1(frame, [normalize_ticker(t) for t in config.refresh_from_edgar], edgar, context)
+        with retried_when_unreachable("EDGAR"):
+            new = _fetch_item1(frame, [normalize_ticker(t) for t in config.refresh_from_edgar], edgar, context)
         update = append_texts(fetched, new)
         fetched = update.history
         write_parquet_atomically(fetched, history_path)
@@ -236,7 +255,10 @@ def daily_prices(
         source_counts: dict[str, int] = {}
     elif config.source == "yfinance":
         tickers = sorted(sample_data.company_texts().frame.ticker.unique())
-        loaded = yfinance.daily_prices(tickers)
+        with retried_when_unreachable("yfinance"):
+            loaded = yfinance.daily_prices(tickers)
+            if loaded.rule_counts["tickers_without_data"] == len(tickers):
+                raise ConnectionError(f"yfinance returned no prices for any of {len(tickers)} tickers")
         raw, source_counts = loaded.frame, loaded.rule_counts
     else:
         raise ValueError(f"daily_prices source {config.source!r} is not 'sample' or 'yfinance'")

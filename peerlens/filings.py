@@ -27,9 +27,14 @@ class FilingsCursor:
     """CIK (as a string: JSON keys) → accession number of the newest 10-K seen."""
     next_offset: int = 0
     """Position in the universe (sorted by CIK) where the next poll starts."""
+    pending: dict[str, list[str]] = field(default_factory=dict)
+    """Run key → tickers of each refresh run requested and not yet seen to succeed: a run that fails is
+    requested again (`follow_up_runs`), so a new filing is never dropped with it."""
 
     def to_json(self) -> str:
-        return json.dumps({"latest": self.latest, "next_offset": self.next_offset}, sort_keys=True)
+        return json.dumps(
+            {"latest": self.latest, "next_offset": self.next_offset, "pending": self.pending}, sort_keys=True
+        )
 
     @classmethod
     def from_json(cls, text: str | None) -> FilingsCursor:
@@ -37,8 +42,9 @@ class FilingsCursor:
             return cls()
         try:
             data = json.loads(text)
-            return cls(latest=dict(data["latest"]), next_offset=int(data["next_offset"]))
-        except (ValueError, KeyError, TypeError) as error:
+            pending = {str(key): [str(t) for t in tickers] for key, tickers in dict(data.get("pending", {})).items()}
+            return cls(latest=dict(data["latest"]), next_offset=int(data["next_offset"]), pending=pending)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"filings cursor is not valid JSON of the expected shape: {error}") from None
 
 
@@ -81,3 +87,29 @@ def poll_new_10k_filings(
         latest[str(cik)] = filing.accession_number
     next_offset = (start + len(positions)) % len(companies)
     return PollResult(changed, filings, len(positions), FilingsCursor(latest, next_offset))
+
+
+RETRY_SEPARATOR = "#retry"
+
+
+def follow_up_runs(pending: dict[str, list[str]], outcome: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Which requested refreshes to request again, and which to keep waiting on.
+
+    `outcome` maps a run key to "success", "failure" (failed or canceled) or "running"; a key it lacks
+    (the run is not launched yet) counts as running. A succeeded run is done; a failed one is requested
+    again under a new key ("<key>#retry<n>"), which replaces it in the pending set.
+    Returns (again: new run key → tickers, pending: run key → tickers after this tick).
+    """
+    again, still = {}, {}
+    for run_key, tickers in pending.items():
+        state = outcome.get(run_key, "running")
+        if state == "success":
+            continue
+        if state == "failure":
+            base, _, attempt = run_key.partition(RETRY_SEPARATOR)
+            retry_key = f"{base}{RETRY_SEPARATOR}{int(attempt or 0) + 1}"
+            again[retry_key] = tickers
+            still[retry_key] = tickers
+        else:
+            still[run_key] = tickers
+    return again, still

@@ -112,7 +112,11 @@ class EdgarResource(ConfigurableResource):
 class YFinanceResource(ConfigurableResource):
     """Daily prices from Yahoo Finance through the yfinance package."""
 
-    start: str = "2013-01-01"
+    enabled: bool = Field(
+        default=False,
+        description="The monthly schedule refreshes prices from yfinance (set by PEERLENS_PRICE_SOURCE=yfinance).",
+    )
+    start: str = "2007-01-01"
     end: str = ""
 
     def daily_prices(self, tickers: list[str]) -> sample.LoadedTable:

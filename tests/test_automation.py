@@ -1,0 +1,102 @@
+"""The refresh automation keeps its promises: a failed filing refresh is requested again, never dropped; the
+monthly schedule reads prices from the live source when the deployment has one; live fetches that cannot
+reach their source are retried by Dagster, bad input is not."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import requests
+from dagster import (
+    DagsterInstance,
+    RetryRequested,
+    RunRequest,
+    SkipReason,
+    asset,
+    build_schedule_context,
+    materialize,
+    validate_run_config,
+)
+from dagster._core.storage.tags import RUN_KEY_TAG
+
+from assets import automation
+from assets.automation import _run_outcomes, monthly_refresh_schedule, new_10k_filings
+from assets.sources import retried_when_unreachable
+from peerlens.edgar import EdgarError
+from peerlens.filings import FilingsCursor, follow_up_runs
+from resources import YFinanceResource
+
+
+def test_follow_up_runs_retries_failures_under_a_new_key_and_forgets_successes():
+    pending = {"10k:a": ["AAA"], "10k:b": ["BBB"], "10k:c#retry1": ["CCC"], "10k:d": ["DDD"]}
+    outcome = {"10k:a": "success", "10k:b": "failure", "10k:c#retry1": "failure"}
+    again, still = follow_up_runs(pending, outcome)
+    assert again == {"10k:b#retry1": ["BBB"], "10k:c#retry2": ["CCC"]}
+    assert still == {"10k:b#retry1": ["BBB"], "10k:c#retry2": ["CCC"], "10k:d": ["DDD"]}
+
+
+def test_run_outcomes_reads_the_instance_by_run_key():
+    @asset
+    def broken() -> None:
+        raise RuntimeError("EDGAR was down")
+
+    @asset
+    def fine() -> None:
+        return None
+
+    with DagsterInstance.ephemeral() as instance:
+        materialize([broken], instance=instance, tags={RUN_KEY_TAG: "10k:x"}, raise_on_error=False)
+        materialize([fine], instance=instance, tags={RUN_KEY_TAG: "10k:y"})
+        outcomes = _run_outcomes(instance, {"10k:x": ["X"], "10k:y": ["Y"], "10k:z": ["Z"]})
+    assert outcomes == {"10k:x": "failure", "10k:y": "success"}  # z: not launched yet
+
+
+def test_the_sensor_requests_a_failed_refresh_again(monkeypatch):
+    from tests.test_filings_sensor import USER_AGENT
+
+    cursor = FilingsCursor(latest={}, next_offset=0, pending={"10k:0001": ["TSLA"]})
+    monkeypatch.setattr(automation, "_run_outcomes", lambda instance, pending: {"10k:0001": "failure"})
+    monkeypatch.setattr(automation, "poll_new_10k_filings", lambda universe, client, cursor, batch_size: type(
+        "Poll", (), {"changed": [], "filings": {}, "checked": 0, "cursor": cursor})())
+    from dagster import build_sensor_context
+
+    from resources import EdgarResource, SampleDataResource
+
+    with DagsterInstance.ephemeral() as instance:
+        context = build_sensor_context(
+            cursor=cursor.to_json(), instance=instance,
+            resources={"edgar": EdgarResource(user_agent=USER_AGENT), "sample_data": SampleDataResource()},
+        )
+        requests_made = new_10k_filings(context)
+    assert [r.run_key for r in requests_made] == ["10k:0001#retry1"]
+    assert requests_made[0].run_config["ops"]["company_descriptions"]["config"]["refresh_from_edgar"] == ["TSLA"]
+    assert FilingsCursor.from_json(context.cursor).pending == {"10k:0001#retry1": ["TSLA"]}
+
+
+@pytest.mark.parametrize("live, source", [(False, "sample"), (True, "yfinance")])
+def test_the_monthly_schedule_refreshes_the_month_just_ended_from_the_configured_source(live, source):
+    from definitions import defs
+
+    context = build_schedule_context(scheduled_execution_time=pd.Timestamp("2020-07-02 06:00", tz="UTC"))
+    request = monthly_refresh_schedule(context, yfinance=YFinanceResource(enabled=live))
+    assert isinstance(request, RunRequest) and request.partition_key == "2020-06-01"
+    assert request.run_config["ops"]["daily_prices"]["config"]["source"] == source
+    validate_run_config(defs.resolve_job_def("monthly_refresh"), request.run_config)
+    outside = monthly_refresh_schedule(
+        build_schedule_context(scheduled_execution_time=pd.Timestamp("2030-01-02 06:00", tz="UTC")),
+        yfinance=YFinanceResource(enabled=live),
+    )
+    assert isinstance(outside, SkipReason)
+
+
+@pytest.mark.parametrize("error", [EdgarError("HTTP 503"), requests.ConnectionError("reset"), TimeoutError()])
+def test_an_unreachable_live_source_becomes_a_dagster_retry(error):
+    with pytest.raises(RetryRequested):
+        with retried_when_unreachable("EDGAR"):
+            raise error
+
+
+def test_bad_input_is_not_retried():
+    with pytest.raises(ValueError):
+        with retried_when_unreachable("EDGAR"):
+            raise ValueError("ticker 'ZZZZ' has no CIK")
