@@ -20,8 +20,8 @@ from dagster._core.storage.tags import RUN_KEY_TAG
 import pandas as pd
 
 from assets.sources import MONTHS, CompanyDescriptionsConfig, DailyPricesConfig
-from peerlens.filings import FilingsCursor, follow_up_runs, poll_new_10k_filings
-from peerlens.texts import latest_texts
+from peerlens.sources.filings import FilingsCursor, follow_up_runs, poll_new_10k_filings
+from peerlens.sources.texts import latest_texts
 from resources import EdgarResource, SampleDataResource, YFinanceResource
 
 monthly_refresh_job = define_asset_job(

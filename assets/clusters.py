@@ -1,7 +1,7 @@
 """Company clusters, point in time: every method's clusters on each clustering date, one long table.
 
 Columns as_of, text_id, company_id, method, ticker, cluster, and for the MST methods the tree they were
-cut from (tree_parent, tree_z). The methods are registered in `peerlens.methods`.
+cut from (tree_parent, tree_z). The methods are registered in `peerlens.similarity.methods`.
 """
 
 import numpy as np
@@ -11,11 +11,11 @@ from pydantic import Field
 
 from assets.features import features_of_texts
 from assets.metadata import figure_markdown, plt
-from peerlens.clustering import cosine_distance_matrix
-from peerlens.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
-from peerlens.methods import ClusteringConfig
-from peerlens.point_in_time import clustering_dates, point_in_time_clusterings
-from peerlens.sample_2017 import members_on
+from peerlens.similarity.clustering import cosine_distance_matrix
+from peerlens.similarity.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
+from peerlens.similarity.methods import ClusteringConfig
+from peerlens.similarity.point_in_time import clustering_dates, point_in_time_clusterings
+from peerlens.sources.sample_2017 import members_on
 
 _DEFAULTS = ClusteringConfig()
 

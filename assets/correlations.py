@@ -15,7 +15,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import figure_markdown, plt
-from peerlens.mc_study import (
+from peerlens.mean_correlation.mc_study import (
     FIXED,
     MEASURES,
     ROLLING,

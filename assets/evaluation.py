@@ -13,10 +13,10 @@ from dagster import (
 
 from assets.metadata import figure_markdown, plt
 from assets.correlations import LOOK_AHEAD, POINT_IN_TIME
-from peerlens.backtest import summarize_backtest, walk_forward_pairs, walk_forward_windows
+from peerlens.pairs.backtest import summarize_backtest, walk_forward_pairs, walk_forward_windows
 from peerlens.layout import write_parquet_atomically
-from peerlens.pairs_trading import PairsConfig
-from peerlens.point_in_time import clusterings_by_date
+from peerlens.pairs.pairs_trading import PairsConfig
+from peerlens.similarity.point_in_time import clusterings_by_date
 from resources import ArtifactStorage
 
 
@@ -51,7 +51,7 @@ def pairs_backtest(
     clustering are not traded. The same windows traded with the latest clusters follow as the "look-ahead
     reference". Pairs, hedge ratios and z-score statistics come from the formation window only; trades
     happen in the following trading window, with costs. turnover_annual = mean daily notional traded per
-    unit of capital × 252 (see `peerlens.backtest.summarize_backtest`). Daily returns, daily turnover and
+    unit of capital × 252 (see `peerlens.pairs.backtest.summarize_backtest`). Daily returns, daily turnover and
     selected pairs are written beside the table (columns and rows named "<method>" and
     "<method> (look-ahead reference)").
     """

@@ -9,11 +9,11 @@ from dagster import AssetIn, AssetCheckResult, Config, MetadataValue, Output, as
 from pydantic import Field
 
 from assets.features import TOP_TOKENS_FILE, features_of_texts
-from peerlens import company_latents
-from peerlens.explain import describe_latents, explain_clusters, explanations_markdown, specificity_weighted
+from peerlens.similarity import company_latents
+from peerlens.similarity.explain import describe_latents, explain_clusters, explanations_markdown, specificity_weighted
 from peerlens.layout import write_parquet_atomically
-from peerlens.peers import LATENT_DESCRIPTIONS_FILE
-from peerlens.texts import latest_texts
+from peerlens.query.peers import LATENT_DESCRIPTIONS_FILE
+from peerlens.sources.texts import latest_texts
 from resources import ArtifactStorage, LanguageModelResource
 from sae_core.activation_store import ActivationStore
 from sae_core.capture import load_tokenizer

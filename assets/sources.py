@@ -23,11 +23,11 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import frame_version, rule_metadata, table_preview
-from peerlens.edgar import EdgarError
+from peerlens.sources.edgar import EdgarError
 from peerlens.layout import write_parquet_atomically
-from peerlens.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
-from peerlens.texts import LOADED_COLUMNS, append_texts, texts_from_records
-from peerlens.tickers import normalize_ticker
+from peerlens.sources.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
+from peerlens.sources.texts import LOADED_COLUMNS, append_texts, texts_from_records
+from peerlens.sources.tickers import normalize_ticker
 from resources import ArtifactStorage, EdgarResource, SampleDataResource, YFinanceResource
 from sae_core.text import is_blank
 
@@ -74,7 +74,7 @@ def company_descriptions(
     edgar: EdgarResource,
     artifacts: ArtifactStorage,
 ) -> Output[pd.DataFrame]:
-    """The text history: every text each company ever had (`peerlens.texts.TEXT_COLUMNS`), one row per text.
+    """The text history: every text each company ever had (`peerlens.sources.texts.TEXT_COLUMNS`), one row per text.
 
     text_id, company_id (CIK, else ticker), cik, ticker (at the time), name, description, source,
     known_by (the day the text became public). The sample vintage's texts plus every 10-K 'Item 1.

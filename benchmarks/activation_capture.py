@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from peerlens.sample import default_sample_dir, load_company_descriptions
+from peerlens.sources.sample import default_sample_dir, load_company_descriptions
 from sae_core.activation_store import STORE_DTYPE, ActivationStoreWriter
 from sae_core.capture import capture_documents, length_sorted_batches, load_model, padded_batch, tokenize
 

@@ -1,7 +1,7 @@
 """Speed and agreement of the batched Engle-Granger test against a statsmodels ``coint`` loop.
 
 On the sample's last 252 trading days (log closes of every ticker complete over them), all pairs
-(i < j by ticker name) are tested by :func:`peerlens.cointegration.engle_granger`. A loop of
+(i < j by ticker name) are tested by :func:`peerlens.pairs.cointegration.engle_granger`. A loop of
 ``coint`` over all of them would take many minutes, so it runs on a random sample of pairs; its
 time per pair is extrapolated to all pairs, and the two are compared on that sample.
 
@@ -22,9 +22,9 @@ from statsmodels.tools.sm_exceptions import CollinearityWarning
 from statsmodels.tsa.adfvalues import mackinnonp
 from statsmodels.tsa.stattools import coint
 
-from peerlens.cointegration import engle_granger
-from peerlens.returns import clean_daily_prices
-from peerlens.sample import default_sample_dir, load_daily_prices
+from peerlens.pairs.cointegration import engle_granger
+from peerlens.sources.returns import clean_daily_prices
+from peerlens.sources.sample import default_sample_dir, load_daily_prices
 
 FORMATION_DAYS = 252
 TARGET_SPEEDUP = 50

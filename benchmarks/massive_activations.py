@@ -18,7 +18,7 @@ Each treatment is scored on:
                           (`sae_core.features.token_shares`): median over the companies with a massive token
     dominated_share       share of all companies with max_token_share > --dominated-above
     sector_agreement_5nn  mean share of a company's 5 nearest neighbours (cosine of the peer query's
-                          profiles, `peerlens.company_latents.company_profiles`) in its GICS sector;
+                          profiles, `peerlens.similarity.company_latents.company_profiles`) in its GICS sector;
                           for all companies, those with a massive token, and those without
     affected_nn_affected  share of the companies with a massive token whose nearest neighbour has one too
 The raw residual (mean-pooled, centred across companies, cosine) is scored the same way, as a
@@ -45,8 +45,8 @@ import torch  # noqa: E402
 
 from assets.features import feature_layer  # noqa: E402
 from assets.saes import GroupSaesConfig  # noqa: E402
-from peerlens.company_latents import company_profiles  # noqa: E402
-from peerlens.sample import default_sample_dir, load_company_descriptions, load_industry_codes  # noqa: E402
+from peerlens.similarity.company_latents import company_profiles  # noqa: E402
+from peerlens.sources.sample import default_sample_dir, load_company_descriptions, load_industry_codes  # noqa: E402
 from sae_core.activation_store import ActivationStore  # noqa: E402
 from sae_core.features import encode_tokens, pool_documents, token_shares  # noqa: E402
 from sae_core.massive_activations import DEFAULT_NORM_MULTIPLE, find_massive_tokens, norm_ratios  # noqa: E402

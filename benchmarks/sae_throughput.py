@@ -118,7 +118,7 @@ def log(message: str) -> None:
 def captured_layer(n_tokens: int, layer: int | None) -> tuple[torch.Tensor, str]:
     """(n, d_model) residuals after `layer` (None: the middle one) of the sample's first descriptions,
     in document order, captured once and cached under CACHE_DIR."""
-    from peerlens.sample import default_sample_dir, load_company_descriptions
+    from peerlens.sources.sample import default_sample_dir, load_company_descriptions
     from sae_core.capture import DEFAULT_MODEL, capture_documents, load_model, tokenize
 
     pattern = f"{DEFAULT_MODEL}_layer{'mid' if layer is None else layer}_{n_tokens}tok.safetensors"

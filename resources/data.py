@@ -8,10 +8,10 @@ import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from peerlens import sample, sample_2017
-from peerlens.edgar import EdgarClient
-from peerlens.texts import texts_from_records
-from peerlens.yfinance_prices import load_yfinance_prices
+from peerlens.sources import sample, sample_2017
+from peerlens.sources.edgar import EdgarClient
+from peerlens.sources.texts import texts_from_records
+from peerlens.sources.yfinance_prices import load_yfinance_prices
 
 
 VINTAGES = ("2017", "2024")
@@ -43,7 +43,7 @@ class SampleDataResource(ConfigurableResource):
         return sample_2017.check_vintage_dir(root) if self.vintage == "2017" else sample.check_sample_dir(root)
 
     def company_texts(self) -> sample.LoadedTable:
-        """The vintage's texts as a text history (`peerlens.texts.TEXT_COLUMNS`)."""
+        """The vintage's texts as a text history (`peerlens.sources.texts.TEXT_COLUMNS`)."""
         if self.vintage == "2017":
             return sample_2017.load_texts_2017(self.root(), tuple(self.vendors))
         loaded = sample.load_company_descriptions(self.root())

@@ -22,8 +22,8 @@ from dagster._core.storage.tags import RUN_KEY_TAG
 from assets import automation
 from assets.automation import _run_outcomes, monthly_refresh_schedule, new_10k_filings
 from assets.sources import retried_when_unreachable
-from peerlens.edgar import EdgarError
-from peerlens.filings import FilingsCursor, follow_up_runs
+from peerlens.sources.edgar import EdgarError
+from peerlens.sources.filings import FilingsCursor, follow_up_runs
 from resources import YFinanceResource
 
 

@@ -1,4 +1,4 @@
-"""Specification of walk-forward cointegration pairs trading (peerlens.backtest, peerlens.pairs_trading)."""
+"""Specification of walk-forward cointegration pairs trading (peerlens.pairs.backtest, peerlens.pairs.pairs_trading)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peerlens.backtest import (
+from peerlens.pairs.backtest import (
     select_pairs,
     summarize_backtest,
     walk_forward_pairs,
     walk_forward_windows,
 )
-from peerlens.pairs_trading import (
+from peerlens.pairs.pairs_trading import (
     PairsConfig,
     simulate_pairs,
     spread_positions,

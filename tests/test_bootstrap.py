@@ -1,12 +1,12 @@
-"""Specification of the cluster bootstrap and paired differences (peerlens.bootstrap)."""
+"""Specification of the cluster bootstrap and paired differences (peerlens.mean_correlation.bootstrap)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from peerlens.bootstrap import cluster_bootstrap, paired_difference
-from peerlens.correlation import ClusterScores
+from peerlens.mean_correlation.bootstrap import cluster_bootstrap, paired_difference
+from peerlens.mean_correlation.correlation import ClusterScores
 
 
 def clusters_with_means(means: np.ndarray, pairs: np.ndarray | None = None) -> ClusterScores:

@@ -1,4 +1,4 @@
-"""Specification of the `peerlens` console script (peerlens.cli), run through main([...])."""
+"""Specification of the `peerlens` console script (peerlens.query.cli), run through main([...])."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from peerlens.cli import main
-from peerlens.peers import MATERIALIZED_FILES
+from peerlens.query.cli import main
+from peerlens.query.peers import MATERIALIZED_FILES
 from tests.test_peers import write_storage
 
 
@@ -95,7 +95,7 @@ def test_usage_errors_exit_2():
 
 def test_the_console_script_is_installed_and_the_cli_never_imports_dagster():
     scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
-    assert scripts.get("peerlens") == "peerlens.cli:main"
-    probe = "import sys, peerlens.cli, peerlens.peers; print('dagster' in sys.modules)"
+    assert scripts.get("peerlens") == "peerlens.query.cli:main"
+    probe = "import sys, peerlens.query.cli, peerlens.query.peers; print('dagster' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""Specification of the MST-threshold clustering and code-based baselines (peerlens.clustering)."""
+"""Specification of the MST-threshold clustering and code-based baselines (peerlens.similarity.clustering)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.sparse.csgraph import connected_components
 
-from peerlens.clustering import (
+from peerlens.similarity.clustering import (
     cluster_size_summary,
     cosine_distance_matrix,
     cut_spanning_tree,
@@ -117,7 +117,7 @@ def test_cluster_size_summary_counts_sizes_and_coverage():
 
 
 def test_theta_for_cluster_count_gives_exactly_that_many_clusters():
-    from peerlens.clustering import theta_for_cluster_count
+    from peerlens.similarity.clustering import theta_for_cluster_count
 
     rng = np.random.default_rng(7)
     points = rng.normal(size=(40, 5))
@@ -128,7 +128,7 @@ def test_theta_for_cluster_count_gives_exactly_that_many_clusters():
 
 
 def test_theta_for_cluster_count_rejects_impossible_counts():
-    from peerlens.clustering import theta_for_cluster_count
+    from peerlens.similarity.clustering import theta_for_cluster_count
 
     with pytest.raises(ValueError, match="n_clusters"):
         theta_for_cluster_count(np.zeros((3, 3)), 4)

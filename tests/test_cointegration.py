@@ -1,4 +1,4 @@
-"""Specification of the batched Engle-Granger test (peerlens.cointegration): it is statsmodels' coint."""
+"""Specification of the batched Engle-Granger test (peerlens.pairs.cointegration): it is statsmodels' coint."""
 
 import warnings
 
@@ -9,7 +9,7 @@ from statsmodels.tools.sm_exceptions import CollinearityWarning
 from statsmodels.tools.tools import add_constant
 from statsmodels.tsa.stattools import adfuller, coint
 
-from peerlens.cointegration import EngleGranger, default_maxlag, engle_granger
+from peerlens.pairs.cointegration import EngleGranger, default_maxlag, engle_granger
 
 TOLERANCE = 1e-6
 

@@ -1,4 +1,4 @@
-"""Specification of Mean Correlation (peerlens.correlation)."""
+"""Specification of Mean Correlation (peerlens.mean_correlation.correlation)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peerlens.correlation import (
+from peerlens.mean_correlation.correlation import (
     cluster_correlation_table,
     correlation_window,
     mean_correlation,

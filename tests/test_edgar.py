@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from peerlens.edgar import (
+from peerlens.sources.edgar import (
     EdgarClient,
     EdgarError,
     Filing,

@@ -7,8 +7,8 @@ from dagster import materialize
 
 from assets.sources import company_descriptions
 from definitions import resources_from_environment
-from peerlens.edgar import EdgarClient, Filing
-from peerlens.sample import default_sample_dir
+from peerlens.sources.edgar import EdgarClient, Filing
+from peerlens.sources.sample import default_sample_dir
 from resources import ArtifactStorage, EdgarResource, TableIOManager
 
 APPLE_10K = Path(default_sample_dir()) / "edgar" / "10k" / "aapl-10-k-2024-11-01.html"

@@ -1,4 +1,4 @@
-"""Specification of the baseline text representations (peerlens.embeddings)."""
+"""Specification of the baseline text representations (peerlens.similarity.embeddings)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from peerlens.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
+from peerlens.similarity.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
 
 
 def test_minilm_embeddings_are_unit_vectors_that_put_banking_near_banking():

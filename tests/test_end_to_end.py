@@ -159,7 +159,7 @@ def test_the_three_training_regimes_are_compared_at_every_layer(materialized):
 
 
 def test_the_peer_query_reads_the_materialized_assets(materialized, capsys):
-    from peerlens.cli import main
+    from peerlens.query.cli import main
 
     root, _ = materialized
     assert main(["peers", "JPM", "-n", "3", "--storage", str(root)]) == 0

@@ -1,4 +1,4 @@
-"""Specification of cluster explanations (peerlens.explain)."""
+"""Specification of cluster explanations (peerlens.similarity.explain)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peerlens.explain import (
+from peerlens.similarity.explain import (
     describe_latents,
     explain_clusters,
     explanations_markdown,
@@ -184,7 +184,7 @@ def test_explanations_markdown_caps_the_number_of_clusters():
 
 
 def test_specificity_weighting_zeroes_a_latent_every_company_shares():
-    from peerlens.explain import specificity_weighted
+    from peerlens.similarity.explain import specificity_weighted
 
     features = np.array([[1.0, 2.0, 0.0], [1.0, 0.0, 3.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     weighted = specificity_weighted(features)
@@ -197,7 +197,7 @@ def test_specificity_weighting_zeroes_a_latent_every_company_shares():
 
 
 def test_company_top_latents_rank_by_specificity_and_leave_out_boilerplate():
-    from peerlens.company_latents import company_top_latents
+    from peerlens.similarity.company_latents import company_top_latents
 
     # Latent 0 fires everywhere (weight 0), latent 1 in two companies (ln 2), latent 2 in one (ln 4).
     features = np.array([[5.0, 1.0, 0.5], [5.0, 1.0, 0.0], [5.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
@@ -214,7 +214,7 @@ def test_company_top_latents_rank_by_specificity_and_leave_out_boilerplate():
 
 
 def test_company_top_latents_keep_n_latents_and_shares_are_the_profile_squared():
-    from peerlens.company_latents import company_profiles, company_top_latents
+    from peerlens.similarity.company_latents import company_profiles, company_top_latents
 
     rng = np.random.default_rng(1)
     features = rng.uniform(0.0, 1.0, size=(5, 12)) * (rng.uniform(size=(5, 12)) > 0.5)
@@ -228,7 +228,7 @@ def test_company_top_latents_keep_n_latents_and_shares_are_the_profile_squared()
 
 
 def test_company_profiles_are_unit_rows_and_zero_without_specific_latents():
-    from peerlens.company_latents import company_profiles
+    from peerlens.similarity.company_latents import company_profiles
 
     profiles = company_profiles(np.array([[1.0, 2.0, 0.0], [1.0, 0.0, 3.0], [1.0, 0.0, 0.0]]))
     np.testing.assert_allclose(np.linalg.norm(profiles[:2], axis=1), 1.0)
@@ -236,7 +236,7 @@ def test_company_profiles_are_unit_rows_and_zero_without_specific_latents():
 
 
 def test_company_latents_markdown_writes_a_section_per_chosen_company():
-    from peerlens.company_latents import company_latents_markdown, company_top_latents
+    from peerlens.similarity.company_latents import company_latents_markdown, company_top_latents
 
     # The banks share latent 3, the oil companies latent 6; XOM also has latent 1 to itself.
     features = np.zeros((6, 8))

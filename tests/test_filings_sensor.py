@@ -15,10 +15,10 @@ import requests
 from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
 
 from assets.automation import new_10k_filings
-from peerlens.edgar import SUBMISSIONS_URL, Filing, ten_k_filings
-from peerlens.filings import FilingsCursor, PollResult, poll_new_10k_filings
-from peerlens.sample import LoadedTable
-from peerlens.texts import texts_from_records
+from peerlens.sources.edgar import SUBMISSIONS_URL, Filing, ten_k_filings
+from peerlens.sources.filings import FilingsCursor, PollResult, poll_new_10k_filings
+from peerlens.sources.sample import LoadedTable
+from peerlens.sources.texts import texts_from_records
 from resources import EdgarResource, SampleDataResource
 
 SAMPLE_DIR = Path(

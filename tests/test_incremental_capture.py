@@ -9,7 +9,7 @@ from dagster import asset, materialize
 from transformers import LlamaForCausalLM
 
 from assets.activations import llm_activations
-from peerlens.texts import append_texts, texts_from_records
+from peerlens.sources.texts import append_texts, texts_from_records
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource, TableIOManager
 from sae_core.activation_store import ActivationStore
 from sae_core.capture import LoadedModel, wrap_model

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from peerlens.company_latents import company_profiles
+from peerlens.similarity.company_latents import company_profiles
 from resources import SampleDataResource
 from sae_core.activation_store import STORE_DTYPE, ActivationStoreWriter
 from sae_core.capture import capture_documents, load_model, tokenize

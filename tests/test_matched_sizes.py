@@ -1,11 +1,11 @@
-"""Specification of size-matched clusterings (peerlens.matched_sizes)."""
+"""Specification of size-matched clusterings (peerlens.mean_correlation.matched_sizes)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from peerlens.matched_sizes import cluster_sizes, size_matched_clusters
+from peerlens.mean_correlation.matched_sizes import cluster_sizes, size_matched_clusters
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -1,4 +1,4 @@
-"""Specification of the mean-correlation study (peerlens.mc_study) on planted groups with a known answer."""
+"""Specification of the mean-correlation study (peerlens.mean_correlation.mc_study) on planted groups with a known answer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peerlens.clustering import (
+from peerlens.similarity.clustering import (
     cosine_distance_matrix,
     cut_spanning_tree,
     minimum_spanning_tree_z,
@@ -14,7 +14,7 @@ from peerlens.clustering import (
     root_spanning_tree,
     theta_for_cluster_count_on_tree,
 )
-from peerlens.mc_study import StudyConfig, mean_correlation_study
+from peerlens.mean_correlation.mc_study import StudyConfig, mean_correlation_study
 
 N_GROUPS, GROUP_SIZE = 4, 6
 TICKERS = [f"T{i:02d}" for i in range(N_GROUPS * GROUP_SIZE)]

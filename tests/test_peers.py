@@ -1,4 +1,4 @@
-"""Specification of the peer query (peerlens.peers) on a tiny storage folder laid out as the assets write it."""
+"""Specification of the peer query (peerlens.query.peers) on a tiny storage folder laid out as the assets write it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peerlens.peers import (
+from peerlens.query.peers import (
     MATERIALIZED_FILES,
     AssetsNotMaterializedError,
     PeerIndex,

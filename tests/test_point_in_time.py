@@ -10,18 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peerlens.backtest import walk_forward_pairs
-from peerlens.embeddings import reduced_cosine_distances, tfidf_matrix
-from peerlens.mc_study import StudyConfig, mean_correlation_study, years_served_by_clusterings
-from peerlens.methods import CODE_METHODS, ClusteringConfig
-from peerlens.pairs_trading import PairsConfig
-from peerlens.point_in_time import (
+from peerlens.pairs.backtest import walk_forward_pairs
+from peerlens.similarity.embeddings import reduced_cosine_distances, tfidf_matrix
+from peerlens.mean_correlation.mc_study import StudyConfig, mean_correlation_study, years_served_by_clusterings
+from peerlens.similarity.methods import CODE_METHODS, ClusteringConfig
+from peerlens.pairs.pairs_trading import PairsConfig
+from peerlens.similarity.point_in_time import (
     clustering_dates,
     clusterings_by_date,
     point_in_time_clusterings,
     universe_as_of,
 )
-from peerlens.texts import append_texts, texts_from_records
+from peerlens.sources.texts import append_texts, texts_from_records
 
 SECTORS = {
     "bank": "bank deposits loans lending mortgage credit branches interest",

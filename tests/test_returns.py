@@ -1,4 +1,4 @@
-"""Specification of price cleaning and month-end log returns (peerlens.returns)."""
+"""Specification of price cleaning and month-end log returns (peerlens.sources.returns)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peerlens.returns import (
+from peerlens.sources.returns import (
     PriceCleaning,
     clean_daily_prices,
     infer_last_complete_month,

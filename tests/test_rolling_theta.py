@@ -1,4 +1,4 @@
-"""Specification of the out-of-sample θ choice (peerlens.rolling_theta)."""
+"""Specification of the out-of-sample θ choice (peerlens.mean_correlation.rolling_theta)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peerlens.clustering import SpanningTree, cut_spanning_tree
-from peerlens.rolling_theta import choose_theta_in_sample, choose_theta_rolling, theta_grid
+from peerlens.similarity.clustering import SpanningTree, cut_spanning_tree
+from peerlens.mean_correlation.rolling_theta import choose_theta_in_sample, choose_theta_rolling, theta_grid
 
 YEARS = [2013, 2014, 2015, 2016, 2017]
 

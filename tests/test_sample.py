@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from peerlens.sample import (
+from peerlens.sources.sample import (
     REQUIRED_FILES,
     check_sample_dir,
     load_company_descriptions,
@@ -17,7 +17,7 @@ from peerlens.sample import (
     load_industry_codes,
     sic_division,
 )
-from peerlens.tickers import normalize_ticker
+from peerlens.sources.tickers import normalize_ticker
 
 SAMPLE_DIR = Path(
     os.environ.get("PEERLENS_SAMPLE_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"

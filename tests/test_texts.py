@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from peerlens.edgar import Filing, ten_k_filings
-from peerlens.sample_2017 import (
+from peerlens.sources.edgar import Filing, ten_k_filings
+from peerlens.sources.sample_2017 import (
     DEFAULT_VENDOR,
     REUSED_PRICE_TICKERS,
     clean_vendor_text,
@@ -21,8 +21,8 @@ from peerlens.sample_2017 import (
     load_texts_2017,
     members_on,
 )
-from peerlens.text_sources import edgar_10k_texts, edgar_corpus_texts, read_edgar_corpus
-from peerlens.texts import TEXT_COLUMNS, append_texts, company_id, texts_from_records, texts_known_before
+from peerlens.sources.text_sources import edgar_10k_texts, edgar_corpus_texts, read_edgar_corpus
+from peerlens.sources.texts import TEXT_COLUMNS, append_texts, company_id, texts_from_records, texts_known_before
 
 SAMPLE_DIR = Path(
     os.environ.get("PEERLENS_SAMPLE_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"

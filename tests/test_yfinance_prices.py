@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peerlens.yfinance_prices import load_yfinance_prices
+from peerlens.sources.yfinance_prices import load_yfinance_prices
 
 FIELDS = ["Open", "High", "Low", "Close", "Adj Close", "Volume"]
 DATES = pd.DatetimeIndex(["2024-01-02", "2024-01-03", "2024-01-04"], name="Date")

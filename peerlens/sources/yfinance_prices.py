@@ -10,8 +10,8 @@ from typing import Callable
 
 import pandas as pd
 
-from peerlens.sample import PRICE_COLUMNS, LoadedTable
-from peerlens.tickers import normalize_ticker
+from peerlens.sources.sample import PRICE_COLUMNS, LoadedTable
+from peerlens.sources.tickers import normalize_ticker
 
 _YAHOO_FIELDS = {"Open": "open", "High": "high", "Low": "low", "Close": "close", "Volume": "volume"}
 

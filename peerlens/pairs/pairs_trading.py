@@ -1,7 +1,7 @@
 """Trading one window of selected pairs: the z-score bands, positions, net returns and turnover.
 
 A pair (a, b) comes with statistics estimated on its formation window (hedge ratio, intercept,
-spread mean and std; see :func:`peerlens.backtest.select_pairs`). On the trading window the
+spread mean and std; see :func:`peerlens.pairs.backtest.select_pairs`). On the trading window the
 spread's z-score drives a position through the paper's bands (entry |z| = 1, exit 0, stop 2);
 a position decided at the close earns the next day's return, and every change of position pays
 costs on the notional it trades. :func:`summarize_returns` turns the daily series into the
@@ -139,7 +139,7 @@ def simulate_pairs(
 
     Args:
         log_prices_trading: (trading dates x tickers) log prices.
-        pairs: frame from :func:`peerlens.backtest.select_pairs`.
+        pairs: frame from :func:`peerlens.pairs.backtest.select_pairs`.
         jumps: optional (dates x tickers) bool, True on flagged jump days (the ``jump`` column of
             cleaned prices, pivoted). A pair's leg return on its jump day is taken as 0 and the
             pair is flat from that close on: the known event, not hindsight, closes it.

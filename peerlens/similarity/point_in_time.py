@@ -1,7 +1,7 @@
 """Point-in-time clusterings: what every method would have grouped on a given day, from what was known then.
 
 A clustering dated D (its `as_of`) is made from each company's latest text with known_by < D
-(`peerlens.texts.texts_known_before`), on the companies that were index members on D and have prices.
+(`peerlens.sources.texts.texts_known_before`), on the companies that were index members on D and have prices.
 The evaluations score year Y with the clustering dated on or before 1 January of Y, and trade window W
 with the one dated on or before W's first day, so no text published on or after the start of a scored
 period can move its score.
@@ -14,8 +14,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from peerlens.methods import CLUSTER_COLUMNS, ClusteringConfig, cluster_every_method
-from peerlens.texts import texts_known_before
+from peerlens.similarity.methods import CLUSTER_COLUMNS, ClusteringConfig, cluster_every_method
+from peerlens.sources.texts import texts_known_before
 
 DistancesOf = Callable[[pd.DataFrame], dict[str, np.ndarray]]
 """Universe texts (TEXT_COLUMNS rows, in order) → feature method → (n, n) distances in that order."""
@@ -72,7 +72,7 @@ def point_in_time_clusterings(
 
     `members_on(day)` and `tradable_on(day)` (e.g. tickers whose prices have started) narrow the universe;
     None keeps every company. Dates whose universe has fewer than `min_companies` companies are skipped.
-    `codes`: industry codes indexed by ticker (see `peerlens.methods.cluster_every_method`).
+    `codes`: industry codes indexed by ticker (see `peerlens.similarity.methods.cluster_every_method`).
     """
     frames, thetas, summaries = [], [], []
     for day in dates:
@@ -103,6 +103,6 @@ def point_in_time_clusterings(
 
 
 def clusterings_by_date(clusters: pd.DataFrame, method: str) -> dict[pd.Timestamp, pd.Series]:
-    """{as_of: cluster id per ticker} of one method, for `peerlens.backtest.walk_forward_pairs`."""
+    """{as_of: cluster id per ticker} of one method, for `peerlens.pairs.backtest.walk_forward_pairs`."""
     rows = clusters[clusters.method == method]
     return {pd.Timestamp(day): group.set_index("ticker").cluster for day, group in rows.groupby("as_of", sort=True)}

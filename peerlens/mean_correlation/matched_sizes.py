@@ -23,7 +23,7 @@ Properties that make it a fair yardstick:
 
 Threshold (MST) methods are first re-cut to the reference's cluster count K, so the draw starts
 from the method's own granularity at K rather than from one giant component; see
-:func:`peerlens.clustering.theta_for_cluster_count_on_tree`.
+:func:`peerlens.similarity.clustering.theta_for_cluster_count_on_tree`.
 """
 
 from __future__ import annotations

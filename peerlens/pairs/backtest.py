@@ -8,7 +8,7 @@ Here every estimate comes from a formation window that ends before its trading w
 
 Per window: Engle-Granger test of every within-cluster pair on formation log prices, OLS hedge ratio
 and spread statistics from the formation window only, then a z-score state machine on the trading
-window with transaction costs (:mod:`peerlens.pairs_trading`). Positions are decided at the close
+window with transaction costs (:mod:`peerlens.pairs.pairs_trading`). Positions are decided at the close
 and earn the next day's return. This module selects pairs, rolls the windows and pools the pairs
 into one portfolio; :func:`summarize_backtest` gives the row of a backtest table.
 """
@@ -23,8 +23,8 @@ from typing import Mapping, NamedTuple
 import numpy as np
 import pandas as pd
 
-from peerlens.cointegration import engle_granger
-from peerlens.pairs_trading import (
+from peerlens.pairs.cointegration import engle_granger
+from peerlens.pairs.pairs_trading import (
     TRADING_DAYS_PER_YEAR,
     PairsConfig,
     pair_id,
@@ -177,7 +177,7 @@ def select_pairs(
     with spread_mean and spread_std (ddof=1) of the formation spread. Pairs with hedge_ratio <= 0
     (long or short both legs at once) or a flat spread are not tested. Pairs with pvalue <
     pvalue_max are kept, the max_pairs_per_cluster smallest p-values per cluster. All pairs of a
-    window are tested in one batch by :func:`peerlens.cointegration.engle_granger`, which returns
+    window are tested in one batch by :func:`peerlens.pairs.cointegration.engle_granger`, which returns
     coint's statistic and p-value (to ~1e-12) at well under a millisecond per pair.
 
     Args:
@@ -211,7 +211,7 @@ def walk_forward_pairs(
     Each day's portfolio return is the equal-weight mean of the net returns of the pairs active
     that day (holding a position into the day or trading at its close); 0 when none is. With
     n_t active pairs and p_kt pair k's position after close t (gross notional 1 per unit, see
-    :func:`peerlens.pairs_trading.simulate_pairs`):
+    :func:`peerlens.pairs.pairs_trading.simulate_pairs`):
 
         return_t   = (1/max(n_t, 1)) * sum_k r_kt
         turnover_t = (1/max(n_t, 1)) * sum_k |p_kt - p_k,t-1|
@@ -225,7 +225,7 @@ def walk_forward_pairs(
         clusters: cluster id per ticker (index ticker), used for every window; or point-in-time
             clusterings {as_of: cluster id per ticker}: each window trades the latest one dated on or
             before its trading start (`clustering_for_window`), and windows none precedes are skipped.
-        jumps: optional jump-day flags, see :func:`peerlens.pairs_trading.simulate_pairs`.
+        jumps: optional jump-day flags, see :func:`peerlens.pairs.pairs_trading.simulate_pairs`.
     """
     if not isinstance(close_wide, pd.DataFrame):
         raise TypeError(f"close_wide must be a DataFrame (dates x tickers), got {type(close_wide).__name__}")
@@ -305,7 +305,7 @@ def walk_forward_pairs(
 
 
 def summarize_backtest(result: PairsResult) -> dict[str, float | int]:
-    """One row of a backtest table: :func:`peerlens.pairs_trading.summarize_returns` of the daily
+    """One row of a backtest table: :func:`peerlens.pairs.pairs_trading.summarize_returns` of the daily
     portfolio returns (sharpe, annual_return, total_return, max_drawdown, n_days), plus
 
     - turnover_daily = mean_t turnover_t (see :func:`walk_forward_pairs`): the average notional

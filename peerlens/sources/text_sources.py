@@ -1,6 +1,6 @@
 """Bulk text history: every past 10-K of a company from EDGAR, or a local copy of EDGAR-CORPUS.
 
-Both return text histories (`peerlens.texts.TEXT_COLUMNS`) to be merged with `append_texts`, so a
+Both return text histories (`peerlens.sources.texts.TEXT_COLUMNS`) to be merged with `append_texts`, so a
 second load adds only what is new and never rewrites what is held.
 """
 
@@ -11,8 +11,8 @@ from typing import Protocol
 
 import pandas as pd
 
-from peerlens.edgar import Filing
-from peerlens.texts import LOADED_COLUMNS, texts_from_records
+from peerlens.sources.edgar import Filing
+from peerlens.sources.texts import LOADED_COLUMNS, texts_from_records
 from sae_core.text import is_blank
 
 CORPUS_COLUMNS = ("cik", "year", "section_1")

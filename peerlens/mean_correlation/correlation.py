@@ -58,7 +58,7 @@ def _check_clusters(clusters: pd.Series) -> None:
     if clusters.isna().any():
         raise ValueError(
             f"clusters has {int(clusters.isna().sum())} missing cluster ids; give unclustered companies "
-            "their own singleton id (see peerlens.clustering.labels_from_codes)"
+            "their own singleton id (see peerlens.similarity.clustering.labels_from_codes)"
         )
 
 

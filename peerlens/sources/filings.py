@@ -14,7 +14,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from peerlens.edgar import Filing
+from peerlens.sources.edgar import Filing
 
 
 class LatestTenK(Protocol):

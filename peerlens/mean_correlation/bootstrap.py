@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from peerlens.correlation import ClusterScores
+from peerlens.mean_correlation.correlation import ClusterScores
 
 
 class ReplicateMC(NamedTuple):

@@ -6,7 +6,7 @@ and clusterings (method, ticker, cluster[, tree_parent, tree_z]). A method whose
 minimum spanning tree (``tree_parent``: the ticker of the company's parent, None for the root;
 ``tree_z``: the z weight of that edge) is a threshold method and can be re-cut at any θ.
 
-Per (method, year) — see :mod:`peerlens.correlation` for MC and :mod:`peerlens.matched_sizes`:
+Per (method, year) — see :mod:`peerlens.mean_correlation.correlation` for MC and :mod:`peerlens.mean_correlation.matched_sizes`:
 
     mc_cluster  the paper's MC, mean over clusters
     mc_pair     the pooled within-cluster pair mean
@@ -15,10 +15,10 @@ Per (method, year) — see :mod:`peerlens.correlation` for MC and :mod:`peerlens
                 first, so all θ variants of one representation share it)
     coverage    share of companies in a cluster of >= 2
 
-Threshold methods get two more rows each (:mod:`peerlens.rolling_theta`): "<m> (rolling θ)", cut
+Threshold methods get two more rows each (:mod:`peerlens.mean_correlation.rolling_theta`): "<m> (rolling θ)", cut
 each year at the θ that maximised MC per cluster on earlier years (the out-of-sample score; the
 first year is not scored), and "<m> (in-sample θ)", cut at the θ fitted on all years (a reference).
-Comparisons (:mod:`peerlens.bootstrap`): every method minus every baseline, each measure.
+Comparisons (:mod:`peerlens.mean_correlation.bootstrap`): every method minus every baseline, each measure.
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from peerlens.bootstrap import cluster_bootstrap, paired_difference
-from peerlens.clustering import (
+from peerlens.mean_correlation.bootstrap import cluster_bootstrap, paired_difference
+from peerlens.similarity.clustering import (
     SpanningTree,
     cut_spanning_tree,
     spanning_tree_from_parents,
     theta_for_cluster_count_on_tree,
 )
-from peerlens.correlation import ClusterScores, CorrelationWindow, score_clusters, yearly_correlation_windows
-from peerlens.matched_sizes import cluster_sizes, size_matched_clusters
-from peerlens.rolling_theta import choose_theta_in_sample, choose_theta_rolling, theta_grid
+from peerlens.mean_correlation.correlation import ClusterScores, CorrelationWindow, score_clusters, yearly_correlation_windows
+from peerlens.mean_correlation.matched_sizes import cluster_sizes, size_matched_clusters
+from peerlens.mean_correlation.rolling_theta import choose_theta_in_sample, choose_theta_rolling, theta_grid
 
 MEASURES = ("mc_cluster", "mc_pair", "mc_matched")
 FIXED, ROLLING, IN_SAMPLE = "fixed clustering", "rolling θ", "in-sample θ (reference only)"

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from peerlens.clustering import (
+from peerlens.similarity.clustering import (
     cluster_size_summary,
     cut_spanning_tree,
     labels_from_codes,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from peerlens.edgar import parse_company_tickers
-from peerlens.sample import (
+from peerlens.sources.edgar import parse_company_tickers
+from peerlens.sources.sample import (
     COMPANY_TICKERS_FILE,
     CONSTITUENTS_FILE,
     CIK_TICKER_FILE,
@@ -32,7 +32,7 @@ from peerlens.sample import (
     _read_csv,
     check_files,
 )
-from peerlens.texts import texts_from_records
+from peerlens.sources.texts import texts_from_records
 from sae_core.text import is_blank
 
 TEXTS_FILE = "sp500_2017/descriptions.csv"
@@ -65,7 +65,7 @@ def clean_vendor_text(text: str) -> str:
 
 
 def load_texts_2017(root: str | Path, vendors: tuple[str, ...] = (DEFAULT_VENDOR,)) -> LoadedTable:
-    """The chosen vendors' texts as a text history (`peerlens.texts.TEXT_COLUMNS`), source "<vendor>@sp500_2017".
+    """The chosen vendors' texts as a text history (`peerlens.sources.texts.TEXT_COLUMNS`), source "<vendor>@sp500_2017".
 
     CIK by ticker from the 2019 cik_ticker.csv (the vintage closest to 2017; used only where the
     ticker names one CIK), else SEC's company_tickers.json (2024), else constituents.csv (2026).

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from peerlens.tickers import normalize_ticker
+from peerlens.sources.tickers import normalize_ticker
 from sae_core.text import is_blank
 
 TEXT_COLUMNS = ("text_id", "company_id", "cik", "ticker", "name", "description", "source", "known_by")

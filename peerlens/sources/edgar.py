@@ -29,7 +29,7 @@ import requests
 from bs4 import BeautifulSoup, NavigableString, Tag, XMLParsedAsHTMLWarning
 from bs4.element import PreformattedString
 
-from peerlens.tickers import normalize_ticker
+from peerlens.sources.tickers import normalize_ticker
 
 SUBMISSIONS_URL = "https://data.sec.gov/submissions/CIK{cik:010d}.json"
 SUBMISSIONS_PAGE_URL = "https://data.sec.gov/submissions/{name}"

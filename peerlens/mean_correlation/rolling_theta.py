@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from peerlens.clustering import SpanningTree
+from peerlens.similarity.clustering import SpanningTree
 
 
 def theta_grid(tree: SpanningTree, n_points: int = 40, min_coverage: float = 0.5) -> np.ndarray:

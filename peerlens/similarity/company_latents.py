@@ -1,6 +1,6 @@
 """What a company is made of: its most specific SAE latents, as the similarity measure sees them.
 
-Cluster explanations (`peerlens.explain`) rank latents on specificity-weighted pooled values, and
+Cluster explanations (`peerlens.similarity.explain`) rank latents on specificity-weighted pooled values, and
 so does everything here: a latent that fires in every description (punctuation, "was founded in")
 makes all companies alike and cannot say what sets one apart. A company's *profile* is its weighted
 vector scaled to unit length,
@@ -8,7 +8,7 @@ vector scaled to unit length,
     p_a = w ⊙ x_a / ‖w ⊙ x_a‖,     w_j = ln(n / df_j)      (see `specificity_weighted`),
 
 so the cosine similarity of two companies is p_a · p_b = Σ_j p_aj p_bj, a sum of one nonnegative
-term per latent. `peerlens.peers` reads similarity and shared latents off these profiles; a
+term per latent. `peerlens.query.peers` reads similarity and shared latents off these profiles; a
 company's top latents are the largest coordinates of its own profile, and p_aj² (summing to 1)
 is the share of the profile that latent j carries.
 """
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from peerlens.explain import DESCRIBED_COLUMNS, markdown_cell, specificity_weighted
+from peerlens.similarity.explain import DESCRIBED_COLUMNS, markdown_cell, specificity_weighted
 
 TOP_LATENT_COLUMNS = ("ticker", "rank", "latent", "value", "weighted_value", "share")
 
@@ -88,7 +88,7 @@ def company_latents_markdown(
 
     Args:
         top_latents: output of `company_top_latents`.
-        described: output of `peerlens.explain.describe_latents` (latents it lacks get '—').
+        described: output of `peerlens.similarity.explain.describe_latents` (latents it lacks get '—').
         companies: tickers to write, in this order (a sample: the full table is the parquet).
         names: optional ticker → company name for the headings.
 

@@ -3,7 +3,7 @@
     peerlens peers TICKER [-n 10] [--shared 3] [--storage PATH] [--as-of YYYY-MM-DD]
     peerlens explain A B [--shared 5] [--storage PATH]
 
-Reads the files a run of the graph wrote (see `peerlens.peers`); it needs no Dagster. Errors
+Reads the files a run of the graph wrote (see `peerlens.query.peers`); it needs no Dagster. Errors
 (unknown ticker, assets not materialized yet) print one line on stderr and exit with status 1;
 usage errors exit with status 2, as argparse does.
 """
@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from peerlens.peers import HOME_ENV, PairExplanation, PeerIndex, PeerList
+from peerlens.query.peers import HOME_ENV, PairExplanation, PeerIndex, PeerList
 
 SIMILARITY_NOTE = "cosine of specificity-weighted SAE company features"
 NAME_WIDTH = 28

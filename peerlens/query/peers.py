@@ -10,7 +10,7 @@ the same rule as `resources.storage`:
     artifacts/company_top_latents/latent_descriptions.parquet
                                            latent, top_tokens, top_companies (every latent that fires)
 
-Similarity is the cosine of specificity-weighted profiles (`peerlens.company_latents`), the sum
+Similarity is the cosine of specificity-weighted profiles (`peerlens.similarity.company_latents`), the sum
 over latents of p_aj p_bj. Each term is a latent's contribution: the latents with the largest
 product of both companies' (weighted) values are the ones that make them similar, and their
 contributions add up to the similarity exactly.
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from peerlens.company_latents import company_profiles
+from peerlens.similarity.company_latents import company_profiles
 from peerlens.layout import HOME_ENV, storage_root
-from peerlens.texts import texts_known_before
+from peerlens.sources.texts import texts_known_before
 
 LATENT_DESCRIPTIONS_FILE = "latent_descriptions.parquet"
 

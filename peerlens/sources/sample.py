@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from peerlens.edgar import parse_company_tickers
-from peerlens.tickers import normalize_ticker
+from peerlens.sources.edgar import parse_company_tickers
+from peerlens.sources.tickers import normalize_ticker
 from sae_core.text import is_blank
 
 SAMPLE_DIR_ENV = "PEERLENS_SAMPLE_DIR"
@@ -70,7 +70,7 @@ def default_sample_dir() -> Path:
     override = os.environ.get(SAMPLE_DIR_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def check_files(root: str | Path, required: tuple[str, ...], holds: str = "sp500/ and edgar/") -> Path:

@@ -22,7 +22,7 @@ from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import StandardScaler
 
-from peerlens.clustering import cosine_distance_matrix
+from peerlens.similarity.clustering import cosine_distance_matrix
 from sae_core.text import checked_text
 
 MINILM_DIM = 384

@@ -6,7 +6,7 @@ The sources disagree on share-class separators: constituents.csv and the price t
 
 What a string rule cannot fix: the 2019 cik_ticker.csv drops the class entirely (`BRK` for
 Berkshire Hathaway, `BFB` for Brown-Forman). Guessing (`BRK-B` -> `BRK`) would also merge
-unrelated tickers, so those rows are matched by CIK instead (see `peerlens.sample.load_industry_codes`).
+unrelated tickers, so those rows are matched by CIK instead (see `peerlens.sources.sample.load_industry_codes`).
 """
 
 from __future__ import annotations
