@@ -1,7 +1,6 @@
 """LLM activations: the residual stream after every layer for every token of every description, and
 the massive activations among them that everything downstream keeps out."""
 
-import shutil
 import time
 
 import numpy as np
@@ -98,7 +97,7 @@ def llm_activations(
                 writer.add(captured.activations.cpu(), documents, captured.position.cpu(), captured.token_id.cpu())
         store = writer.close()
     except BaseException:
-        shutil.rmtree(writer.folder.with_name(writer.folder.name + ".tmp"), ignore_errors=True)
+        writer.abort()
         raise
     capture_seconds = time.perf_counter() - capture_started
     manifest = {"folder": str(store.folder), **store.manifest}

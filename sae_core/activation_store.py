@@ -10,16 +10,17 @@ Layout of a store folder:
 
 Shards are layer-major so that reading one layer of a shard is one contiguous slice: SAE training
 reads a layer (or a group of layers) at a time, never all thirty at once.
-The store is written into a temporary sibling folder and renamed into place when complete, so a
-crash never leaves a half-written store where a reader expects a whole one.
+The store is written into a staging sibling folder unique to its writer and renamed into place when
+complete, so a crash never leaves a half-written store where a reader expects a whole one, and two
+runs writing at once cannot delete each other's work.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from sae_core.io import replace_folder
 
 MANIFEST = "store.json"
 INDEX = "index.parquet"
@@ -66,8 +69,8 @@ class ActivationStoreWriter:
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
-        self._tmp = self.folder.with_name(self.folder.name + ".tmp")
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        # Unique to this writer: two runs capturing at once never share (or delete) a staging folder.
+        self._tmp = self.folder.with_name(f".{self.folder.name}.tmp-{uuid.uuid4().hex}")
         self._tmp.mkdir(parents=True)
         self._shard = torch.empty(self.n_layers, self.shard_tokens, self.d_model, dtype=STORE_DTYPE)
 
@@ -137,13 +140,12 @@ class ActivationStoreWriter:
             "non_finite_values": self._non_finite,
         }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        old = self.folder.with_name(self.folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)  # a crash before the rmtree at the end leaves it behind
-        if self.folder.exists():
-            os.replace(self.folder, old)
-        os.replace(self._tmp, self.folder)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(self._tmp, self.folder)
         return ActivationStore(self.folder)
+
+    def abort(self) -> None:
+        """Remove what this writer staged (after a failed capture); the store in place is untouched."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def document_fingerprint(text: str) -> str:

@@ -104,19 +104,29 @@ def _saelens_cfg(sae: SparseAutoencoder, metadata: dict[str, Any]) -> dict[str, 
     return cfg
 
 
-def _replace_folder(staged: Path, folder: Path) -> None:
+def replace_folder(staged: Path, folder: Path, attempts: int = 5) -> None:
     """Move the fully written `staged` folder to `folder`, replacing any previous version.
 
-    os.replace cannot overwrite a non-empty directory, so the old one is first renamed aside and
-    deleted only once the new one is in place.
+    os.replace cannot overwrite a non-empty directory, so the old one is first renamed aside (under a
+    name unique to this writer) and deleted only once the new one is in place. Another writer may put
+    its own folder there between the two renames; then that one is retired too and the move retried:
+    the last writer wins whole, and neither sees an error or half of the other's folder.
     """
-    if not folder.exists():
-        os.replace(staged, folder)
-        return
-    retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex}")
-    os.replace(folder, retired)
-    os.replace(staged, folder)
-    shutil.rmtree(retired)
+    for _ in range(attempts):
+        if folder.exists():
+            retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex}")
+            try:
+                os.replace(folder, retired)
+            except FileNotFoundError:  # another writer retired it first
+                pass
+            else:
+                shutil.rmtree(retired, ignore_errors=True)
+        try:
+            os.replace(staged, folder)
+            return
+        except OSError:  # another writer's folder arrived in between: retire it and try again
+            continue
+    raise OSError(f"could not move {staged} to {folder}: other writers kept replacing it")
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -145,7 +155,7 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any
         save_file(weights, staged / WEIGHTS_FILENAME, metadata={"format": "pt"})
         (staged / CFG_FILENAME).write_text(cfg_text + "\n")
         staged.chmod(0o755)  # mkdtemp makes it owner-only
-        _replace_folder(staged, folder)
+        replace_folder(staged, folder)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from sae_core.io import replace_folder
 
 RELEASE_FILE = "release.json"
 
@@ -69,16 +69,10 @@ def load_release(folder: str | Path) -> SaeRelease | None:
 
 
 def publish_release(staging: Path, release: SaeRelease, folder: Path) -> None:
-    """Write release.json into `staging` (which holds the SAEs) and move it onto `folder` in one rename.
+    """Write release.json into `staging` (which holds the SAEs) and move it onto `folder` (`sae_core.io.replace_folder`).
 
-    A folder cannot be renamed over a non-empty one, so an existing release is moved aside first and
-    deleted after; a crash between the two renames leaves no release.json at `folder`, which reads as
-    "no release" and trains again, never as half of one.
+    A crash between retiring the old release and moving the new one in leaves no release.json at
+    `folder`, which reads as "no release" and trains again, never as half of one.
     """
     (staging / RELEASE_FILE).write_text(json.dumps(release.to_dict(), indent=2))
-    retired = folder.with_name(folder.name + ".retired")
-    shutil.rmtree(retired, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, retired)
-    os.replace(staging, folder)
-    shutil.rmtree(retired, ignore_errors=True)
+    replace_folder(staging, folder)

@@ -115,8 +115,10 @@ def test_an_unclosed_writer_leaves_no_store_at_the_folder(tmp_path, three_batche
     writer = ActivationStoreWriter(folder, n_layers=N_LAYERS, d_model=D_MODEL, shard_tokens=4)
     for item in three_batches:
         writer.add(**item)  # two full shards are already on disk, in the temporary folder
-    assert list((tmp_path / "store.tmp").glob("shard_*.safetensors"))
+    assert list(tmp_path.glob(".store.tmp-*/shard_*.safetensors"))
     assert not folder.exists()
+    writer.abort()
+    assert not list(tmp_path.iterdir())
     with pytest.raises(FileNotFoundError):
         ActivationStore(folder)
 
@@ -143,16 +145,17 @@ def test_an_existing_store_stays_readable_until_the_new_one_is_closed(tmp_path, 
 
 
 def test_a_leftover_folder_from_an_interrupted_replace_does_not_block_the_next_close(tmp_path, three_batches):
-    # A crash after the new store moved in but before the old one was deleted leaves `store.old` behind.
+    # A crash after the new store moved in but before the old one was deleted leaves a retired folder
+    # behind; retired and staging names are unique to their writer, so it never stands in the way.
     folder = tmp_path / "store"
     write_store(folder, three_batches)
-    leftover = tmp_path / "store.old"
+    leftover = tmp_path / ".store.old-0123456789abcdef"
     leftover.mkdir()
     (leftover / "store.json").write_text("{}")
 
     store = write_store(folder, [batch(2, "XOM", seed=5)])
     assert store.n_tokens == 2
-    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [leftover.name, "store"]
 
 
 # --- non-finite values ----------------------------------------------------------------------------
