@@ -25,6 +25,9 @@ def tiny_store(folder, n_layers=2, d_model=8, tokens_per_document=24, documents=
     return writer.close()
 
 
+SETTINGS = {"expansion_factor": 2, "k": 4, "total_tokens": 256, "batch_size": 64, "holdout_share": 0.3}
+
+
 def test_group_saes_train_with_the_configured_optimizer_lr_precision_and_width(tmp_path, monkeypatch):
     store = tiny_store(tmp_path / "store")
     seen = []
@@ -35,20 +38,9 @@ def test_group_saes_train_with_the_configured_optimizer_lr_precision_and_width(t
         return original_train(self, context, data, sae_cfg, train_cfg, init)
 
     monkeypatch.setattr(SaeTrainer, "train", recording_train)
-    config = GroupSaesConfig(
-        optimizer="adam", lr=1e-3, autocast="bf16", expansion_factor=2, k=4, total_tokens=256, batch_size=64,
-        holdout_share=0.3,
-    )
-    group_saes(
-        context=dagster.build_asset_context(),
-        config=config,
-        llm_activations={"folder": str(store.folder)},
-        massive_activations=find_massive_tokens(store.token_norms()).to_dict(),
-        layer_groups={"chosen_groups": [[0, 1]]},
-        compute=ComputeResource(device="cpu"),
-        artifacts=ArtifactStorage(root=str(tmp_path / "home")),
-        sae_trainer=SaeTrainer(),
-    )
+    settings = {"optimizer": "adam", "lr": 1e-3, "autocast": "bf16"}
+    run_group_saes(tmp_path, store, **settings)
+    config = GroupSaesConfig(**{**SETTINGS, **settings})
     assert len(seen) == 1
     sae_cfg, train_cfg = seen[0]
     assert (sae_cfg.d_sae, sae_cfg.k) == (16, 4)
@@ -58,8 +50,7 @@ def test_group_saes_train_with_the_configured_optimizer_lr_precision_and_width(t
 
 
 def run_group_saes(tmp_path, store, **overrides):
-    settings = {"expansion_factor": 2, "k": 4, "total_tokens": 256, "batch_size": 64, "holdout_share": 0.3}
-    config = GroupSaesConfig(**{**settings, **overrides})
+    config = GroupSaesConfig(**{**SETTINGS, **overrides})
     output = group_saes(
         context=dagster.build_asset_context(),
         config=config,

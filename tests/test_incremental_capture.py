@@ -41,7 +41,7 @@ FIRST = texts(("BANK", "the bank sells loans", "2017-01-02"), ("CARS", "the car 
 FILING = texts(("BANK", "the bank sells loans loans loans the bank", "2018-03-01"))
 
 
-def materialize_activations(history: pd.DataFrame, root) -> tuple[dict, dict]:
+def materialize_activations(history: pd.DataFrame, root, max_tokens: int = 512) -> tuple[dict, dict]:
     @asset(name="company_descriptions")
     def history_asset() -> pd.DataFrame:
         return history
@@ -49,7 +49,7 @@ def materialize_activations(history: pd.DataFrame, root) -> tuple[dict, dict]:
     resources = {
         "io_manager": TableIOManager(root=str(root)),
         "artifacts": ArtifactStorage(root=str(root)),
-        "language_model": CountingLanguageModel(name="counting-tiny-llama"),
+        "language_model": CountingLanguageModel(name="counting-tiny-llama", max_tokens=max_tokens),
         "compute": ComputeResource(device="cpu"),
     }
     result = materialize([history_asset, llm_activations], resources=resources)
@@ -86,20 +86,8 @@ def test_one_new_filing_costs_one_model_pass_over_its_own_text_only(tmp_path):
     assert TOKENS_SEEN == []  # nothing new: the model is not even loaded
 
 
-def test_a_different_model_or_truncation_captures_everything_again(tmp_path):
+def test_a_different_truncation_captures_everything_again(tmp_path):
     materialize_activations(FIRST, tmp_path)
     TOKENS_SEEN.clear()
-
-    @asset(name="company_descriptions")
-    def history_asset() -> pd.DataFrame:
-        return FIRST
-
-    resources = {
-        "io_manager": TableIOManager(root=str(tmp_path)),
-        "artifacts": ArtifactStorage(root=str(tmp_path)),
-        "language_model": CountingLanguageModel(name="counting-tiny-llama", max_tokens=3),
-        "compute": ComputeResource(device="cpu"),
-    }
-    result = materialize([history_asset, llm_activations], resources=resources)
-    assert result.success
-    assert sum(TOKENS_SEEN) > 0
+    _, metadata = materialize_activations(FIRST, tmp_path, max_tokens=3)
+    assert metadata["texts_captured"] == 2 and sum(TOKENS_SEEN) > 0
