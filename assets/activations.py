@@ -100,7 +100,7 @@ def llm_activations(
         writer.abort()
         raise
     capture_seconds = time.perf_counter() - capture_started
-    manifest = {"folder": str(store.folder), **store.manifest}
+    manifest = {"folder": artifacts.relative(store.folder), **store.manifest}
     manifest.pop("text_ids")
     manifest.pop(FINGERPRINTS)
     captured_tokens = store.n_tokens - reused_tokens
@@ -137,10 +137,10 @@ def _reusable_store(folder, language_model: LanguageModelResource) -> Activation
 
 @asset_check(asset=llm_activations, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
 def activations_are_finite_and_cover_every_company(
-    llm_activations: dict, company_descriptions: pd.DataFrame
+    llm_activations: dict, company_descriptions: pd.DataFrame, artifacts: ArtifactStorage
 ) -> AssetCheckResult:
     """No inf/NaN was stored (fp16 overflows above 65,504) and every text has at least one token."""
-    store = ActivationStore(llm_activations["folder"])
+    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
     covered = set(store.index.document)
     missing = sorted(set(company_descriptions.text_id) - covered)
     non_finite = int(store.manifest["non_finite_values"])
@@ -172,7 +172,10 @@ class MassiveActivationsConfig(Config):
     check_specs=[AssetCheckSpec("few_companies_have_massive_tokens", asset="massive_activations")],
 )
 def massive_activations(
-    config: MassiveActivationsConfig, llm_activations: dict, language_model: LanguageModelResource
+    config: MassiveActivationsConfig,
+    llm_activations: dict,
+    language_model: LanguageModelResource,
+    artifacts: ArtifactStorage,
 ):
     """The tokens whose residual norm exceeds `norm_multiple` × the layer's median at some layer
     (sae_core.massive_activations), and whether downstream assets exclude or keep them.
@@ -181,7 +184,7 @@ def massive_activations(
     store rows of the massive tokens with their peak ratio and layer). Metadata names every company
     with a massive token, the token and its position.
     """
-    store = ActivationStore(llm_activations["folder"])
+    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
     norms = store.token_norms()
     found = find_massive_tokens(norms, config.norm_multiple, config.treatment)
     index = store.index

@@ -35,7 +35,7 @@ def _describe(
     top_tokens = top_tokens[top_tokens.latent.isin(latents)]
     if hits_per_latent is not None:
         top_tokens = top_tokens[top_tokens["rank"] <= hits_per_latent]
-    index = ActivationStore(llm_activations["folder"]).index
+    index = ActivationStore(artifacts.resolve(llm_activations["folder"])).index
     return describe_latents(
         top_tokens[["latent", "rank", "token_index", "activation"]],
         index[["document", "position", "token_id"]],

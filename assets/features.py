@@ -68,10 +68,10 @@ def company_features(
     Also writes `latent_top_tokens.parquet` (latent, rank, token_index, activation, document, position,
     token_id): each latent's strongest tokens, for the cluster explanations; token_index is the store row.
     """
-    store = ActivationStore(llm_activations["folder"])
+    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
     layer = feature_layer(config.layer, store.n_layers)
     entry = sae_for_layer(group_saes, layer)
-    sae = load_sae(entry["path"])
+    sae = load_sae(artifacts.resolve(entry["path"]))
     usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
     index = store.index
     text_ids = sorted(index.document.unique())

@@ -6,6 +6,7 @@ from dagster import AssetCheckResult, Config, MetadataValue, Output, asset, asse
 from pydantic import Field
 
 from assets.metadata import figure_markdown, plt
+from resources import ArtifactStorage
 from sae_core.activation_store import ActivationStore
 from sae_core.distances import AngularDistanceAccumulator
 from sae_core.groups import LayerGrouping, choose_layer_groups
@@ -18,11 +19,11 @@ class LayerDistancesConfig(Config):
 
 @asset(group_name="layer_groups", kinds={"pytorch"})
 def layer_distances(
-    config: LayerDistancesConfig, llm_activations: dict, massive_activations: dict
+    config: LayerDistancesConfig, llm_activations: dict, massive_activations: dict, artifacts: ArtifactStorage
 ) -> Output[dict]:
     """D̄ (L × L): d(i, j) = arccos(cos(x_i, x_j)) / π between the residual streams of layers i and j, averaged
     over the store's usable tokens (massive ones excluded unless massive_activations keeps them)."""
-    store = ActivationStore(llm_activations["folder"])
+    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
     usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
     accumulator = AngularDistanceAccumulator(store.n_layers)
     start = 0

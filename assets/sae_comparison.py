@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import Tensor
 
 from assets.metadata import figure_markdown, markdown_table, plt
-from resources import ComputeResource, LanguageModelResource
+from resources import ArtifactStorage, ComputeResource, LanguageModelResource
 from sae_core.activation_store import ActivationStore
 from sae_core.comparison import check_comparable, comparison_summary, compute_table, layer_table
 from sae_core.io import load_sae
@@ -86,6 +86,7 @@ def sae_comparison(
     transfer_saes: dict,
     language_model: LanguageModelResource,
     compute: ComputeResource,
+    artifacts: ArtifactStorage,
 ):
     """Per layer and regime: held-out FVU, L0, dead fraction, and the spliced CE-loss score and KL.
 
@@ -100,7 +101,7 @@ def sae_comparison(
     layers, costs = layer_table(regimes), compute_table(regimes)
 
     device = compute.torch_device()
-    store = ActivationStore(llm_activations["folder"])
+    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
     usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
     documents = heldout_documents(
         store, per_layer_saes["holdout_share"], config.eval_documents, config.max_tokens_per_document, ~usable
@@ -116,7 +117,7 @@ def sae_comparison(
     context.log.info(
         f"spliced evaluation on {len(documents.token_ids)} held-out companies, {evaluator.n_predictions} predictions"
     )
-    paths = {(regime, layer): entry["path"] for regime, value in regimes.items() for entry in value["saes"] for layer in entry["layers"]}
+    paths = {(regime, layer): artifacts.resolve(entry["path"]) for regime, value in regimes.items() for entry in value["saes"] for layer in entry["layers"]}
     loaded = {path: load_sae(path).to(device) for path in set(paths.values())}
     spliced = []
     for layer in range(store.n_layers):

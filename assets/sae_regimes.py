@@ -46,10 +46,12 @@ def _train_and_save(
     sae_cfg: SaeConfig,
     train_cfg: TrainConfig,
     folder,
+    artifacts: ArtifactStorage,
     init: SparseAutoencoder | None = None,
     provenance: dict | None = None,
 ) -> dict:
-    """Train one SAE on `layer`'s training tokens, score it on its held-out tokens, save it; return its entry."""
+    """Train one SAE on `layer`'s training tokens, score it on its held-out tokens, save it; return its entry
+    (its path relative to the storage root)."""
     activations = store.layer(layer, dtype=torch.float16)
     result = trainer.train(context, activations[split.train].float(), sae_cfg, train_cfg, init=init)
     metrics = layer_metrics(result.sae, activations, split)
@@ -66,7 +68,7 @@ def _train_and_save(
     )
     return {
         "layers": [layer],
-        "path": str(path),
+        "path": artifacts.relative(path),
         "metrics": {str(layer): metrics},
         "train_seconds": round(result.seconds, 1),
         "tokens_seen": result.tokens_seen,
@@ -106,14 +108,14 @@ def per_layer_saes(
     so the only difference between the regimes is how many SAEs there are and what each reads.
     """
     device = compute.torch_device()
-    store = ActivationStore(llm_activations["folder"])
+    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
     split = token_split(store.index.document, config.holdout_share, MassiveTokens.from_dict(massive_activations))
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     root = artifacts.folder("per_layer_saes")
     saes = []
     for layer in range(store.n_layers):
         folder = root / f"layer_{layer:02d}"
-        saes.append(_train_and_save(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder))
+        saes.append(_train_and_save(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder, artifacts))
         context.log.info(f"layer {layer}: fvu {saes[-1]['metrics'][str(layer)]['fvu']:.4f} in {saes[-1]['train_seconds']}s")
     value = {
         "saes": saes,
@@ -145,7 +147,7 @@ def transfer_saes(
     if not 0 < config.token_fraction <= 1:
         raise ValueError(f"token_fraction must be in (0, 1], got {config.token_fraction!r}")
     device = compute.torch_device()
-    store = ActivationStore(llm_activations["folder"])
+    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
     split = token_split(
         store.index.document, per_layer_saes["holdout_share"], MassiveTokens.from_dict(massive_activations)
     )
@@ -156,7 +158,7 @@ def transfer_saes(
     scratch_steps = math.ceil(scratch_cfg.total_tokens / scratch_cfg.batch_size)
     fine_tune_tokens = max(math.floor(config.token_fraction * scratch_steps), 1) * scratch_cfg.batch_size
     train_cfg = TrainConfig(**{**scratch_cfg.to_dict(), "total_tokens": fine_tune_tokens, "device": device})
-    sources = {entry["layers"][0]: entry["path"] for entry in per_layer_saes["saes"]}
+    sources = {entry["layers"][0]: artifacts.resolve(entry["path"]) for entry in per_layer_saes["saes"]}
     offset = TRANSFER_DIRECTIONS[config.direction]
     root = artifacts.folder("transfer_saes")
     saes = []
@@ -173,6 +175,7 @@ def transfer_saes(
             sae_cfg,
             train_cfg,
             root / f"layer_{layer:02d}_from_{source:02d}",
+            artifacts,
             init=load_sae(sources[source]),
             provenance={"initialised_from_layer": source},
         )

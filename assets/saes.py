@@ -108,7 +108,7 @@ def group_saes(
     massive_activations keeps them.
     """
     device = compute.torch_device()
-    store = ActivationStore(llm_activations["folder"])
+    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     recipe = {
         "model": store.manifest["model"],
@@ -125,7 +125,7 @@ def group_saes(
         staging.mkdir(parents=True)
         try:
             trained = _train_group_saes(context, config, store, massive_activations, layer_groups, device,
-                                        sae_trainer, staging, folder)
+                                        sae_trainer, staging, artifacts.relative(folder))
             corpus = sorted(store.index.document.unique())
             release = new_release(recipe, corpus, trained, notes={"layer_groups": layer_groups["chosen_groups"]})
             publish_release(staging, release, folder)
@@ -169,9 +169,10 @@ def trained_groups(trained: dict) -> list[list[int]]:
 
 def _train_group_saes(
     context, config: GroupSaesConfig, store: ActivationStore, massive_activations: dict, layer_groups: dict,
-    device: str, sae_trainer: SaeTrainer, staging: Path, folder: Path,
+    device: str, sae_trainer: SaeTrainer, staging: Path, published: str,
 ) -> dict:
-    """Train one SAE per chosen group into `staging`; the returned paths name their place in `folder`."""
+    """Train one SAE per chosen group into `staging`; the returned paths name their place once published
+    (`published`: the release folder relative to the storage root)."""
     split = token_split(store.index.document, config.holdout_share, MassiveTokens.from_dict(massive_activations))
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     saes = []
@@ -198,7 +199,7 @@ def _train_group_saes(
         saes.append(
             {
                 "layers": layers,
-                "path": str(folder / name),
+                "path": f"{published}/{name}",
                 "metrics": metrics,
                 "train_seconds": round(result.seconds, 1),
                 "tokens_seen": result.tokens_seen,

@@ -93,7 +93,7 @@ def main() -> None:
         raise FileNotFoundError(f"{', '.join(missing)} not found: run `make demo` (or pass --home) first")
     torch.set_num_threads(2)
     layer_groups = json.loads(needed[0].read_text())
-    store = ActivationStore(json.loads(needed[1].read_text())["folder"])
+    store = ActivationStore(Path(args.home) / json.loads(needed[1].read_text())["folder"])
     comparison = pd.read_parquet(needed[2])
     per_layer_fvu = comparison[comparison.regime == "per_layer"].set_index("layer").fvu.sort_index()
     config = GroupSaesConfig()  # the demo's group-SAE settings

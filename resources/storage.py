@@ -35,6 +35,15 @@ class ArtifactStorage(ConfigurableResource):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def relative(self, path: str | Path) -> str:
+        """`path` (under the storage root) as asset values hold it: relative to the root, so a value stays
+        right when the storage moves or another machine mounts it elsewhere."""
+        return Path(path).resolve().relative_to(storage_root(self.root)).as_posix()
+
+    def resolve(self, stored: str | Path) -> Path:
+        """The file or folder an asset value names (`relative`); an absolute path is returned as it is."""
+        return storage_root(self.root) / stored
+
 
 class TableIOManager(ConfigurableIOManager):
     """DataFrames as parquet, dicts and lists as JSON; monthly partitions as one file each.

@@ -101,7 +101,8 @@ def test_saved_saes_load_back_and_serve_their_layers(materialized):
 
     saes = json.loads((root_of(materialized) / "tables" / "group_saes.json").read_text())["saes"]
     for entry in saes:
-        sae = load_sae(entry["path"])
+        assert not entry["path"].startswith("/")  # values hold paths relative to the storage root
+        sae = load_sae(root_of(materialized) / entry["path"])
         assert sae.cfg.d_in == 576 and sae.cfg.d_sae == 1152
         assert set(map(int, entry["metrics"])) == set(entry["layers"])
 
@@ -181,7 +182,7 @@ def test_the_slices_massive_first_tokens_are_found_and_kept_out_of_every_company
     assert found["treatment"] == "exclude"
     # MRK's May-2017 text starts with a second sink (the 2024 texts of C, MRK and MSFT all do).
     index = pd.read_parquet(
-        json.loads((root / "tables" / "llm_activations.json").read_text())["folder"] + "/index.parquet"
+        root / json.loads((root / "tables" / "llm_activations.json").read_text())["folder"] / "index.parquet"
     )
     massive = index.iloc[found["rows"]]
     texts = read(root, "company_descriptions").set_index("text_id")

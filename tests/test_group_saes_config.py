@@ -81,7 +81,7 @@ def test_new_texts_are_encoded_with_the_existing_release_and_only_a_retrain_make
     retrained, retrained_version = run_group_saes(tmp_path, grown, retrain=True)
     assert len(trainings) == 2 and retrained["corpus_texts"] == 12
     assert retrained["release"] == first["release"] and retrained_version != first_version  # downstream is stale
-    assert load_release(Path(retrained["saes"][0]["path"]).parent).version == retrained_version
+    assert load_release((tmp_path / "home" / retrained["saes"][0]["path"]).parent).version == retrained_version
 
     other_recipe, _ = run_group_saes(tmp_path, grown, k=2)
     assert len(trainings) == 3 and other_recipe["release"] != first["release"]

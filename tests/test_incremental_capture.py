@@ -62,7 +62,7 @@ def test_one_new_filing_costs_one_model_pass_over_its_own_text_only(tmp_path):
     TOKENS_SEEN.clear()
     first, first_metadata = materialize_activations(FIRST, tmp_path)
     assert first_metadata["texts_captured"] == 2 and first_metadata["texts_reused"] == 0
-    before = ActivationStore(first["folder"])
+    before = ActivationStore(tmp_path / first["folder"])
     old_index, old_layer = before.index, before.layer(1)
 
     TOKENS_SEEN.clear()
@@ -74,7 +74,7 @@ def test_one_new_filing_costs_one_model_pass_over_its_own_text_only(tmp_path):
     assert metadata["texts_captured"] == 1 and metadata["texts_reused"] == 2
     assert metadata["tokens_through_the_model"] == words  # BOS is run, never stored
 
-    after = ActivationStore(second["folder"])
+    after = ActivationStore(tmp_path / second["folder"])
     index = after.index
     assert set(index.document) == set(grown.text_id)
     for text_id in FIRST.text_id:  # the copied texts are bit for bit what the first run stored
