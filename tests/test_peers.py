@@ -198,3 +198,30 @@ def test_a_company_with_only_boilerplate_latents_cannot_be_queried(tmp_path):
     with pytest.raises(ValueError, match="BRK-B's active latents all fire in every company"):
         index.peers("BRK-B")
     assert index.peers("JPM").peers[-1].similarity == 0.0
+
+
+def test_as_of_a_date_each_company_is_its_latest_text_then_and_the_clusters_are_those_dated_before(tmp_path):
+    """WFC's 2019 filing re-describes it as an oil company: before 2019 its peers are banks, after, oil."""
+    storage = write_storage(tmp_path / "dated")
+    features = pd.read_parquet(storage / MATERIALIZED_FILES["company_features"])
+    features = features.assign(text_id=features.ticker + "|2017")
+    refiled = pd.DataFrame({"ticker": "WFC", "latent": [0, 2], "value": [1.0, 3.0], "text_id": "WFC|2019"})
+    pd.concat([features, refiled.astype({"latent": "int32"})]).to_parquet(storage / MATERIALIZED_FILES["company_features"])
+    texts = pd.read_parquet(storage / MATERIALIZED_FILES["company_descriptions"])
+    texts = texts.assign(text_id=texts.ticker + "|2017", known_by=pd.Timestamp("2017-05-18"), source="2017",
+                         company_id=texts.ticker)
+    wfc_2019 = texts[texts.ticker == "WFC"].assign(text_id="WFC|2019", known_by=pd.Timestamp("2019-03-01"), source="2019")
+    pd.concat([texts, wfc_2019]).to_parquet(storage / MATERIALIZED_FILES["company_descriptions"])
+    clusters = pd.read_parquet(storage / MATERIALIZED_FILES["company_clusters"])
+    later = clusters.assign(cluster=clusters.cluster.where(clusters.ticker != "WFC", 3))  # WFC with the oil cluster
+    dated = pd.concat([clusters.assign(as_of=pd.Timestamp("2018-01-01")), later.assign(as_of=pd.Timestamp("2020-01-01"))])
+    dated.to_parquet(storage / MATERIALIZED_FILES["company_clusters"])
+
+    then = PeerIndex.load(storage, as_of="2018-06-30")
+    assert then.peers("WFC", n=2).peers[0].ticker == "JPM"
+    assert set(then.clusters.as_of) == {pd.Timestamp("2018-01-01")}
+    today = PeerIndex.load(storage)
+    assert {peer.ticker for peer in today.peers("WFC", n=2).peers} == {"CVX", "XOM"}
+    assert set(today.clusters.as_of) == {pd.Timestamp("2020-01-01")}
+    with pytest.raises(ValueError, match="empty as of 2017-01-01"):
+        PeerIndex.load(storage, as_of="2017-01-01")
