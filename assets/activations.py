@@ -126,10 +126,11 @@ def llm_activations(
 
 
 def _reusable_store(folder, language_model: LanguageModelResource) -> ActivationStore | None:
-    """The store from the last run when it was captured with the same model and truncation, else None."""
+    """The store from the last run when it was captured with the same model and truncation, else None
+    (also for a store this version cannot read: it is then captured anew, and replaced only on success)."""
     try:
         store = ActivationStore(folder)
-    except FileNotFoundError:
+    except (FileNotFoundError, KeyError, ValueError):
         return None
     same = store.manifest.get("model") == language_model.name and store.manifest.get("max_tokens") == language_model.max_tokens
     return store if same else None

@@ -45,9 +45,9 @@ def test_an_unknown_ticker_in_the_universe_config_is_an_error_not_a_smaller_univ
 def test_an_unknown_model_fails_naming_it_and_keeps_the_stored_activations(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "tables").mkdir()
-    pd.DataFrame({"ticker": ["A"], "description": ["Makes widgets."]}).to_parquet(
-        tmp_path / "tables" / "company_descriptions.parquet"
-    )
+    pd.DataFrame(
+        {"text_id": ["ticker:A|s"], "company_id": ["ticker:A"], "ticker": ["A"], "description": ["Makes widgets."]}
+    ).to_parquet(tmp_path / "tables" / "company_descriptions.parquet")
     previous = tmp_path / "artifacts" / "llm_activations" / "store" / "store.json"
     previous.parent.mkdir(parents=True)
     previous.write_text('{"n_layers": 30}')
