@@ -54,7 +54,8 @@ def retried_when_unreachable(source: str):
     try:
         yield
     except (EdgarError, requests.RequestException, ConnectionError, TimeoutError) as error:
-        raise RetryRequested(max_retries=LIVE_RETRIES, seconds_to_wait=LIVE_RETRY_SECONDS) from error
+        unreachable = ConnectionError(f"{source} could not be reached: {error}")
+        raise RetryRequested(max_retries=LIVE_RETRIES, seconds_to_wait=LIVE_RETRY_SECONDS) from unreachable
 
 
 class CompanyDescriptionsConfig(Config):

@@ -91,9 +91,10 @@ def test_the_monthly_schedule_refreshes_the_month_just_ended_from_the_configured
 
 @pytest.mark.parametrize("error", [EdgarError("HTTP 503"), requests.ConnectionError("reset"), TimeoutError()])
 def test_an_unreachable_live_source_becomes_a_dagster_retry(error):
-    with pytest.raises(RetryRequested):
+    with pytest.raises(RetryRequested) as raised:
         with retried_when_unreachable("EDGAR"):
             raise error
+    assert str(raised.value.__cause__).startswith("EDGAR could not be reached")
 
 
 def test_bad_input_is_not_retried():
