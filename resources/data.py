@@ -47,8 +47,13 @@ class SampleDataResource(ConfigurableResource):
         if self.vintage == "2017":
             return sample_2017.load_texts_2017(self.root(), tuple(self.vendors))
         loaded = sample.load_company_descriptions(self.root())
-        texts = texts_from_records(loaded.frame.rename(columns={"as_of": "known_by"}), sample.DESCRIPTIONS_FILE)
-        return sample.LoadedTable(texts, loaded.rule_counts, loaded.affected_tickers)
+        frame = loaded.frame.rename(columns={"as_of": "known_by"})
+        # GOOGL/GOOG, FOXA/FOX, NWSA/NWS: one company (one CIK), one text; the first class listed stays.
+        second_class = frame.cik.notna() & frame.cik.duplicated(keep="first")
+        counts = {**loaded.rule_counts, "second_share_class_dropped": int(second_class.sum())}
+        affected = {**loaded.affected_tickers, "second_share_class_dropped": frame.ticker[second_class].tolist()}
+        texts = texts_from_records(frame[~second_class], sample.DESCRIPTIONS_FILE)
+        return sample.LoadedTable(texts, counts, affected)
 
     def industry_codes(self, companies: pd.DataFrame) -> sample.LoadedTable:
         """SIC and GICS per company (see `sample.load_industry_codes`); the 2017 vintage's GICS is May 2017's."""

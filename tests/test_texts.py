@@ -173,3 +173,11 @@ def test_edgar_corpus_records_are_dated_at_the_end_of_their_filing_year(tmp_path
         edgar_corpus_texts(pd.DataFrame({"cik": [1]}), universe)
     with pytest.raises(FileNotFoundError, match="EDGAR-CORPUS"):
         read_edgar_corpus(tmp_path / "nothing")
+
+
+def test_the_2024_vintage_is_one_dated_text_per_company_with_second_share_classes_dropped():
+    from resources import SampleDataResource
+
+    loaded = SampleDataResource(path=str(SAMPLE_DIR), vintage="2024").company_texts()
+    assert loaded.frame.company_id.is_unique and (loaded.frame.known_by == pd.Timestamp("2024-04-12")).all()
+    assert sorted(loaded.affected_tickers["second_share_class_dropped"]) == ["FOXA", "GOOGL", "NWS"]
