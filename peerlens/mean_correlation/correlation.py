@@ -40,15 +40,6 @@ class MeanCorrelation:
     """Clustered companies with >= min_months returns in the window."""
 
 
-class _WindowCorrelations(NamedTuple):
-    per_cluster: pd.DataFrame
-    """Columns cluster, n_members, n_pairs, mean_corr; only clusters with >= 1 defined pair."""
-    pair_correlations: np.ndarray
-    """(n_pairs,) correlations of every within-cluster pair with a defined value."""
-    n_companies: int
-    n_covered: int
-
-
 def _check_clusters(clusters: pd.Series) -> None:
     if not isinstance(clusters, pd.Series):
         raise TypeError(f"clusters must be a pandas Series (ticker -> cluster), got {type(clusters).__name__}")
