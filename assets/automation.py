@@ -1,23 +1,21 @@
 """Automation: the monthly refresh of prices and reports, and the sensor that reacts to new 10-K filings."""
 
+import pandas as pd
 from dagster import (
     AssetSelection,
     DagsterRunStatus,
-    RunsFilter,
     DefaultSensorStatus,
     RunConfig,
     RunRequest,
-    SensorEvaluationContext,
+    RunsFilter,
     ScheduleEvaluationContext,
+    SensorEvaluationContext,
     SkipReason,
     define_asset_job,
     schedule,
     sensor,
 )
-
 from dagster._core.storage.tags import RUN_KEY_TAG
-
-import pandas as pd
 
 from assets.sources import MONTHS, CompanyDescriptionsConfig, DailyPricesConfig
 from peerlens.sources.filings import FilingsCursor, follow_up_runs, poll_new_10k_filings
@@ -32,7 +30,6 @@ monthly_refresh_job = define_asset_job(
     partitions_def=MONTHS,
     description="New month: prices → that month's returns → correlation and backtest reports.",
 )
-
 
 
 @schedule(job=monthly_refresh_job, cron_schedule="0 6 2 * *", execution_timezone="UTC")
@@ -75,7 +72,7 @@ def new_10k_filings(context: SensorEvaluationContext, edgar: EdgarResource, samp
     again, pending = follow_up_runs(cursor.pending, _run_outcomes(context.instance, cursor.pending))
     universe = latest_texts(sample_data.company_texts().frame)[["ticker", "cik"]]
     result = poll_new_10k_filings(universe, edgar.client(), cursor, batch_size=FILINGS_BATCH)
-    requests = {run_key: tickers for run_key, tickers in again.items()}
+    requests = dict(again)
     if result.changed:
         requests["10k:" + ",".join(sorted(result.filings.values()))] = result.changed
     # The cursor and the run requests are committed together with the tick: a filing is remembered as
@@ -95,8 +92,6 @@ def new_10k_filings(context: SensorEvaluationContext, edgar: EdgarResource, samp
 
 def _run_outcomes(instance, pending: dict[str, list[str]]) -> dict[str, str]:
     """Run key → "success" | "failure" | "running" for the pending refresh runs the instance knows."""
-    if not pending:
-        return {}
     outcomes = {}
     for run_key in pending:
         runs = instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)

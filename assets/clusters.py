@@ -9,7 +9,7 @@ import pandas as pd
 from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
-from assets.features import features_of_texts
+from assets.features import dense_features, features_of_texts
 from assets.metadata import figure_markdown, plt
 from peerlens.similarity.clustering import cosine_distance_matrix
 from peerlens.similarity.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
@@ -70,11 +70,12 @@ def company_clusters(
     listed = daily_prices.groupby("ticker").date.min()
     members = (lambda day: members_on(index_membership, day)) if len(index_membership) else None
     embeddings = dict(zip(texts.text_id, minilm_embeddings(texts.description.tolist())))
+    sae_features = dense_features(company_features)  # once: every date's universe is a subset of its rows
 
     def distances_of(universe: pd.DataFrame) -> dict[str, np.ndarray]:
         return {
             "sae": reduced_cosine_distances(
-                features_of_texts(company_features, universe.text_id.tolist()), n_components=config.pca_components
+                features_of_texts(sae_features, universe.text_id.tolist()), n_components=config.pca_components
             ),
             "minilm": cosine_distance_matrix(np.stack([embeddings[t] for t in universe.text_id])),
             "tfidf": reduced_cosine_distances(

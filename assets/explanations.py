@@ -8,7 +8,7 @@ import pandas as pd
 from dagster import AssetIn, AssetCheckResult, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
-from assets.features import TOP_TOKENS_FILE, features_of_texts
+from assets.features import TOP_TOKENS_FILE, dense_features, features_of_texts
 from peerlens.similarity import company_latents
 from peerlens.similarity.explain import describe_latents, explain_clusters, explanations_markdown, specificity_weighted
 from peerlens.layout import write_parquet_atomically
@@ -73,7 +73,7 @@ def cluster_explanations(
     Columns: cluster, size, members, latent, rank, contribution, share, within_similarity, top_tokens, top_companies.
     """
     sae = _latest_sae_clusters(company_clusters)
-    tickers, features = sae.ticker.tolist(), features_of_texts(company_features, sae.text_id.tolist())
+    tickers, features = sae.ticker.tolist(), features_of_texts(dense_features(company_features), sae.text_id.tolist())
     sae_labels = sae.cluster
     # Rank latents on IDF-weighted features: a latent every description shares explains no cluster.
     explained = explain_clusters(
@@ -144,7 +144,7 @@ def company_top_latents(
     """
     current = latest_texts(company_descriptions)
     tickers = current.ticker.tolist()
-    features = features_of_texts(company_features, current.text_id.tolist())
+    features = features_of_texts(dense_features(company_features), current.text_id.tolist())
     top = company_latents.company_top_latents(features, tickers, n_latents=config.top_latents)
     fired = np.flatnonzero(features.max(axis=0) > 0)
     described = _describe(

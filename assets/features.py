@@ -175,9 +175,10 @@ def dense_features(company_features: pd.DataFrame, d_sae: int | None = None) -> 
     return text_ids, matrix
 
 
-def features_of_texts(company_features: pd.DataFrame, text_ids: list[str]) -> np.ndarray:
-    """(len(text_ids), d_sae) pooled features in the order of `text_ids`; every id must have features."""
-    known, matrix = dense_features(company_features)
+def features_of_texts(dense: tuple[list[str], np.ndarray], text_ids: list[str]) -> np.ndarray:
+    """(len(text_ids), d_sae) rows of `dense` (`dense_features`' result, built once per asset) in the order of
+    `text_ids`; every id must have features."""
+    known, matrix = dense
     position = pd.Index(known).get_indexer(text_ids)
     if (position < 0).any():
         raise ValueError(f"texts without features: {[t for t, p in zip(text_ids, position) if p < 0][:5]}")

@@ -124,8 +124,8 @@ def group_saes(
         staging = staging_path(folder)
         staging.mkdir(parents=True)
         try:
-            trained = _train_group_saes(context, config, store, massive_activations, layer_groups, device,
-                                        sae_trainer, staging, artifacts.relative(folder))
+            trained = _train_group_saes(context, config, store, massive_activations, layer_groups, sae_cfg,
+                                        train_cfg, sae_trainer, staging, artifacts.relative(folder))
             corpus = sorted(store.index.document.unique())
             release = new_release(recipe, corpus, trained, notes={"layer_groups": layer_groups["chosen_groups"]})
             publish_release(staging, release, folder)
@@ -169,12 +169,12 @@ def trained_groups(trained: dict) -> list[list[int]]:
 
 def _train_group_saes(
     context, config: GroupSaesConfig, store: ActivationStore, massive_activations: dict, layer_groups: dict,
-    device: str, sae_trainer: SaeTrainer, staging: Path, published: str,
+    sae_cfg: SaeConfig, train_cfg: TrainConfig, sae_trainer: SaeTrainer, staging: Path, published: str,
 ) -> dict:
     """Train one SAE per chosen group into `staging`; the returned paths name their place once published
     (`published`: the release folder relative to the storage root)."""
     split = token_split(store.index.document, config.holdout_share, MassiveTokens.from_dict(massive_activations))
-    sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
+    device = train_cfg.device
     saes = []
     for number, layers in enumerate(layer_groups["chosen_groups"]):
         per_layer = [store.layer(layer, dtype=torch.float16) for layer in layers]
