@@ -22,7 +22,14 @@ import os
 from dagster import Definitions
 
 from assets import all_asset_checks, all_assets
-from assets.automation import filings_refresh_job, monthly_refresh_job, monthly_refresh_schedule, new_10k_filings
+from assets.automation import (
+    filings_refresh_job,
+    half_yearly_clusters_job,
+    half_yearly_clusters_schedule,
+    monthly_refresh_job,
+    monthly_refresh_schedule,
+    new_10k_filings,
+)
 from assets.saes import SaeQualityThresholds
 from resources import (
     ArtifactStorage,
@@ -60,8 +67,8 @@ def resources_from_environment() -> dict:
 defs = Definitions(
     assets=all_assets,
     asset_checks=all_asset_checks,
-    jobs=[monthly_refresh_job, filings_refresh_job],
-    schedules=[monthly_refresh_schedule],
+    jobs=[monthly_refresh_job, filings_refresh_job, half_yearly_clusters_job],
+    schedules=[monthly_refresh_schedule, half_yearly_clusters_schedule],
     sensors=[new_10k_filings],
     resources=resources_from_environment(),
 )

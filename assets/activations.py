@@ -1,5 +1,6 @@
-"""LLM activations: the residual stream after every layer for every token of every description, and
-the massive activations among them that everything downstream keeps out."""
+"""LLM activations: the residual stream after every layer for every token of every text, captured per
+day of texts (a partition each) and combined into one corpus, and the massive activations among them
+that everything downstream keeps out."""
 
 import time
 
@@ -11,6 +12,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
+    BackfillPolicy,
     Config,
     MetadataValue,
     Output,
@@ -20,12 +22,15 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import figure_markdown, markdown_table, plt
+from assets.partitions import TEXT_DATES
+from peerlens.sources.texts import text_days, texts_known_on
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource
 from sae_core.activation_store import (
     FINGERPRINTS,
     STORE_DTYPE,
     ActivationStore,
     ActivationStoreWriter,
+    combine_stores,
     copy_documents,
     document_fingerprint,
     documents_held,
@@ -39,95 +44,129 @@ from sae_core.massive_activations import (
 )
 
 
-@asset(group_name="activations", kinds={"pytorch", "safetensors"})
+@asset(
+    group_name="activations",
+    kinds={"pytorch", "safetensors"},
+    partitions_def=TEXT_DATES,
+    # Every missing day in one run loads the model once.
+    backfill_policy=BackfillPolicy.single_run(),
+    check_specs=[AssetCheckSpec("captured_activations_are_finite", asset="llm_activations", blocking=True)],
+)
 def llm_activations(
     context: AssetExecutionContext,
-    company_descriptions: pd.DataFrame,
+    daily_texts: pd.DataFrame,
     language_model: LanguageModelResource,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
-) -> Output[dict]:
-    """fp16 shards (n_layers, tokens, d_model) of the base model's residual stream, with a token index.
+):
+    """One partition per text date D: fp16 shards (n_layers, tokens, d_model) of the base model's residual
+    stream for the texts that became known on D, with a token index, under artifacts/llm_activations/D/.
 
-    One document per text of the history (its text_id), not per company: a company's every filing is
-    captured, and the point-in-time steps downstream choose which one stands for it on a day. Texts
-    the previous store already holds (same id, same content, same model and truncation) are copied
-    from it, not captured again: a new filing costs one model pass over its own text.
-    The value passed downstream is the store's manifest (folder, model, shapes); the tensors stay on disk.
+    One document per text (its text_id), not per company. A new filing is a new partition: capturing it
+    runs the model over its text and nothing else. Texts the partition's previous store already holds
+    (same id, content, model and truncation) are copied from it, not captured again. The value of each
+    partition is its store's manifest (folder, model, shapes); the tensors stay on disk.
     """
     started = time.perf_counter()
-    text_ids = company_descriptions.text_id.tolist()
-    fingerprints = dict(zip(text_ids, company_descriptions.description.map(document_fingerprint)))
-    folder = artifacts.folder("llm_activations") / "store"
-    previous = _reusable_store(folder, language_model)
-    reused = documents_held(previous, fingerprints) if previous else set()
-    new = [i for i, text_id in enumerate(text_ids) if text_id not in reused]
-
-    model, device, token_ids = None, compute.torch_device(), []
-    if new:
-        model = language_model.load(device)
-        context.log.info(f"loaded {language_model.name}: {model.n_layers} layers, width {model.d_model}, on {device}")
-        token_ids = tokenize(
-            model.tokenizer,
-            [company_descriptions.description.iloc[i] for i in new],
-            language_model.max_tokens,
-            names=[text_ids[i] for i in new],
-        )
-    n_layers, d_model = (model.n_layers, model.d_model) if model else (previous.n_layers, previous.d_model)
-    writer = ActivationStoreWriter(
-        folder,
-        n_layers,
-        d_model,
+    capture = _PartitionCapture(context, language_model, compute)
+    parts = {
+        key: capture(texts_known_on(daily_texts, key), artifacts.folder("llm_activations") / key, artifacts)
+        for key in context.partition_keys
+    }
+    totals = pd.DataFrame([part.pop("_counts") for part in parts.values()]).sum()
+    seconds = capture.capture_seconds
+    yield Output(
+        parts if len(parts) > 1 else next(iter(parts.values())),
         metadata={
             "model": language_model.name,
-            "max_tokens": language_model.max_tokens,
-            "text_ids": text_ids,
-            FINGERPRINTS: fingerprints,
+            "partitions": len(parts),
+            **{name: int(value) for name, value in totals.items()},
+            "capture_tokens_per_second": round(float(totals["tokens_through_the_model"]) / seconds, 1) if seconds else 0.0,
+            "seconds_total": round(time.perf_counter() - started, 1),
+            "device": capture.device,
         },
     )
-    capture_started = time.perf_counter()
-    try:
-        reused_tokens = copy_documents(previous, reused, writer) if reused else 0
+    # fp16 overflows above 65,504: a day with inf or NaN stored must not reach the corpus.
+    non_finite = {key: int(part["non_finite_values"]) for key, part in parts.items() if part["non_finite_values"]}
+    yield AssetCheckResult(
+        check_name="captured_activations_are_finite",
+        passed=not non_finite,
+        metadata={"days_with_non_finite_values": MetadataValue.json(non_finite), "days": len(parts)},
+    )
+
+
+class _PartitionCapture:
+    """Captures one partition's texts into its store; loads the model on the first text that needs it."""
+
+    def __init__(self, context, language_model: LanguageModelResource, compute: ComputeResource):
+        self.context, self.language_model, self.device = context, language_model, compute.torch_device()
+        self.model, self.capture_seconds = None, 0.0
+
+    def __call__(self, texts: pd.DataFrame, folder, artifacts: ArtifactStorage) -> dict:
+        language_model, text_ids = self.language_model, texts.text_id.tolist()
+        fingerprints = dict(zip(text_ids, texts.description.map(document_fingerprint)))
+        previous = _reusable_store(folder, language_model)
+        reused = documents_held(previous, fingerprints) if previous else set()
+        if previous and reused == set(text_ids) and set(previous.index.document.unique()) == reused:
+            return _manifest(previous, artifacts, texts=len(text_ids), captured=0, reused=len(reused), tokens=0)
+        new = [i for i, text_id in enumerate(text_ids) if text_id not in reused]
+        token_ids = []
         if new:
+            self._load_model()
+            token_ids = tokenize(
+                self.model.tokenizer,
+                [texts.description.iloc[i] for i in new],
+                language_model.max_tokens,
+                names=[text_ids[i] for i in new],
+            )
+        n_layers, d_model = (self.model.n_layers, self.model.d_model) if self.model else (previous.n_layers, previous.d_model)
+        metadata = {"model": language_model.name, "max_tokens": language_model.max_tokens, FINGERPRINTS: fingerprints}
+        writer = ActivationStoreWriter(folder, n_layers, d_model, metadata=metadata)
+        started = time.perf_counter()
+        try:
+            reused_tokens = copy_documents(previous, reused, writer) if reused else 0
             for batch, captured in capture_documents(
-                model, token_ids, batch_tokens=language_model.batch_tokens, device=device, log=context.log.info,
-                dtype=STORE_DTYPE,
-            ):
+                self.model, token_ids, batch_tokens=language_model.batch_tokens, device=self.device,
+                log=self.context.log.info, dtype=STORE_DTYPE,
+            ) if new else ():
                 documents = [text_ids[new[batch[i]]] for i in captured.document.tolist()]
                 writer.add(captured.activations.cpu(), documents, captured.position.cpu(), captured.token_id.cpu())
-        store = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    capture_seconds = time.perf_counter() - capture_started
+            store = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        self.capture_seconds += time.perf_counter() - started
+        return _manifest(
+            store, artifacts, texts=len(text_ids), captured=len(new), reused=len(reused),
+            tokens=store.n_tokens - reused_tokens,
+            truncated=sum(len(ids) == language_model.max_tokens for ids in token_ids),
+        )
+
+    def _load_model(self) -> None:
+        if self.model is None:
+            self.model = self.language_model.load(self.device)
+            self.context.log.info(
+                f"loaded {self.language_model.name}: {self.model.n_layers} layers, width {self.model.d_model}, on {self.device}"
+            )
+
+
+def _manifest(store: ActivationStore, artifacts: ArtifactStorage, texts: int, captured: int, reused: int,
+              tokens: int, truncated: int = 0) -> dict:
+    """A partition's value: its store's manifest (folder relative to the storage root), and what it cost
+    under "_counts" (taken off before the value is stored)."""
     manifest = {"folder": artifacts.relative(store.folder), **store.manifest}
-    manifest.pop("text_ids")
-    manifest.pop(FINGERPRINTS)
-    captured_tokens = store.n_tokens - reused_tokens
-    return Output(
-        manifest,
-        metadata={
-            "model": language_model.name,
-            "n_layers": store.n_layers,
-            "d_model": store.d_model,
-            "tokens": store.n_tokens,
-            "texts": len(text_ids),
-            "companies": int(company_descriptions.company_id.nunique()),
-            "texts_captured": len(new),
-            "texts_reused": len(reused),
-            "tokens_through_the_model": captured_tokens,
-            "truncated_descriptions": sum(len(ids) == language_model.max_tokens for ids in token_ids),
-            "shards": len(store.manifest["shards"]),
-            "capture_tokens_per_second": round(captured_tokens / capture_seconds, 1) if new else 0.0,
-            "seconds_total": round(time.perf_counter() - started, 1),
-            "device": device,
-        },
-    )
+    manifest.pop(FINGERPRINTS, None)
+    manifest["_counts"] = {
+        "texts": texts, "texts_captured": captured, "texts_reused": reused, "tokens": store.n_tokens,
+        "tokens_through_the_model": tokens, "truncated_descriptions": truncated,
+    }
+    return manifest
 
 
 def _reusable_store(folder, language_model: LanguageModelResource) -> ActivationStore | None:
-    """The store from the last run when it was captured with the same model and truncation, else None
-    (also for a store this version cannot read: it is then captured anew, and replaced only on success)."""
+    """The partition's store from the last run when it was captured with the same model and truncation,
+    else None (also for a store this version cannot read: it is then captured anew, and replaced only on
+    success)."""
     try:
         store = ActivationStore(folder)
     except (FileNotFoundError, KeyError, ValueError):
@@ -136,12 +175,51 @@ def _reusable_store(folder, language_model: LanguageModelResource) -> Activation
     return store if same else None
 
 
-@asset_check(asset=llm_activations, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
+@asset(group_name="activations", kinds={"pytorch", "safetensors"}, deps=[llm_activations])
+def activation_corpus(company_descriptions: pd.DataFrame, artifacts: ArtifactStorage) -> Output[dict]:
+    """Every text of the history in one activation store: the llm_activations partitions of its text dates,
+    combined (`sae_core.activation_store.combine_stores`: one index and one norms file; no shard is copied).
+
+    What everything downstream reads: layer distances, SAE training and evaluation, company features.
+    The value is the combined store's manifest (folder relative to the storage root, model, shapes).
+    Each partition must hold exactly its day's texts as they are now; one that does not is named.
+    """
+    stores, stale = [], []
+    for key in text_days(company_descriptions):
+        folder = artifacts.folder("llm_activations") / key
+        try:
+            store = ActivationStore(folder)
+        except FileNotFoundError:
+            stale.append(f"{key} (not materialized)")
+            continue
+        texts = texts_known_on(company_descriptions, key)
+        held = store.manifest.get(FINGERPRINTS, {})
+        if held != dict(zip(texts.text_id, texts.description.map(document_fingerprint))):
+            stale.append(f"{key} (holds other texts than company_descriptions has for that day)")
+        stores.append(store)
+    if stale:
+        raise ValueError(f"activation_corpus: materialize llm_activations partitions {', '.join(stale)} first")
+    store = combine_stores(stores, artifacts.folder("activation_corpus") / "store")
+    manifest = {"folder": artifacts.relative(store.folder), **store.manifest}
+    return Output(
+        manifest,
+        metadata={
+            "model": manifest["model"],
+            "text_dates": len(stores),
+            "texts": int(store.manifest["n_documents"]),
+            "companies": int(company_descriptions.company_id.nunique()),
+            "tokens": store.n_tokens,
+            "shards": len(store.manifest["shards"]),
+        },
+    )
+
+
+@asset_check(asset=activation_corpus, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
 def activations_are_finite_and_cover_every_company(
-    llm_activations: dict, company_descriptions: pd.DataFrame, artifacts: ArtifactStorage
+    activation_corpus: dict, company_descriptions: pd.DataFrame, artifacts: ArtifactStorage
 ) -> AssetCheckResult:
     """No inf/NaN was stored (fp16 overflows above 65,504) and every text has at least one token."""
-    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
+    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
     covered = set(store.index.document)
     missing = sorted(set(company_descriptions.text_id) - covered)
     non_finite = int(store.manifest["non_finite_values"])
@@ -174,7 +252,7 @@ class MassiveActivationsConfig(Config):
 )
 def massive_activations(
     config: MassiveActivationsConfig,
-    llm_activations: dict,
+    activation_corpus: dict,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ):
@@ -185,7 +263,7 @@ def massive_activations(
     store rows of the massive tokens with their peak ratio and layer). Metadata names every company
     with a massive token, the token and its position.
     """
-    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
+    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
     norms = store.token_norms()
     found = find_massive_tokens(norms, config.norm_multiple, config.treatment)
     index = store.index

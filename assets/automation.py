@@ -9,7 +9,9 @@ from dagster import (
     RunRequest,
     RunsFilter,
     ScheduleEvaluationContext,
+    build_schedule_from_partitioned_job,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     define_asset_job,
     schedule,
@@ -17,8 +19,9 @@ from dagster import (
 )
 from dagster._core.storage.tags import RUN_KEY_TAG
 
-from assets.sources import MONTHS, CompanyDescriptionsConfig, DailyPricesConfig
-from peerlens.sources.filings import FilingsCursor, follow_up_runs, poll_new_10k_filings
+from assets.partitions import CLUSTERING_DATES, MONTHS, TEXT_DATES
+from assets.sources import CompanyDescriptionsConfig, DailyPricesConfig
+from peerlens.sources.filings import FilingsCursor, filing_day, follow_up_runs, poll_new_10k_filings, refresh_run_keys
 from peerlens.sources.texts import latest_texts
 from resources import EdgarResource, SampleDataResource, YFinanceResource
 
@@ -48,11 +51,31 @@ def monthly_refresh_schedule(context: ScheduleEvaluationContext, yfinance: YFina
         tags={"peerlens/price_source": source},
     )
 
+half_yearly_clusters_job = define_asset_job(
+    "half_yearly_clusters",
+    selection=AssetSelection.assets("company_clusters", "cluster_correlations", "mc_comparisons", "pairs_backtest"),
+    partitions_def=CLUSTERING_DATES,
+    description="A new clustering date (1 January, 1 July): every method's clusters from the texts known before "
+    "it, then the reports that score and trade them.",
+)
+
+half_yearly_clusters_schedule = build_schedule_from_partitioned_job(half_yearly_clusters_job)
+"""Runs each 1 January and 1 July for the partition that has just begun (no partition after the END of
+PEERLENS_MONTHS_END: set it empty in a live deployment)."""
+
 filings_refresh_job = define_asset_job(
     "filings_refresh",
-    # The regime study (30 per-layer SAEs and more) is research, rerun on demand, not on every filing.
-    selection=AssetSelection.assets("company_descriptions").downstream() - AssetSelection.groups("sae_regimes"),
-    description="New 10-K text for the changed companies, then everything built from descriptions.",
+    # One run per filing day: that day's texts and activations (a TEXT_DATES partition) and everything
+    # built from the corpus.
+    partitions_def=TEXT_DATES,
+    # The regime study (30 per-layer SAEs and more) is research, rerun on demand, not on every filing. A
+    # dated clustering never holds a filing made after its date, so no partition of company_clusters can
+    # change: the filing enters current_company_clusters now and the next clustering date when it comes.
+    selection=AssetSelection.assets("company_descriptions").downstream()
+    - AssetSelection.groups("sae_regimes")
+    - AssetSelection.assets("company_clusters"),
+    description="New 10-K text for the changed companies, then everything built from descriptions except the "
+    "dated clusterings, which a filing made today cannot change.",
 )
 
 FILINGS_BATCH = 100
@@ -72,22 +95,26 @@ def new_10k_filings(context: SensorEvaluationContext, edgar: EdgarResource, samp
     again, pending = follow_up_runs(cursor.pending, _run_outcomes(context.instance, cursor.pending))
     universe = latest_texts(sample_data.company_texts().frame)[["ticker", "cik"]]
     result = poll_new_10k_filings(universe, edgar.client(), cursor, batch_size=FILINGS_BATCH)
-    requests = dict(again)
-    if result.changed:
-        requests["10k:" + ",".join(sorted(result.filings.values()))] = result.changed
+    requests = {**again, **refresh_run_keys(result)}
     # The cursor and the run requests are committed together with the tick: a filing is remembered as
     # seen only in the same step that requests its refresh, and stays pending until that run succeeds.
     context.update_cursor(FilingsCursor(result.cursor.latest, result.cursor.next_offset, {**pending, **requests}).to_json())
     if not requests:
         return SkipReason(f"checked {result.checked} companies: no new 10-K")
-    return [
-        RunRequest(
-            run_key=run_key,
-            run_config=RunConfig(ops={"company_descriptions": CompanyDescriptionsConfig(refresh_from_edgar=tickers)}),
-            tags={"peerlens/changed_tickers": ",".join(tickers)},
-        )
-        for run_key, tickers in requests.items()
-    ]
+    days = sorted({filing_day(run_key) for run_key in requests})
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                run_key=run_key,
+                partition_key=filing_day(run_key),
+                run_config=RunConfig(ops={"company_descriptions": CompanyDescriptionsConfig(refresh_from_edgar=tickers)}),
+                tags={"peerlens/changed_tickers": ",".join(tickers)},
+            )
+            for run_key, tickers in requests.items()
+        ],
+        # The filing day's partition exists before its run starts (company_descriptions adds it too).
+        dynamic_partitions_requests=[TEXT_DATES.build_add_request(days)],
+    )
 
 
 def _run_outcomes(instance, pending: dict[str, list[str]]) -> dict[str, str]:

@@ -1,20 +1,24 @@
-"""Company clusters, point in time: every method's clusters on each clustering date, one long table.
+"""Company clusters, point in time: every method's clusters on each clustering date (one time partition
+each), and today's clusters from every company's latest text.
 
 Columns as_of, text_id, company_id, method, ticker, cluster, and for the MST methods the tree they were
 cut from (tree_parent, tree_z). The methods are registered in `peerlens.similarity.methods`.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
-from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, Config, MetadataValue, Output, asset, asset_check
+from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, BackfillPolicy, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
 from assets.features import dense_features, features_of_texts
-from assets.metadata import figure_markdown, plt
+from assets.metadata import figure_markdown, markdown_table, plt
+from assets.partitions import CLUSTERING_DATES
 from peerlens.similarity.clustering import cosine_distance_matrix
 from peerlens.similarity.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
 from peerlens.similarity.methods import ClusteringConfig
-from peerlens.similarity.point_in_time import clustering_dates, point_in_time_clusterings
+from peerlens.similarity.point_in_time import PointInTimeClusters, point_in_time_clusterings
 from peerlens.sources.sample_2017 import members_on
 
 _DEFAULTS = ClusteringConfig()
@@ -32,15 +36,87 @@ class CompanyClustersConfig(Config):
     )
     random_seed: int = Field(default=_DEFAULTS.random_seed, description="Seed of the `random` clustering (the floor).")
     pca_components: int = Field(default=256, description="Components kept before cosine distances (paper: 4,000).")
-    months: list[int] = Field(
-        default=[1, 7],
-        description="Clustering dates: the first day of these months after the first text was known, up to the last "
-        "price date (1 January dates the clusters each scored year uses; 1 July adds half-yearly refits for trading).",
+    min_companies: int = Field(default=10, description="A date with fewer companies in its universe gets no clustering.")
+
+
+class _ClusteringInputs(NamedTuple):
+    """What every clustering date reads, with the SAE matrix and MiniLM embeddings made once per run."""
+
+    texts: pd.DataFrame
+    sae_features: object
+    embeddings: dict[str, np.ndarray]
+    codes: pd.DataFrame
+    membership: pd.DataFrame
+    listed: pd.Series
+    """ticker → first price date."""
+
+
+def _clusterings(config: CompanyClustersConfig, inputs: _ClusteringInputs, dates: list[pd.Timestamp]) -> PointInTimeClusters:
+    """Every method's clusters on each of `dates` (see company_clusters)."""
+
+    def distances_of(universe: pd.DataFrame) -> dict[str, np.ndarray]:
+        # MiniLM is embedded once per text and run, and only for texts some date's universe holds.
+        todo = [t for t in universe.text_id if t not in inputs.embeddings]
+        descriptions = universe.set_index("text_id").description
+        inputs.embeddings.update(zip(todo, minilm_embeddings(descriptions.loc[todo].tolist()) if todo else []))
+        return {
+            "sae": reduced_cosine_distances(
+                features_of_texts(inputs.sae_features, universe.text_id.tolist()), n_components=config.pca_components
+            ),
+            "minilm": cosine_distance_matrix(np.stack([inputs.embeddings[t] for t in universe.text_id])),
+            "tfidf": reduced_cosine_distances(
+                tfidf_matrix(universe.description.tolist()), n_components=config.pca_components
+            ),
+        }
+
+    members = (lambda day: members_on(inputs.membership, day)) if len(inputs.membership) else None
+    return point_in_time_clusterings(
+        inputs.texts,
+        dates,
+        distances_of,
+        inputs.codes,
+        ClusteringConfig(config.theta, config.match_cluster_count_of, config.random_seed),
+        members_on=members,
+        tradable_on=lambda day: set(inputs.listed.index[inputs.listed <= day]),
+        min_companies=config.min_companies,
     )
-    min_companies: int = Field(default=10, description="Dates with fewer companies in the universe are skipped.")
 
 
-@asset(group_name="similarity", kinds={"pandas", "parquet"})
+def _inputs(company_features, company_descriptions, industry_codes, index_membership, daily_prices) -> _ClusteringInputs:
+    return _ClusteringInputs(
+        texts=company_descriptions,
+        sae_features=dense_features(company_features),  # once: every date's universe is a subset of its rows
+        embeddings={},
+        codes=industry_codes.set_index("ticker"),
+        membership=index_membership,
+        listed=daily_prices.groupby("ticker").date.min(),
+    )
+
+
+def _metadata(built: PointInTimeClusters) -> dict:
+    frame, summary = built.frame, built.summary
+    if frame.empty:
+        return {"clustering_dates": 0}
+    latest = frame.as_of.max()
+    per_date = summary.groupby("as_of").companies.first()
+    return {
+        "clustering_dates": len(per_date),
+        "first_as_of": str(frame.as_of.min().date()),
+        "latest_as_of": str(latest.date()),
+        "companies_per_date": markdown_table(per_date.rename_axis("as_of").reset_index().astype(str)),
+        "theta": markdown_table(built.thetas.pivot(index="as_of", columns="method", values="theta").reset_index()),
+        "cluster_sizes_latest": markdown_table(summary[summary.as_of == latest].drop(columns="as_of")),
+        "size_histogram_latest": _size_histogram(frame[frame.as_of == latest]),
+    }
+
+
+@asset(
+    group_name="similarity",
+    kinds={"pandas", "parquet"},
+    partitions_def=CLUSTERING_DATES,
+    # The UI's "materialize all" and a backfill become one run: the SAE matrix and embeddings are made once.
+    backfill_policy=BackfillPolicy.single_run(),
+)
 def company_clusters(
     context: AssetExecutionContext,
     config: CompanyClustersConfig,
@@ -49,68 +125,55 @@ def company_clusters(
     industry_codes: pd.DataFrame,
     index_membership: pd.DataFrame,
     daily_prices: pd.DataFrame,
-) -> Output[pd.DataFrame]:
-    """Long frame (as_of, text_id, company_id, method, ticker, cluster, tree_parent, tree_z): each method's
-    clusters on each clustering date D, from what was known before D.
+) -> Output:
+    """One partition per clustering date D (its key, every 1 January and 1 July): the long frame (as_of,
+    text_id, company_id, method, ticker, cluster, tree_parent, tree_z) of each method's clusters on D, from
+    what was known before D. A date whose universe is smaller than `min_companies` (before the first text,
+    say) is an empty partition.
 
     Universe on D: each company's latest text with known_by < D, among the index members on D (all
-    companies when index_membership is empty) whose prices started by D. One more date, the day after the
-    newest text, is added when it falls after the last price date (the clusters for today's peers).
+    companies when index_membership is empty) whose prices started by D. A filing made after D never
+    changes partition D: a new 10-K enters at the next date, and in current_company_clusters at once.
     Feature methods (sae, minilm, tfidf): StandardScaler → PCA → 1 − cos → minimum spanning tree on the
     z-scored distances, cut at θ (explicit, or the reference's cluster count on that universe); the
     rows carry the tree (parent ticker and edge z) for later re-cuts. Code methods: one cluster per code.
     `random`: the reference's labels shuffled, the floor.
     """
-    texts = company_descriptions
-    last_price = daily_prices.date.max()
-    dates = clustering_dates(texts, last_price, tuple(config.months))
-    newest = texts.known_by.max() + pd.Timedelta(days=1)
-    if not dates or newest > dates[-1]:
-        dates.append(newest)
-    listed = daily_prices.groupby("ticker").date.min()
-    members = (lambda day: members_on(index_membership, day)) if len(index_membership) else None
-    embeddings = dict(zip(texts.text_id, minilm_embeddings(texts.description.tolist())))
-    sae_features = dense_features(company_features)  # once: every date's universe is a subset of its rows
-
-    def distances_of(universe: pd.DataFrame) -> dict[str, np.ndarray]:
-        return {
-            "sae": reduced_cosine_distances(
-                features_of_texts(sae_features, universe.text_id.tolist()), n_components=config.pca_components
-            ),
-            "minilm": cosine_distance_matrix(np.stack([embeddings[t] for t in universe.text_id])),
-            "tfidf": reduced_cosine_distances(
-                tfidf_matrix(universe.description.tolist()), n_components=config.pca_components
-            ),
-        }
-
-    built = point_in_time_clusterings(
-        texts,
-        dates,
-        distances_of,
-        industry_codes.set_index("ticker"),
-        ClusteringConfig(config.theta, config.match_cluster_count_of, config.random_seed),
-        members_on=members,
-        tradable_on=lambda day: set(listed.index[listed <= day]),
-        min_companies=config.min_companies,
-    )
-    frame, summary = built.frame, built.summary
-    context.log.info("\n" + summary.to_string(index=False))
-    latest = frame.as_of.max()
-    per_date = summary.groupby("as_of").companies.first()
+    keys = context.partition_keys
+    inputs = _inputs(company_features, company_descriptions, industry_codes, index_membership, daily_prices)
+    built = _clusterings(config, inputs, [pd.Timestamp(key) for key in keys])
+    if not built.summary.empty:
+        context.log.info("\n" + built.summary.to_string(index=False))
+    parts = {key: built.frame[built.frame.as_of == pd.Timestamp(key)].reset_index(drop=True) for key in keys}
+    empty = [key for key, part in parts.items() if part.empty]
     return Output(
-        frame,
-        metadata={
-            "clustering_dates": len(per_date),
-            "first_as_of": str(frame.as_of.min().date()),
-            "latest_as_of": str(latest.date()),
-            "companies_per_date": MetadataValue.md(per_date.rename_axis("as_of").reset_index().astype(str).to_markdown(index=False)),
-            "theta": MetadataValue.md(built.thetas.pivot(index="as_of", columns="method", values="theta").reset_index().to_markdown(index=False, floatfmt=".3f")),
-            "cluster_sizes_latest": MetadataValue.md(
-                summary[summary.as_of == latest].drop(columns="as_of").to_markdown(index=False, floatfmt=".3f")
-            ),
-            "size_histogram_latest": _size_histogram(frame[frame.as_of == latest]),
-        },
+        parts if len(keys) > 1 else parts[keys[0]],
+        metadata={**_metadata(built), "dates_without_a_clustering": ", ".join(empty) or "none"},
     )
+
+
+@asset(group_name="similarity", kinds={"pandas", "parquet"})
+def current_company_clusters(
+    config: CompanyClustersConfig,
+    company_features: pd.DataFrame,
+    company_descriptions: pd.DataFrame,
+    industry_codes: pd.DataFrame,
+    index_membership: pd.DataFrame,
+    daily_prices: pd.DataFrame,
+) -> Output[pd.DataFrame]:
+    """Today's clusters: company_clusters' frame for one date, the day after the newest text, so every
+    company stands for its latest text (a filing made an hour ago included). What `peerlens peers` answers
+    by default and the explanations describe; scored only as the evaluations' look-ahead reference.
+    """
+    day = company_descriptions.known_by.max() + pd.Timedelta(days=1)
+    inputs = _inputs(company_features, company_descriptions, industry_codes, index_membership, daily_prices)
+    built = _clusterings(config, inputs, [day])
+    if built.frame.empty:
+        raise ValueError(
+            f"current_company_clusters: the universe on {day.date()} has fewer than {config.min_companies} companies "
+            "(company_descriptions, index_membership and daily_prices share too few tickers)"
+        )
+    return Output(built.frame, metadata=_metadata(built))
 
 
 def _size_histogram(frame: pd.DataFrame) -> MetadataValue:
@@ -128,19 +191,29 @@ def _size_histogram(frame: pd.DataFrame) -> MetadataValue:
     return figure_markdown(figure)
 
 
-@asset_check(asset=company_clusters, blocking=True)
-def every_company_clustered_by_every_method(company_clusters: pd.DataFrame) -> AssetCheckResult:
-    """On every date, each method assigns exactly one cluster to every company in that date's universe."""
+def _every_company_clustered_by_every_method(clusters: pd.DataFrame) -> AssetCheckResult:
     incomplete = []
-    for as_of, rows in company_clusters.groupby("as_of"):
+    for as_of, rows in clusters.groupby("as_of"):
         per_method = rows.groupby("method").ticker.agg(["count", "nunique"])
         universe = rows.ticker.nunique()
         bad = per_method[(per_method["count"] != universe) | (per_method["nunique"] != universe)]
         incomplete += [f"{as_of.date()} {method}" for method in bad.index]
     return AssetCheckResult(
-        passed=bool(not incomplete and not company_clusters.cluster.isna().any()),
-        metadata={"dates": int(company_clusters.as_of.nunique()), "methods_incomplete": ", ".join(incomplete) or "none"},
+        passed=bool(not incomplete and not clusters.cluster.isna().any()),
+        metadata={"dates": int(clusters.as_of.nunique()), "methods_incomplete": ", ".join(incomplete) or "none"},
     )
+
+
+def _only_texts_known_before_their_date(clusters: pd.DataFrame, texts: pd.DataFrame) -> AssetCheckResult:
+    known_by = clusters.text_id.map(texts.set_index("text_id").known_by)
+    late = clusters[~(known_by < clusters.as_of)]
+    return AssetCheckResult(passed=late.empty, metadata={"rows": len(clusters), "rows_with_later_text": len(late)})
+
+
+@asset_check(asset=company_clusters, blocking=True)
+def every_company_clustered_by_every_method(company_clusters: pd.DataFrame) -> AssetCheckResult:
+    """On every date, each method assigns exactly one cluster to every company in that date's universe."""
+    return _every_company_clustered_by_every_method(company_clusters)
 
 
 @asset_check(asset=company_clusters, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
@@ -148,10 +221,11 @@ def clusters_use_only_texts_known_before_their_date(
     company_clusters: pd.DataFrame, company_descriptions: pd.DataFrame
 ) -> AssetCheckResult:
     """Every clustered company's text was public before the clustering's date (known_by < as_of): the
-    point-in-time rule, checked on the stored table."""
-    known_by = company_clusters.text_id.map(company_descriptions.set_index("text_id").known_by)
-    late = company_clusters[~(known_by < company_clusters.as_of)]
-    return AssetCheckResult(
-        passed=late.empty,
-        metadata={"rows": len(company_clusters), "rows_with_later_text": len(late)},
-    )
+    point-in-time rule, checked on the stored partitions."""
+    return _only_texts_known_before_their_date(company_clusters, company_descriptions)
+
+
+@asset_check(asset=current_company_clusters, blocking=True)
+def every_company_clustered_by_every_method_today(current_company_clusters: pd.DataFrame) -> AssetCheckResult:
+    """Each method assigns exactly one cluster to every company of today's universe."""
+    return _every_company_clustered_by_every_method(current_company_clusters)

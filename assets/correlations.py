@@ -68,14 +68,15 @@ def mean_correlations(
     context: AssetExecutionContext,
     config: MeanCorrelationConfig,
     company_clusters: pd.DataFrame,
+    current_company_clusters: pd.DataFrame,
     monthly_returns: pd.DataFrame,
 ):
     """Per method and year: MC per cluster (the paper's), per pair, at the reference's cluster sizes, coverage.
 
     The headline rows are point in time (timing "point in time"): year Y is scored with the clusters dated
-    on or before 1 January of Y, made from texts known before then, on that date's universe. The same
-    years scored with the latest clusters (today's texts and universe) follow as "look-ahead reference"
-    rows: what a backtest that ignores time would have reported. When the texts are newer than every
+    on or before 1 January of Y (company_clusters' partitions, all of them), made from texts known before
+    then, on that date's universe. The same years scored with today's clusters (current_company_clusters)
+    follow as "look-ahead reference" rows: what a backtest that ignores time would have reported. When the texts are newer than every
     scored year (the 2024 vintage) only the reference exists, and the comparisons are its own.
     Threshold methods also get "(rolling θ)" rows (θ chosen on earlier years only) and "(in-sample θ)"
     rows (θ fitted on all years: a reference). Comparisons: every method against every baseline on the
@@ -83,8 +84,8 @@ def mean_correlations(
     """
     study_config = StudyConfig(**config.model_dump())
     clusters = company_clusters.drop(columns=["text_id", "company_id"])
-    latest = clusters[clusters.as_of == clusters.as_of.max()].drop(columns="as_of")
-    if years_served_by_clusterings(monthly_returns, clusters.as_of):
+    latest = current_company_clusters.drop(columns=["as_of", "text_id", "company_id"])
+    if len(clusters) and years_served_by_clusterings(monthly_returns, clusters.as_of):
         headline = mean_correlation_study(monthly_returns, clusters, study_config)
         years = sorted(headline.yearly.year.unique())
         reference = mean_correlation_study(monthly_returns, latest, study_config, years=years)

@@ -41,30 +41,34 @@ def pairs_backtest(
     context: AssetExecutionContext,
     config: PairsBacktestConfig,
     company_clusters: pd.DataFrame,
+    current_company_clusters: pd.DataFrame,
     daily_prices: pd.DataFrame,
     artifacts: ArtifactStorage,
 ):
     """Walk-forward within-cluster cointegration pairs per method: Sharpe, returns, drawdown, turnover, pairs.
 
     Point in time (timing "point in time", the headline): each trading window trades the method's clusters
-    dated on or before its first day, made from texts known before then; windows before the first
-    clustering are not traded. The same windows traded with the latest clusters follow as the "look-ahead
-    reference". Pairs, hedge ratios and z-score statistics come from the formation window only; trades
+    dated on or before its first day (company_clusters' partitions), made from texts known before then;
+    windows before the first clustering are not traded. The same windows traded with today's clusters
+    (current_company_clusters) follow as the "look-ahead reference". Pairs, hedge ratios and z-score statistics come from the formation window only; trades
     happen in the following trading window, with costs. turnover_annual = mean daily notional traded per
     unit of capital × 252 (see `peerlens.pairs.backtest.summarize_backtest`). Daily returns, daily turnover and
     selected pairs are written beside the table (columns and rows named "<method>" and
     "<method> (look-ahead reference)").
     """
     cfg = PairsConfig(**config.model_dump())
-    prices = daily_prices[daily_prices.ticker.isin(company_clusters.ticker.unique())]
+    clustered = set(company_clusters.ticker) | set(current_company_clusters.ticker)
+    prices = daily_prices[daily_prices.ticker.isin(clustered)]
     close = prices.pivot(index="date", columns="ticker", values="close").sort_index()
     jumps = prices.pivot(index="date", columns="ticker", values="jump").reindex_like(close).fillna(False).astype(bool)
-    first_as_of = company_clusters.as_of.min()
-    tradable = any(window.trading_start >= first_as_of for window in walk_forward_windows(close.index, cfg))
-    latest = company_clusters[company_clusters.as_of == company_clusters.as_of.max()]
+    first_as_of = company_clusters.as_of.min() if len(company_clusters) else pd.NaT
+    tradable = len(company_clusters) > 0 and any(
+        window.trading_start >= first_as_of for window in walk_forward_windows(close.index, cfg)
+    )
+    latest = current_company_clusters
 
     rows, daily, turnover, pairs, summaries = [], {}, {}, [], []
-    for method in sorted(company_clusters.method.unique()):
+    for method in sorted(latest.method.unique()):
         runs = {LOOK_AHEAD: latest[latest.method == method].set_index("ticker").cluster}
         if tradable:
             # The reference trades the same windows: the latest clusters, as if known at the first date.

@@ -25,7 +25,7 @@ def _describe(
     context_tokens: int,
     features: np.ndarray,
     tickers: list[str],
-    llm_activations: dict,
+    activation_corpus: dict,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ) -> pd.DataFrame:
@@ -35,7 +35,7 @@ def _describe(
     top_tokens = top_tokens[top_tokens.latent.isin(latents)]
     if hits_per_latent is not None:
         top_tokens = top_tokens[top_tokens["rank"] <= hits_per_latent]
-    index = ActivationStore(artifacts.resolve(llm_activations["folder"])).index
+    index = ActivationStore(artifacts.resolve(activation_corpus["folder"])).index
     return describe_latents(
         top_tokens[["latent", "rank", "token_index", "activation"]],
         index[["document", "position", "token_id"]],
@@ -46,10 +46,10 @@ def _describe(
     )
 
 
-def _latest_sae_clusters(company_clusters: pd.DataFrame) -> pd.DataFrame:
-    """The SAE method's rows of the latest clustering date (today's texts and universe), by ticker."""
-    latest = company_clusters[(company_clusters.as_of == company_clusters.as_of.max()) & (company_clusters.method == "sae")]
-    return latest.sort_values("ticker").reset_index(drop=True)
+def _current_sae_clusters(current_company_clusters: pd.DataFrame) -> pd.DataFrame:
+    """The SAE method's rows of today's clusters (latest texts and universe), by ticker."""
+    sae = current_company_clusters[current_company_clusters.method == "sae"]
+    return sae.sort_values("ticker").reset_index(drop=True)
 
 
 class ClusterExplanationsConfig(Config):
@@ -61,18 +61,18 @@ class ClusterExplanationsConfig(Config):
 def cluster_explanations(
     config: ClusterExplanationsConfig,
     company_features: pd.DataFrame,
-    company_clusters: pd.DataFrame,
-    llm_activations: dict,
+    current_company_clusters: pd.DataFrame,
+    activation_corpus: dict,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ) -> Output[pd.DataFrame]:
-    """Per SAE cluster (≥ 2 members) of the latest clustering date: its top latents by drop-one contribution to within-cluster similarity
+    """Per SAE cluster (≥ 2 members) of today's clusters: its top latents by drop-one contribution to within-cluster similarity
     (of the IDF-weighted pooled latents, see `specificity_weighted`),
     each with its strongest tokens in context and the companies where it fires most.
 
     Columns: cluster, size, members, latent, rank, contribution, share, within_similarity, top_tokens, top_companies.
     """
-    sae = _latest_sae_clusters(company_clusters)
+    sae = _current_sae_clusters(current_company_clusters)
     tickers, features = sae.ticker.tolist(), features_of_texts(dense_features(company_features), sae.text_id.tolist())
     sae_labels = sae.cluster
     # Rank latents on IDF-weighted features: a latent every description shares explains no cluster.
@@ -81,7 +81,7 @@ def cluster_explanations(
     )
     described = _describe(
         explained.latent.unique(), None, config.context_tokens, features, tickers,
-        llm_activations, language_model, artifacts,
+        activation_corpus, language_model, artifacts,
     )
     table = explained.merge(described, on="latent", how="left")
     return Output(
@@ -93,12 +93,12 @@ def cluster_explanations(
     )
 
 
-@asset_check(asset=cluster_explanations, additional_ins={"company_clusters": AssetIn("company_clusters")})
+@asset_check(asset=cluster_explanations, additional_ins={"current_company_clusters": AssetIn("current_company_clusters")})
 def every_sae_cluster_is_explained(
-    cluster_explanations: pd.DataFrame, company_clusters: pd.DataFrame
+    cluster_explanations: pd.DataFrame, current_company_clusters: pd.DataFrame
 ) -> AssetCheckResult:
-    """Every SAE cluster of the latest date with two or more members has an explaining latent with described tokens."""
-    sae = _latest_sae_clusters(company_clusters)
+    """Every SAE cluster of today's clusters with two or more members has an explaining latent with described tokens."""
+    sae = _current_sae_clusters(current_company_clusters)
     sizes = sae.groupby("cluster").size()
     expected = set(sizes[sizes >= 2].index)
     explained = set(cluster_explanations.cluster.unique())
@@ -128,7 +128,7 @@ def company_top_latents(
     config: CompanyTopLatentsConfig,
     company_features: pd.DataFrame,
     company_descriptions: pd.DataFrame,
-    llm_activations: dict,
+    activation_corpus: dict,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ) -> Output[pd.DataFrame]:
@@ -149,7 +149,7 @@ def company_top_latents(
     fired = np.flatnonzero(features.max(axis=0) > 0)
     described = _describe(
         fired, config.hits_per_latent, config.context_tokens, features, tickers,
-        llm_activations, language_model, artifacts,
+        activation_corpus, language_model, artifacts,
     )
     path = artifacts.folder("company_top_latents") / LATENT_DESCRIPTIONS_FILE
     write_parquet_atomically(described, path)

@@ -55,7 +55,7 @@ def sae_for_layer(group_saes: dict, layer: int) -> dict:
 )
 def company_features(
     config: CompanyFeaturesConfig,
-    llm_activations: dict,
+    activation_corpus: dict,
     massive_activations: dict,
     group_saes: dict,
     company_descriptions: pd.DataFrame,
@@ -68,7 +68,7 @@ def company_features(
     Also writes `latent_top_tokens.parquet` (latent, rank, token_index, activation, document, position,
     token_id): each latent's strongest tokens, for the cluster explanations; token_index is the store row.
     """
-    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
+    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
     layer = feature_layer(config.layer, store.n_layers)
     entry = sae_for_layer(group_saes, layer)
     sae = load_sae(artifacts.resolve(entry["path"]))

@@ -1,16 +1,26 @@
-"""Materialize the whole graph in three runs, as `make demo` and the end-to-end test do.
+"""Materialize the whole graph in six runs, as `make demo` and the end-to-end test do.
 
-The UI does the same with "Materialize all" (the monthly partitions become one single-run
-backfill); from Python we order the runs ourselves: sources, then every month of returns in one
-run over the partition range, then everything downstream.
+The UI does the same with "Materialize all" (each partitioned asset becomes one single-run backfill);
+from Python we order the runs ourselves: sources, then every month of returns in one run over the
+partition range, every day of texts' activations in one run, then what the clusters need, every
+clustering date in one run, then the reports.
 """
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.data_version import (
+    CachingStaleStatusResolver,
+    StaleStatus,
+    extract_data_version_from_entry,
+)
 from dagster._core.loader import LoadingContext
+
+from assets.metadata import frame_version
+from peerlens.sources.texts import text_days, texts_known_on
+
 
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
+PARTITION_KEY = "dagster/partition"
 
 
 def materialize_graph(
@@ -45,18 +55,82 @@ def materialize_graph(
 
     upstream = AssetSelection.assets("daily_prices", "company_descriptions", "industry_codes", "index_membership")
     returns = AssetSelection.assets("monthly_returns")
-    rest = AssetSelection.all() - upstream - returns
+    texts_by_day = AssetSelection.assets("daily_texts")
+    activations = AssetSelection.assets("llm_activations")
+    clusters = AssetSelection.assets("company_clusters")
+    before = AssetSelection.all() - upstream - returns - texts_by_day - activations - clusters - clusters.downstream()
+    after = clusters.downstream() - clusters
+    dates = graph.get(AssetKey("company_clusters")).partitions_def.get_partition_keys()
     results = [
         run(upstream),
         run(returns, tags={PARTITION_RANGE_START: months[0], PARTITION_RANGE_END: months[-1]}),
     ]
+    # The days of texts, one run each (a partition's data version hashes its own rows): only days whose
+    # texts are new or changed are run, and only they leave their activations stale.
+    texts = results[0].output_for_node("company_descriptions")
+    held = text_days(texts)
+    for day in changed_days(instance, texts) if only_stale else held:
+        results.append(run(texts_by_day, tags={PARTITION_KEY: day}))
+    upstream_runs = len(results)
+    days = graph.get(AssetKey("llm_activations")).partitions_def.get_partition_keys(dynamic_partitions_store=instance)
     if only_stale:
-        outdated = stale_or_missing(instance, graph, rest.resolve(graph))
-        if not outdated:
-            log("nothing downstream of the sources is missing or stale: nothing to recompute")
-            return results
-        rest = (AssetSelection.assets(*outdated).downstream() & rest)
-    return [*results, run(rest)]
+        held = stale_or_missing_partitions(instance, graph, AssetKey("llm_activations"), held)
+    for first, last in contiguous_ranges(days, held):
+        # One run per run of consecutive days (usually one for them all): the model is loaded once per run.
+        results.append(run(activations, tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}))
+    if not only_stale:
+        return [
+            *results,
+            run(before),
+            run(clusters, tags={PARTITION_RANGE_START: dates[0], PARTITION_RANGE_END: dates[-1]}),
+            run(after),
+        ]
+    outdated = set(stale_or_missing(instance, graph, (before | after).resolve(graph)))
+    if len(results) > upstream_runs:  # new or changed days of texts: the corpus that combines them is outdated too
+        outdated.add(AssetKey("activation_corpus"))
+    before_run = (AssetSelection.assets(*outdated).downstream() & before).resolve(graph)
+    clusters_run = bool(
+        stale_or_missing(instance, graph, clusters.resolve(graph)) or before_run & clusters.upstream().resolve(graph)
+    )
+    after_run = (AssetSelection.assets(*outdated, *(["company_clusters"] if clusters_run else [])).downstream() & after)
+    if before_run:
+        results.append(run(AssetSelection.assets(*before_run)))
+    if clusters_run:
+        # Every date in one run: the SAE matrix and the embeddings are made once (the asset's backfill policy).
+        results.append(run(clusters, tags={PARTITION_RANGE_START: dates[0], PARTITION_RANGE_END: dates[-1]}))
+    if after_run.resolve(graph):
+        results.append(run(after_run))
+    if len(results) == upstream_runs:
+        log("nothing downstream of the sources is missing or stale: nothing to recompute")
+    return results
+
+
+def changed_days(instance: DagsterInstance, texts) -> list[str]:
+    """The days of `texts` whose daily_texts partition is missing or was made from other rows than it
+    would hold now (its recorded data version against a hash of the day's rows)."""
+    changed = []
+    for day in text_days(texts):
+        record = instance.get_latest_data_version_record(AssetKey("daily_texts"), partition_key=day)
+        held = extract_data_version_from_entry(record.event_log_entry) if record else None
+        if held != frame_version(texts_known_on(texts, day)):
+            changed.append(day)
+    return changed
+
+
+def contiguous_ranges(keys: list[str], wanted: list[str]) -> list[tuple[str, str]]:
+    """(first, last) of each run of consecutive `keys` that are all in `wanted`, in `keys` order."""
+    ranges, start, previous = [], None, None
+    chosen = set(wanted)
+    for key in keys:
+        if key in chosen:
+            start = start or key
+            previous = key
+        elif start:
+            ranges.append((start, previous))
+            start = None
+    if start:
+        ranges.append((start, previous))
+    return ranges
 
 
 class _InstanceLoadingContext(LoadingContext):
@@ -74,7 +148,24 @@ class _InstanceLoadingContext(LoadingContext):
         return self._loaders
 
 
+_OUTDATED = (StaleStatus.STALE, StaleStatus.MISSING)
+
+
 def stale_or_missing(instance: DagsterInstance, graph, keys) -> list[AssetKey]:
-    """The keys Dagster reports as never materialized or stale (code version or an input's data version changed)."""
+    """The keys Dagster reports as never materialized or stale (code version or an input's data version
+    changed); a time-partitioned key when any of its partitions is."""
     resolver = CachingStaleStatusResolver(instance, graph, _InstanceLoadingContext(instance))
-    return sorted(key for key in keys if resolver.get_status(key) in (StaleStatus.STALE, StaleStatus.MISSING))
+
+    def is_outdated(key: AssetKey) -> bool:
+        partitions = graph.get(key).partitions_def
+        if partitions is None:
+            return resolver.get_status(key) in _OUTDATED
+        return any(resolver.get_status(key, partition) in _OUTDATED for partition in partitions.get_partition_keys())
+
+    return sorted(key for key in keys if is_outdated(key))
+
+
+def stale_or_missing_partitions(instance: DagsterInstance, graph, key: AssetKey, partitions: list[str]) -> list[str]:
+    """The `partitions` of `key` that were never materialized or are stale."""
+    resolver = CachingStaleStatusResolver(instance, graph, _InstanceLoadingContext(instance))
+    return [partition for partition in partitions if resolver.get_status(key, partition) in _OUTDATED]

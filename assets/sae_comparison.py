@@ -79,7 +79,7 @@ def heldout_documents(
 def sae_comparison(
     context: AssetExecutionContext,
     config: SaeComparisonConfig,
-    llm_activations: dict,
+    activation_corpus: dict,
     massive_activations: dict,
     group_saes: dict,
     per_layer_saes: dict,
@@ -101,7 +101,7 @@ def sae_comparison(
     layers, costs = layer_table(regimes), compute_table(regimes)
 
     device = compute.torch_device()
-    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
+    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
     usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
     documents = heldout_documents(
         store, per_layer_saes["holdout_share"], config.eval_documents, config.max_tokens_per_document, ~usable

@@ -96,7 +96,7 @@ def _regime_metadata(saes: list[dict]) -> dict:
 def per_layer_saes(
     context: AssetExecutionContext,
     config: PerLayerSaesConfig,
-    llm_activations: dict,
+    activation_corpus: dict,
     massive_activations: dict,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
@@ -108,7 +108,7 @@ def per_layer_saes(
     so the only difference between the regimes is how many SAEs there are and what each reads.
     """
     device = compute.torch_device()
-    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
+    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
     split = token_split(store.index.document, config.holdout_share, MassiveTokens.from_dict(massive_activations))
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     root = artifacts.folder("per_layer_saes")
@@ -130,7 +130,7 @@ def per_layer_saes(
 def transfer_saes(
     context: AssetExecutionContext,
     config: TransferSaesConfig,
-    llm_activations: dict,
+    activation_corpus: dict,
     massive_activations: dict,
     per_layer_saes: dict,
     compute: ComputeResource,
@@ -147,7 +147,7 @@ def transfer_saes(
     if not 0 < config.token_fraction <= 1:
         raise ValueError(f"token_fraction must be in (0, 1], got {config.token_fraction!r}")
     device = compute.torch_device()
-    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
+    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
     split = token_split(
         store.index.document, per_layer_saes["holdout_share"], MassiveTokens.from_dict(massive_activations)
     )

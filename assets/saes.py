@@ -86,7 +86,7 @@ class GroupSaesConfig(Config):
 def group_saes(
     context: AssetExecutionContext,
     config: GroupSaesConfig,
-    llm_activations: dict,
+    activation_corpus: dict,
     massive_activations: dict,
     layer_groups: dict,
     compute: ComputeResource,
@@ -108,7 +108,7 @@ def group_saes(
     massive_activations keeps them.
     """
     device = compute.torch_device()
-    store = ActivationStore(artifacts.resolve(llm_activations["folder"]))
+    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     recipe = {
         "model": store.manifest["model"],

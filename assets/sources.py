@@ -1,6 +1,5 @@
 """Sources: company descriptions, industry codes, daily prices and monthly returns."""
 
-import os
 from contextlib import contextmanager
 
 import pandas as pd
@@ -14,7 +13,6 @@ from dagster import (
     Config,
     AssetCheckSpec,
     MetadataValue,
-    MonthlyPartitionsDefinition,
     Output,
     RetryRequested,
     asset,
@@ -22,22 +20,16 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.partitions import MONTHS, TEXT_DATES
 from assets.metadata import frame_version, rule_metadata, table_preview
 from peerlens.sources.edgar import EdgarError
 from peerlens.layout import write_parquet_atomically
 from peerlens.sources.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
-from peerlens.sources.texts import LOADED_COLUMNS, append_texts, texts_from_records
+from peerlens.sources.texts import LOADED_COLUMNS, append_texts, text_days, texts_from_records, texts_known_on
 from peerlens.sources.tickers import normalize_ticker
 from resources import ArtifactStorage, EdgarResource, SampleDataResource, YFinanceResource
 from sae_core.text import is_blank
 
-MONTHS = MonthlyPartitionsDefinition(
-    # The 2017 vintage's prices run 2007-01-03..2020-10-28: the first month-end return is February 2007,
-    # the last complete month September 2020. The 2024 vintage (2013-02-08..2018-02-07) sets
-    # PEERLENS_MONTHS_START=2013-03-01 and PEERLENS_MONTHS_END=2018-02-01; live deployments their own window.
-    start_date=os.environ.get("PEERLENS_MONTHS_START", "2007-02-01"),
-    end_date=os.environ.get("PEERLENS_MONTHS_END", "2020-10-01") or None,
-)
 
 EDGAR_TEXTS = "edgar_texts.parquet"
 """The 10-K texts fetched from EDGAR so far (a text history); each refresh appends to it."""
@@ -81,6 +73,8 @@ def company_descriptions(
     known_by (the day the text became public). The sample vintage's texts plus every 10-K 'Item 1.
     Business' fetched from EDGAR so far, each a new row dated by its filing: a newer text never
     replaces an older one, and what is scored on a period uses only texts known before it starts.
+    Each known_by day becomes a partition of TEXT_DATES (if it is not one yet): what is computed per text
+    is computed per day of texts.
     """
     loaded = sample_data.company_texts()
     frame, counts = loaded.frame, dict(loaded.rule_counts)
@@ -111,6 +105,9 @@ def company_descriptions(
     frame = frame.sort_values(["ticker", "known_by", "source"]).reset_index(drop=True)
     if frame.empty:
         raise ValueError("company_descriptions: no company is left after the universe filters")
+    days = text_days(frame)
+    new_days = [day for day in days if not context.instance.has_dynamic_partition(TEXT_DATES.name, day)]
+    context.instance.add_dynamic_partitions(TEXT_DATES.name, new_days)
     return Output(
         frame,
         data_version=frame_version(frame),
@@ -119,11 +116,43 @@ def company_descriptions(
             "companies": int(frame.company_id.nunique()),
             "vintage": sample_data.vintage,
             "known_by_range": f"{frame.known_by.min().date()} .. {frame.known_by.max().date()}",
+            "text_dates": len(days),
+            "text_dates_added": ", ".join(new_days) or "none",
             **rule_metadata(counts),
             "excluded_without_prices_tickers": ", ".join(excluded) or "none",
             "mean_description_chars": float(frame.description.str.len().mean()),
             "preview": table_preview(frame[["ticker", "company_id", "name", "source", "known_by"]]),
         },
+    )
+
+
+@asset(
+    group_name="sources",
+    kinds={"pandas", "parquet"},
+    partitions_def=TEXT_DATES,
+    # One day per run: each partition's data version must hash its own rows (one version per run).
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    check_specs=[AssetCheckSpec("every_text_of_the_day_is_known_on_it", asset="daily_texts", blocking=True)],
+)
+def daily_texts(context: AssetExecutionContext, company_descriptions: pd.DataFrame):
+    """One partition per day D on which texts became known: company_descriptions' rows with known_by on D.
+
+    Cheap, and what shields the model from the history: each partition's data version hashes its own
+    rows, so when a new filing adds a day, the days before it keep their versions and their activations
+    stay current; only the new day's are captured.
+    """
+    texts = texts_known_on(company_descriptions, context.partition_key)
+    if texts.empty:
+        raise ValueError(
+            f"daily_texts partition {context.partition_key}: company_descriptions holds no text known on that "
+            "day (a partition left from another universe: leave it unmaterialized, or delete it in the UI)"
+        )
+    yield Output(texts, data_version=frame_version(texts), metadata={"texts": len(texts), "preview": table_preview(texts[["ticker", "source", "known_by"]])})
+    off_day = texts[texts.known_by.dt.strftime("%Y-%m-%d") != context.partition_key]
+    yield AssetCheckResult(
+        check_name="every_text_of_the_day_is_known_on_it",
+        passed=off_day.empty and texts.text_id.is_unique,
+        metadata={"texts": len(texts), "texts_of_another_day": len(off_day), "unique_text_ids": bool(texts.text_id.is_unique)},
     )
 
 

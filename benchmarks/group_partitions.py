@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--partitions", default="chosen,8,12", help="'chosen' and/or Ĝ values, comma-separated")
     args = parser.parse_args()
     tables = Path(args.home) / "tables"
-    needed = [tables / name for name in ("layer_groups.json", "llm_activations.json", "sae_comparison.parquet",
+    needed = [tables / name for name in ("layer_groups.json", "activation_corpus.json", "sae_comparison.parquet",
                                          "massive_activations.json")]
     missing = [str(path) for path in needed if not path.exists()]
     if missing:

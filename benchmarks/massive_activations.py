@@ -24,7 +24,7 @@ Each treatment is scored on:
 The raw residual (mean-pooled, centred across companies, cosine) is scored the same way, as a
 reference that has no SAE in it. The norm-ratio histogram says where `norm_multiple` can sit.
 
-    .venv/bin/python benchmarks/massive_activations.py [--store .peerlens/artifacts/llm_activations/store]
+    .venv/bin/python benchmarks/massive_activations.py [--store .peerlens/artifacts/activation_corpus/store]
 
 Progress goes to stderr; the last line on stdout is one JSON object.
 """
@@ -146,7 +146,7 @@ def pool_documents_dense(x: torch.Tensor, document: np.ndarray, n_docs: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     home = os.environ.get("PEERLENS_HOME", ".peerlens")
-    parser.add_argument("--store", default=os.path.join(home, "artifacts", "llm_activations", "store"),
+    parser.add_argument("--store", default=os.path.join(home, "artifacts", "activation_corpus", "store"),
                         help="an activation store (default: the one `make demo` wrote)")
     parser.add_argument("--sample", default=str(default_sample_dir()), help="the offline sample, for GICS sectors")
     parser.add_argument("--norm-multiple", type=float, default=DEFAULT_NORM_MULTIPLE)

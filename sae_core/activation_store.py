@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
@@ -138,6 +139,7 @@ class ActivationStoreWriter:
             "shards": self._shards,
             "token_norms": TOKEN_NORMS,
             "non_finite_values": self._non_finite,
+            "store_id": uuid.uuid4().hex,
         }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         replace_folder(self._tmp, self.folder)
@@ -185,6 +187,65 @@ def copy_documents(store: ActivationStore, documents: set[str], writer: Activati
     return len(wanted)
 
 
+def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> ActivationStore:
+    """A store at `folder` that is `stores` one after another, without copying a shard.
+
+    Its manifest lists their shards (paths relative to `folder`), and its index and token norms are
+    theirs concatenated in order, the index's shard numbers shifted to the combined list. This is how a
+    corpus grows by a partition of new texts at the cost of its index, never of its activations. Each
+    part's `store_id` is recorded: a part rewritten since makes opening the combination an error, not a
+    silent mix of old index rows and new shards.
+    """
+    folder = Path(folder)
+    if not stores:
+        raise ValueError(f"{folder}: no activation store to combine")
+    first = stores[0]
+    shape = lambda store: (store.manifest.get("model"), store.manifest.get("max_tokens"), store.n_layers, store.d_model)  # noqa: E731
+    for store in stores[1:]:
+        if shape(store) != shape(first):
+            raise ValueError(
+                f"cannot combine {store.folder} (model, max_tokens, layers, width {shape(store)}) with "
+                f"{first.folder} ({shape(first)})"
+            )
+    indexes, shards, parts = [], [], []
+    for store in stores:
+        indexes.append(store.index.assign(shard=lambda rows, offset=len(shards): rows["shard"] + offset))
+        shards += [os.path.relpath(store.folder / name, folder) for name in store.manifest["shards"]]
+        parts.append({"folder": os.path.relpath(store.folder, folder), "store_id": store.manifest["store_id"],
+                      "n_tokens": store.n_tokens})
+    index = pd.concat(indexes, ignore_index=True)
+    repeated = index.drop_duplicates(["document", "position"])
+    if len(repeated) != len(index):
+        duplicated = sorted(set(index.document[index.duplicated(["document", "position"])]))
+        raise ValueError(f"{folder}: documents {duplicated[:5]} are held by more than one of the stores combined")
+    staging = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
+    staging.mkdir(parents=True)
+    try:
+        index.to_parquet(staging / INDEX, index=False)
+        save_file({"norms": torch.cat([store.token_norms() for store in stores])}, str(staging / TOKEN_NORMS))
+        manifest = {
+            "model": first.manifest.get("model"),
+            "max_tokens": first.manifest.get("max_tokens"),
+            "n_layers": first.n_layers,
+            "d_model": first.d_model,
+            "n_tokens": len(index),
+            "n_documents": int(index["document"].nunique()),
+            "dtype": first.manifest["dtype"],
+            "layout": first.manifest["layout"],
+            "shards": shards,
+            "token_norms": TOKEN_NORMS,
+            "non_finite_values": sum(int(store.manifest["non_finite_values"]) for store in stores),
+            "parts": parts,
+            "store_id": uuid.uuid4().hex,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        replace_folder(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ActivationStore(folder)
+
+
 def _stored_norms(activations: torch.Tensor) -> torch.Tensor:
     """‖x‖ of each row of `activations` (n, d) as the store will hold it: (n,) float32."""
     return activations.to(STORE_DTYPE).float().norm(dim=1)
@@ -199,9 +260,21 @@ class ActivationStore:
         if not manifest_path.exists():
             raise FileNotFoundError(f"{self.folder} is not an activation store: {MANIFEST} is missing")
         self.manifest = json.loads(manifest_path.read_text())
+        self._check_parts()
         self.n_layers: int = self.manifest["n_layers"]
         self.d_model: int = self.manifest["d_model"]
         self.n_tokens: int = self.manifest["n_tokens"]
+
+    def _check_parts(self) -> None:
+        """A combined store (`combine_stores`) is valid only while every part is the one it combined."""
+        for part in self.manifest.get("parts", ()):
+            part_manifest = self.folder / part["folder"] / MANIFEST
+            held = json.loads(part_manifest.read_text()).get("store_id") if part_manifest.exists() else None
+            if held != part["store_id"]:
+                raise ValueError(
+                    f"{self.folder} combines {part['folder']}, which has been rewritten or removed since: "
+                    "combine the stores again (rematerialize activation_corpus)"
+                )
 
     @property
     def index(self) -> pd.DataFrame:

@@ -132,7 +132,7 @@ class MassiveTokens:
         if n_tokens != self.n_tokens:
             raise ValueError(
                 f"massive tokens were found in a store of {self.n_tokens} tokens, but this store has {n_tokens}: "
-                "re-materialize massive_activations after llm_activations"
+                "re-materialize massive_activations after activation_corpus"
             )
         if self.treatment == "keep":
             return torch.ones(self.n_tokens, dtype=torch.bool)

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from sae_core.activation_store import ActivationStore, ActivationStoreWriter
+from sae_core.activation_store import ActivationStore, ActivationStoreWriter, combine_stores
 
 N_LAYERS, D_MODEL = 3, 8
 
@@ -254,3 +254,38 @@ def test_a_store_without_a_norms_file_computes_them_from_its_shards(tmp_path, th
     expected = store.token_norms()
     (store.folder / store.manifest["token_norms"]).unlink()
     torch.testing.assert_close(ActivationStore(store.folder).token_norms(), expected)
+
+
+# --- combined stores: a corpus made of day partitions ------------------------------------------------
+
+
+def test_a_combined_store_reads_as_its_parts_one_after_another_without_copying_a_shard(tmp_path, three_batches):
+    first = write_store(tmp_path / "days" / "2017-05-18", three_batches[:2], model="m")
+    second = write_store(tmp_path / "days" / "2018-03-01", three_batches[2:], model="m")
+    combined = combine_stores([first, second], tmp_path / "corpus")
+    for layer in range(combined.n_layers):
+        assert torch.equal(combined.layer(layer), torch.cat([first.layer(layer), second.layer(layer)]))
+    assert torch.equal(combined.token_norms(), torch.cat([first.token_norms(), second.token_norms()]))
+    assert combined.index.document.tolist() == first.index.document.tolist() + second.index.document.tolist()
+    assert sorted(p.name for p in (tmp_path / "corpus").iterdir()) == ["index.parquet", "store.json", "token_norms.safetensors"]
+    assert combined.n_tokens == first.n_tokens + second.n_tokens
+
+
+def test_a_combined_store_is_refused_once_a_part_is_rewritten(tmp_path, three_batches):
+    first = write_store(tmp_path / "days" / "a", three_batches[:1], model="m")
+    second = write_store(tmp_path / "days" / "b", three_batches[1:2], model="m")
+    combine_stores([first, second], tmp_path / "corpus")
+    write_store(tmp_path / "days" / "b", three_batches[2:], model="m")
+    with pytest.raises(ValueError, match="combines ../days/b, which has been rewritten or removed since"):
+        ActivationStore(tmp_path / "corpus")
+
+
+def test_stores_of_different_models_or_holding_one_document_twice_are_not_combined(tmp_path, three_batches):
+    first = write_store(tmp_path / "a", three_batches[:1], model="m")
+    other_model = write_store(tmp_path / "b", three_batches[1:2], model="another")
+    with pytest.raises(ValueError, match="cannot combine"):
+        combine_stores([first, other_model], tmp_path / "corpus")
+    again = write_store(tmp_path / "c", three_batches[:1], model="m")
+    with pytest.raises(ValueError, match="held by more than one"):
+        combine_stores([first, again], tmp_path / "corpus")
+    assert not (tmp_path / "corpus").exists()

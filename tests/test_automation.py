@@ -23,7 +23,7 @@ from assets import automation
 from assets.automation import _run_outcomes, monthly_refresh_schedule, new_10k_filings
 from assets.sources import retried_when_unreachable
 from peerlens.sources.edgar import EdgarError
-from peerlens.sources.filings import FilingsCursor, follow_up_runs
+from peerlens.sources.filings import FilingsCursor, PollResult, filing_day, follow_up_runs, refresh_run_keys
 from resources import YFinanceResource
 
 
@@ -54,10 +54,10 @@ def test_run_outcomes_reads_the_instance_by_run_key():
 def test_the_sensor_requests_a_failed_refresh_again(monkeypatch):
     from tests.test_filings_sensor import USER_AGENT
 
-    cursor = FilingsCursor(latest={}, next_offset=0, pending={"10k:0001": ["TSLA"]})
-    monkeypatch.setattr(automation, "_run_outcomes", lambda instance, pending: {"10k:0001": "failure"})
-    monkeypatch.setattr(automation, "poll_new_10k_filings", lambda universe, client, cursor, batch_size: type(
-        "Poll", (), {"changed": [], "filings": {}, "checked": 0, "cursor": cursor})())
+    cursor = FilingsCursor(latest={}, next_offset=0, pending={"10k@2023-01-31:0001": ["TSLA"]})
+    monkeypatch.setattr(automation, "_run_outcomes", lambda instance, pending: {"10k@2023-01-31:0001": "failure"})
+    monkeypatch.setattr(automation, "poll_new_10k_filings", lambda universe, client, cursor, batch_size: PollResult(
+        [], {}, {}, 0, cursor))
     from dagster import build_sensor_context
 
     from resources import EdgarResource, SampleDataResource
@@ -67,10 +67,21 @@ def test_the_sensor_requests_a_failed_refresh_again(monkeypatch):
             cursor=cursor.to_json(), instance=instance,
             resources={"edgar": EdgarResource(user_agent=USER_AGENT), "sample_data": SampleDataResource()},
         )
-        requests_made = new_10k_filings(context)
-    assert [r.run_key for r in requests_made] == ["10k:0001#retry1"]
+        requests_made = new_10k_filings(context).run_requests
+    assert [r.run_key for r in requests_made] == ["10k@2023-01-31:0001#retry1"]
+    assert requests_made[0].partition_key == "2023-01-31"
     assert requests_made[0].run_config["ops"]["company_descriptions"]["config"]["refresh_from_edgar"] == ["TSLA"]
-    assert FilingsCursor.from_json(context.cursor).pending == {"10k:0001#retry1": ["TSLA"]}
+    assert FilingsCursor.from_json(context.cursor).pending == {"10k@2023-01-31:0001#retry1": ["TSLA"]}
+
+
+def test_refreshes_are_one_run_per_filing_day_and_the_day_is_read_back_from_the_key():
+    result = PollResult(["AAA", "BBB", "CCC"], {"AAA": "a1", "BBB": "b1", "CCC": "c1"},
+                        {"AAA": "2023-01-31", "BBB": "2023-02-01", "CCC": "2023-01-31"}, 3, FilingsCursor())
+    keys = refresh_run_keys(result)
+    assert keys == {"10k@2023-01-31:a1,c1": ["AAA", "CCC"], "10k@2023-02-01:b1": ["BBB"]}
+    assert [filing_day(key + "#retry2") for key in keys] == ["2023-01-31", "2023-02-01"]
+    with pytest.raises(ValueError, match="does not name a filing day"):
+        filing_day("10k:a1")
 
 
 @pytest.mark.parametrize("live, source", [(False, "sample"), (True, "yfinance")])

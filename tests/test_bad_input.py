@@ -2,9 +2,10 @@
 
 import pandas as pd
 import pytest
-from dagster import AssetSpec, materialize
+from dagster import AssetSpec, DagsterInstance, materialize
 
 from assets.activations import llm_activations
+from assets.partitions import TEXT_DATES
 from assets.sources import company_descriptions, daily_prices
 from definitions import resources_from_environment
 from resources import ArtifactStorage, LanguageModelResource, SampleDataResource, TableIOManager
@@ -44,20 +45,25 @@ def test_an_unknown_ticker_in_the_universe_config_is_an_error_not_a_smaller_univ
 
 def test_an_unknown_model_fails_naming_it_and_keeps_the_stored_activations(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "daily_texts").mkdir(parents=True)
     pd.DataFrame(
-        {"text_id": ["ticker:A|s"], "company_id": ["ticker:A"], "ticker": ["A"], "description": ["Makes widgets."]}
-    ).to_parquet(tmp_path / "tables" / "company_descriptions.parquet")
-    previous = tmp_path / "artifacts" / "llm_activations" / "store" / "store.json"
+        {"text_id": ["ticker:A|s"], "company_id": ["ticker:A"], "ticker": ["A"], "description": ["Makes widgets."],
+         "known_by": pd.to_datetime(["2017-05-18"])}
+    ).to_parquet(tmp_path / "tables" / "daily_texts" / "2017-05-18.parquet")
+    previous = tmp_path / "artifacts" / "llm_activations" / "2017-05-18" / "store.json"
     previous.parent.mkdir(parents=True)
     previous.write_text('{"n_layers": 30}')
 
-    result = materialize(
-        [AssetSpec("company_descriptions"), llm_activations],
-        resources=resources(tmp_path, language_model=LanguageModelResource(name="no-such-org/no-such-model")),
-        selection=["llm_activations"],
-        raise_on_error=False,
-    )
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(TEXT_DATES.name, ["2017-05-18"])
+        result = materialize(
+            [AssetSpec("daily_texts", partitions_def=TEXT_DATES), llm_activations],
+            resources=resources(tmp_path, language_model=LanguageModelResource(name="no-such-org/no-such-model")),
+            selection=["llm_activations"],
+            partition_key="2017-05-18",
+            instance=instance,
+            raise_on_error=False,
+        )
     assert not result.success
     assert "no-such-org/no-such-model" in result.failure_data_for_node("llm_activations").error.cause.message
     assert previous.read_text() == '{"n_layers": 30}'

@@ -34,6 +34,13 @@ def planted_company_clusters() -> pd.DataFrame:
     return pd.concat([clusters.assign(as_of=pd.Timestamp(day)) for day in ("2013-06-01", "2015-01-01")])
 
 
+@asset(name="current_company_clusters")
+def planted_current_company_clusters() -> pd.DataFrame:
+    """Today's clusters: the planted ones, from the texts the 2015 clustering used."""
+    clusters = planted_company_clusters()
+    return clusters[clusters.as_of == pd.Timestamp("2015-01-01")]
+
+
 @asset(name="monthly_returns")
 def planted_monthly_returns() -> pd.DataFrame:
     return planted_returns()
@@ -41,7 +48,7 @@ def planted_monthly_returns() -> pd.DataFrame:
 
 def run(selection=None):
     return materialize(
-        [planted_company_clusters, planted_monthly_returns, mean_correlations, *CHECKS],
+        [planted_company_clusters, planted_current_company_clusters, planted_monthly_returns, mean_correlations, *CHECKS],
         selection=selection,
         run_config=RUN_CONFIG,
         resources={"io_manager": mem_io_manager},
@@ -69,13 +76,13 @@ def test_both_tables_are_materialized_with_markdown_and_plot_and_every_check_pas
 
 
 def test_a_job_may_select_cluster_correlations_alone():
-    result = run(selection=["company_clusters", "monthly_returns", "cluster_correlations"])
+    result = run(selection=["company_clusters", "current_company_clusters", "monthly_returns", "cluster_correlations"])
     materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
     assert "cluster_correlations" in materialized and "mc_comparisons" not in materialized
 
 
 def test_checks_fail_on_a_broken_study():
-    yearly = run(selection=["company_clusters", "monthly_returns", "cluster_correlations"]).output_for_node(
+    yearly = run(selection=["company_clusters", "current_company_clusters", "monthly_returns", "cluster_correlations"]).output_for_node(
         "mean_correlations", "cluster_correlations"
     )
     far_from_average = yearly.assign(mc_pair=yearly.mc_pair.where(yearly.method != "random", 0.9))

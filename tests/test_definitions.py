@@ -10,23 +10,28 @@ LINEAGE = {
     "daily_prices": set(),
     "index_membership": set(),
     "monthly_returns": {"daily_prices"},
-    "llm_activations": {"company_descriptions"},
-    "massive_activations": {"llm_activations"},
-    "layer_distances": {"llm_activations", "massive_activations"},
+    "daily_texts": {"company_descriptions"},
+    "llm_activations": {"daily_texts"},
+    "activation_corpus": {"llm_activations", "company_descriptions"},
+    "massive_activations": {"activation_corpus"},
+    "layer_distances": {"activation_corpus", "massive_activations"},
     "layer_groups": {"layer_distances"},
-    "group_saes": {"llm_activations", "massive_activations", "layer_groups"},
-    "company_features": {"llm_activations", "massive_activations", "group_saes", "company_descriptions"},
+    "group_saes": {"activation_corpus", "massive_activations", "layer_groups"},
+    "company_features": {"activation_corpus", "massive_activations", "group_saes", "company_descriptions"},
     "company_clusters": {
         "company_features", "company_descriptions", "industry_codes", "index_membership", "daily_prices"
     },
-    "cluster_correlations": {"company_clusters", "monthly_returns"},
-    "pairs_backtest": {"company_clusters", "daily_prices"},
-    "cluster_explanations": {"company_features", "company_clusters", "llm_activations"},
-    "company_top_latents": {"company_features", "company_descriptions", "llm_activations"},
-    "mc_comparisons": {"company_clusters", "monthly_returns"},
-    "per_layer_saes": {"llm_activations", "massive_activations"},
-    "transfer_saes": {"llm_activations", "massive_activations", "per_layer_saes"},
-    "sae_comparison": {"llm_activations", "massive_activations", "group_saes", "per_layer_saes", "transfer_saes"},
+    "current_company_clusters": {
+        "company_features", "company_descriptions", "industry_codes", "index_membership", "daily_prices"
+    },
+    "cluster_correlations": {"company_clusters", "current_company_clusters", "monthly_returns"},
+    "pairs_backtest": {"company_clusters", "current_company_clusters", "daily_prices"},
+    "cluster_explanations": {"company_features", "current_company_clusters", "activation_corpus"},
+    "company_top_latents": {"company_features", "company_descriptions", "activation_corpus"},
+    "mc_comparisons": {"company_clusters", "current_company_clusters", "monthly_returns"},
+    "per_layer_saes": {"activation_corpus", "massive_activations"},
+    "transfer_saes": {"activation_corpus", "massive_activations", "per_layer_saes"},
+    "sae_comparison": {"activation_corpus", "massive_activations", "group_saes", "per_layer_saes", "transfer_saes"},
 }
 
 
@@ -52,8 +57,8 @@ def test_blocking_checks_guard_the_stages_whose_failure_would_poison_what_follow
         for key in graph.asset_check_keys
         if graph.get_check_spec(key).blocking
     }
-    for name in ["company_descriptions", "daily_prices", "llm_activations", "layer_groups", "group_saes",
-                 "company_features", "company_clusters", "pairs_backtest"]:
+    for name in ["company_descriptions", "daily_prices", "activation_corpus", "layer_groups", "group_saes",
+                 "company_features", "company_clusters", "current_company_clusters", "pairs_backtest"]:
         assert name in blocking, name
 
 
@@ -61,6 +66,14 @@ def test_monthly_returns_is_partitioned_by_month_over_the_2017_vintage_window():
     partitions = defs.resolve_asset_graph().get(AssetKey("monthly_returns")).partitions_def
     keys = partitions.get_partition_keys()
     assert keys[0] == "2007-02-01" and keys[-1] == "2020-09-01" and len(keys) == 164
+
+
+def test_clusterings_are_partitioned_by_date_from_the_first_half_year_to_the_last_one_traded():
+    partitions = defs.resolve_asset_graph().get(AssetKey("company_clusters")).partitions_def
+    keys = partitions.get_partition_keys()
+    # Every 1 January and 1 July from the first in the monthly window to the last before its end.
+    assert keys[0] == "2007-07-01" and keys[-1] == "2020-07-01" and len(keys) == 27
+    assert {key[5:] for key in keys} == {"01-01", "07-01"}
 
 
 def test_schedule_sensor_and_jobs_are_registered():
@@ -71,6 +84,9 @@ def test_schedule_sensor_and_jobs_are_registered():
     selected = {key.to_user_string() for key in refresh.asset_layer.selected_asset_keys}
     assert "company_descriptions" in selected and "cluster_explanations" in selected
     assert "daily_prices" not in selected
+    # A filing made today cannot change a clustering dated before it: no dated partition is rerun.
+    assert "company_clusters" not in selected and "current_company_clusters" in selected
+    assert defs.resolve_schedule_def("half_yearly_clusters_schedule").cron_schedule == "0 0 1 1,7 *"
 
 
 def test_definitions_validate_with_every_resource_requirement_met():

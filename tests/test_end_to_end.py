@@ -53,6 +53,10 @@ def read(root, name):
     return pd.read_parquet(root / "tables" / f"{name}.parquet")
 
 
+def materialization_of(results, name):
+    return next(m for result in results for m in result.asset_materializations_for_node(name))
+
+
 def test_every_run_succeeds_and_every_check_passes(materialized):
     _, results = materialized
     assert all(result.success for result in results)
@@ -72,7 +76,7 @@ def test_a_company_without_prices_is_excluded_and_reported(materialized):
     descriptions = read(root, "company_descriptions")
     assert NO_PRICES not in set(descriptions.ticker)
     assert len(descriptions) == len(SLICE) - 1 and descriptions.source.eq("yf@sp500_2017").all()
-    materialization = results[0].asset_materializations_for_node("company_descriptions")[0]
+    materialization = materialization_of(results, "company_descriptions")
     assert materialization.metadata["excluded_without_prices_tickers"].value == NO_PRICES
 
 
@@ -109,12 +113,16 @@ def test_saved_saes_load_back_and_serve_their_layers(materialized):
 
 def test_every_method_clusters_every_company_on_every_date_and_is_scored_out_of_sample(materialized):
     root, _ = materialized
-    clusters = read(root, "company_clusters")
+    # One partition per 1 January and 1 July, 2007-07-01..2020-07-01; the texts were known 2017-05-18, so
+    # the partitions before 2017-07-01 are empty.
+    partitions = {p.stem: pd.read_parquet(p) for p in sorted((root / "tables" / "company_clusters").glob("*.parquet"))}
+    assert len(partitions) == 27 and min(partitions) == "2007-07-01" and max(partitions) == "2020-07-01"
+    assert [key for key, part in partitions.items() if len(part)] == [k for k in partitions if k >= "2017-07-01"]
+    clusters = pd.concat(partitions.values(), ignore_index=True)
     methods = {"sae", "minilm", "tfidf", "sic4", "sic2", "sic_division", "gics_sector", "gics_sub_industry", "random"}
     assert set(clusters.method) == methods
-    # Texts known 2017-05-18: clustered every 1 January and 1 July from 2017-07-01 to 2020-07-01.
-    dates = sorted(clusters.as_of.unique())
-    assert dates[0] == pd.Timestamp("2017-07-01") and dates[-1] == pd.Timestamp("2020-07-01") and len(dates) == 7
+    assert all((part.as_of == pd.Timestamp(key)).all() for key, part in partitions.items())
+    assert set(read(root, "current_company_clusters").as_of) == {pd.Timestamp("2017-05-19")}
     assert (clusters.groupby(["as_of", "method"]).ticker.nunique() == len(SLICE) - 1).all()
     correlations = read(root, "cluster_correlations")
     rolling = {f"{m} (rolling θ)" for m in ("sae", "minilm", "tfidf")}
@@ -136,8 +144,8 @@ def test_every_method_clusters_every_company_on_every_date_and_is_scored_out_of_
 
 def test_most_banks_share_an_sae_cluster_and_it_is_explained(materialized):
     root, _ = materialized
-    clusters = read(root, "company_clusters")
-    sae = clusters[(clusters.method == "sae") & (clusters.as_of == clusters.as_of.max())].set_index("ticker").cluster
+    clusters = read(root, "current_company_clusters")
+    sae = clusters[clusters.method == "sae"].set_index("ticker").cluster
     banks = sae.loc[["JPM", "BAC", "C", "WFC", "USB"]]
     # An SAE trained on 30k tokens is weak: on the May-2017 texts JPM, BAC and WFC group, C and USB do not.
     bank_cluster, members = banks.value_counts().index[0], banks.value_counts().iloc[0]
@@ -182,12 +190,12 @@ def test_the_slices_massive_first_tokens_are_found_and_kept_out_of_every_company
     assert found["treatment"] == "exclude"
     # C's, MRK's and MSFT's May-2017 texts start with a second sink, as their 2024 texts do.
     index = pd.read_parquet(
-        root / json.loads((root / "tables" / "llm_activations.json").read_text())["folder"] / "index.parquet"
+        root / json.loads((root / "tables" / "activation_corpus.json").read_text())["folder"] / "index.parquet"
     )
     massive = index.iloc[found["rows"]]
     texts = read(root, "company_descriptions").set_index("text_id")
     assert sorted(texts.ticker[massive.document]) == ["C", "MRK", "MSFT"] and (massive.position == 0).all()
-    materialization = results[-1].asset_materializations_for_node("company_features")[0]
+    materialization = materialization_of(results, "company_features")
     assert materialization.metadata["massive_tokens_excluded"].value == 3
     checks = {
         event.event_specific_data.check_name: event.event_specific_data

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
+from dagster import DagsterInstance, RunRequest, SensorResult, SkipReason, build_sensor_context
 
 from assets.automation import new_10k_filings
 from peerlens.sources.edgar import SUBMISSIONS_URL, Filing, ten_k_filings
@@ -117,6 +117,7 @@ def test_first_poll_only_sets_the_baseline(tesla, aapl):
     assert result == PollResult(
         changed=[],
         filings={},
+        filing_dates={},
         checked=2,
         cursor=FilingsCursor(latest={str(TSLA_CIK): TSLA_LATEST_IN_FIXTURE, str(AAPL_CIK): AAPL_10K}, next_offset=0),
     )
@@ -128,7 +129,7 @@ def test_a_new_10k_is_reported_for_exactly_that_company(tesla, tesla_with_new_10
         TSLA_AND_AAPL, FakeEdgar({TSLA_CIK: tesla_with_new_10k, AAPL_CIK: aapl}), baseline.cursor
     )
     assert result.changed == ["TSLA"]
-    assert result.filings == {"TSLA": TSLA_NEW}
+    assert result.filings == {"TSLA": TSLA_NEW} and result.filing_dates == {"TSLA": "2023-01-31"}
     assert result.cursor.latest == {str(TSLA_CIK): TSLA_NEW, str(AAPL_CIK): AAPL_10K}
 
     again = poll_new_10k_filings(
@@ -260,8 +261,9 @@ def tick(cursor: str | None, user_agent: str = USER_AGENT):
             resources={"edgar": EdgarResource(user_agent=user_agent), "sample_data": SampleDataResource()},
         )
         result = new_10k_filings(context)
-    if isinstance(result, list) and len(result) == 1:
-        result = result[0]
+    if isinstance(result, SensorResult):
+        assert [r.partition_key for r in result.run_requests] == result.dynamic_partitions_requests[0].partition_keys
+        result = result.run_requests[0] if len(result.run_requests) == 1 else result.run_requests
     return result, context.cursor
 
 
@@ -286,10 +288,11 @@ def test_sensor_requests_a_refresh_of_exactly_the_company_with_a_new_10k(edgar_s
 
     assert isinstance(result, RunRequest)
     assert result.run_config["ops"]["company_descriptions"]["config"]["refresh_from_edgar"] == ["TSLA"]
-    assert result.run_key == f"10k:{TSLA_NEW}"
+    assert result.run_key == f"10k@2023-01-31:{TSLA_NEW}"
+    assert result.partition_key == "2023-01-31"  # the filing day: the text partition its run captures
     assert result.tags["peerlens/changed_tickers"] == "TSLA"
     assert FilingsCursor.from_json(cursor).latest[str(TSLA_CIK)] == TSLA_NEW
-    assert FilingsCursor.from_json(cursor).pending == {f"10k:{TSLA_NEW}": ["TSLA"]}
+    assert FilingsCursor.from_json(cursor).pending == {f"10k@2023-01-31:{TSLA_NEW}": ["TSLA"]}
 
     unchanged, _ = tick(cursor)  # the run is not known to have failed: nothing is requested twice
     assert isinstance(unchanged, SkipReason)

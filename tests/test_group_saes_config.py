@@ -54,7 +54,7 @@ def run_group_saes(tmp_path, store, **overrides):
     output = group_saes(
         context=dagster.build_asset_context(),
         config=config,
-        llm_activations={"folder": str(store.folder)},
+        activation_corpus={"folder": str(store.folder)},
         massive_activations=find_massive_tokens(store.token_norms()).to_dict(),
         layer_groups={"chosen_groups": [[0, 1]]},
         compute=ComputeResource(device="cpu"),

@@ -1,15 +1,18 @@
-"""A new filing costs one language-model pass over its own text: llm_activations, run twice on a text history
-that grew by one text, with a model that counts the tokens it is run on."""
+"""A new filing costs one language-model pass over its own text: the new day's partition of llm_activations
+is captured alone, with a model that counts the tokens it is run on, and the corpus combines the days."""
 
 from __future__ import annotations
 
 import pandas as pd
 import torch
-from dagster import asset, materialize
+import pytest
+from dagster import DagsterInstance, asset, materialize
 from transformers import LlamaForCausalLM
 
-from assets.activations import llm_activations
-from peerlens.sources.texts import append_texts, texts_from_records
+from assets.activations import activation_corpus, llm_activations
+from assets.partitions import TEXT_DATES
+from assets.sources import daily_texts
+from peerlens.sources.texts import append_texts, text_days, texts_from_records
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource, TableIOManager
 from sae_core.activation_store import ActivationStore
 from sae_core.capture import LoadedModel, wrap_model
@@ -41,53 +44,69 @@ FIRST = texts(("BANK", "the bank sells loans", "2017-01-02"), ("CARS", "the car 
 FILING = texts(("BANK", "the bank sells loans loans loans the bank", "2018-03-01"))
 
 
-def materialize_activations(history: pd.DataFrame, root, max_tokens: int = 512) -> tuple[dict, dict]:
+def materialize_day(history: pd.DataFrame, day: str, root, instance, max_tokens: int = 512) -> tuple[dict, dict]:
+    """Run the texts of `day` through daily_texts and llm_activations, then combine the corpus.
+
+    Returns the corpus manifest and the llm_activations materialization's metadata."""
+
     @asset(name="company_descriptions")
     def history_asset() -> pd.DataFrame:
         return history
 
+    instance.add_dynamic_partitions(TEXT_DATES.name, [d for d in text_days(history) if not instance.has_dynamic_partition(TEXT_DATES.name, d)])
     resources = {
         "io_manager": TableIOManager(root=str(root)),
         "artifacts": ArtifactStorage(root=str(root)),
         "language_model": CountingLanguageModel(name="counting-tiny-llama", max_tokens=max_tokens),
         "compute": ComputeResource(device="cpu"),
     }
-    result = materialize([history_asset, llm_activations], resources=resources)
+    assets = [history_asset, daily_texts, llm_activations, activation_corpus]
+    result = materialize(assets, resources=resources, instance=instance, partition_key=day)
     assert result.success
     metadata = result.asset_materializations_for_node("llm_activations")[0].metadata
-    return result.output_for_node("llm_activations"), {k: v.value for k, v in metadata.items()}
+    return result.output_for_node("activation_corpus"), {k: v.value for k, v in metadata.items()}
 
 
-def test_one_new_filing_costs_one_model_pass_over_its_own_text_only(tmp_path):
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+def test_one_new_filing_costs_one_model_pass_over_its_own_text_only(tmp_path, instance):
     TOKENS_SEEN.clear()
-    first, first_metadata = materialize_activations(FIRST, tmp_path)
+    first, first_metadata = materialize_day(FIRST, "2017-01-02", tmp_path, instance)
     assert first_metadata["texts_captured"] == 2 and first_metadata["texts_reused"] == 0
     before = ActivationStore(tmp_path / first["folder"])
     old_index, old_layer = before.index, before.layer(1)
+    first_day = ActivationStore(tmp_path / "artifacts" / "llm_activations" / "2017-01-02").manifest["store_id"]
 
     TOKENS_SEEN.clear()
     grown = append_texts(FIRST, FILING).history
-    second, metadata = materialize_activations(grown, tmp_path)
+    second, metadata = materialize_day(grown, "2018-03-01", tmp_path, instance)
     # One pass, over the filing's BOS and its eight words: nothing already held is run again.
     words = len(FILING.description.item().split())
     assert TOKENS_SEEN == [1 + words]
-    assert metadata["texts_captured"] == 1 and metadata["texts_reused"] == 2
+    assert metadata["texts_captured"] == 1 and metadata["partitions"] == 1
     assert metadata["tokens_through_the_model"] == words  # BOS is run, never stored
+    # The day before is a partition of its own, not rewritten.
+    assert ActivationStore(tmp_path / "artifacts" / "llm_activations" / "2017-01-02").manifest["store_id"] == first_day
 
     after = ActivationStore(tmp_path / second["folder"])
     index = after.index
     assert set(index.document) == set(grown.text_id)
-    for text_id in FIRST.text_id:  # the copied texts are bit for bit what the first run stored
+    assert [part["folder"].split("/")[-1] for part in after.manifest["parts"]] == ["2017-01-02", "2018-03-01"]
+    for text_id in FIRST.text_id:  # the corpus reads the first day's tokens bit for bit as they were stored
         was, now = old_index.document == text_id, index.document == text_id
         assert torch.equal(old_layer[torch.from_numpy(was.to_numpy())], after.layer(1)[torch.from_numpy(now.to_numpy())])
 
     TOKENS_SEEN.clear()
-    materialize_activations(grown, tmp_path)
-    assert TOKENS_SEEN == []  # nothing new: the model is not even loaded
+    _, again = materialize_day(grown, "2018-03-01", tmp_path, instance)
+    assert TOKENS_SEEN == [] and again["texts_reused"] == 1  # nothing new: the model is not even loaded
 
 
-def test_a_different_truncation_captures_everything_again(tmp_path):
-    materialize_activations(FIRST, tmp_path)
+def test_a_different_truncation_captures_everything_again(tmp_path, instance):
+    materialize_day(FIRST, "2017-01-02", tmp_path, instance)
     TOKENS_SEEN.clear()
-    _, metadata = materialize_activations(FIRST, tmp_path, max_tokens=3)
+    _, metadata = materialize_day(FIRST, "2017-01-02", tmp_path, instance, max_tokens=3)
     assert metadata["texts_captured"] == 2 and sum(TOKENS_SEEN) > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +81,27 @@ def write_storage(root: Path) -> Path:
     )
     frames = {
         "company_features": long,
-        "company_clusters": clusters,
+        "company_clusters": clusters.assign(as_of=pd.Timestamp("2017-07-01")),
+        "current_company_clusters": clusters.assign(as_of=pd.Timestamp("2017-05-21")),
         "company_descriptions": descriptions,
         "company_top_latents": latent_descriptions,
     }
     for asset, relative in MATERIALIZED_FILES.items():
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        frames[asset].to_parquet(root / relative, index=False)
+        write_table(root, asset, frames[asset])
     return root
+
+
+def write_table(root: Path, asset: str, frame: pd.DataFrame) -> None:
+    """`frame` where the IO manager puts `asset`: a file, or one file per as_of in a partitioned table's folder."""
+    path = root / MATERIALIZED_FILES[asset]
+    if path.suffix:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    for as_of, part in frame.groupby("as_of"):
+        part.to_parquet(path / f"{as_of.date()}.parquet", index=False)
 
 
 @pytest.fixture
@@ -172,8 +186,8 @@ def test_missing_assets_are_named_with_how_to_materialize_them(storage):
 
 
 def test_a_file_without_its_columns_is_an_error_naming_the_file(storage):
-    pd.DataFrame({"ticker": ["JPM"]}).to_parquet(storage / MATERIALIZED_FILES["company_clusters"])
-    with pytest.raises(ValueError, match=r"company_clusters\.parquet lacks columns \['method', 'cluster'\]"):
+    pd.DataFrame({"ticker": ["JPM"]}).to_parquet(storage / MATERIALIZED_FILES["current_company_clusters"])
+    with pytest.raises(ValueError, match=r"current_company_clusters\.parquet lacks columns \['as_of', 'method', 'cluster'\]"):
         PeerIndex.load(storage)
 
 
@@ -212,16 +226,17 @@ def test_as_of_a_date_each_company_is_its_latest_text_then_and_the_clusters_are_
                          company_id=texts.ticker)
     wfc_2019 = texts[texts.ticker == "WFC"].assign(text_id="WFC|2019", known_by=pd.Timestamp("2019-03-01"), source="2019")
     pd.concat([texts, wfc_2019]).to_parquet(storage / MATERIALIZED_FILES["company_descriptions"])
-    clusters = pd.read_parquet(storage / MATERIALIZED_FILES["company_clusters"])
+    clusters = pd.read_parquet(storage / MATERIALIZED_FILES["current_company_clusters"])
     later = clusters.assign(cluster=clusters.cluster.where(clusters.ticker != "WFC", 3))  # WFC with the oil cluster
     dated = pd.concat([clusters.assign(as_of=pd.Timestamp("2018-01-01")), later.assign(as_of=pd.Timestamp("2020-01-01"))])
-    dated.to_parquet(storage / MATERIALIZED_FILES["company_clusters"])
+    write_table(storage, "company_clusters", dated)
+    write_table(storage, "current_company_clusters", later.assign(as_of=pd.Timestamp("2019-03-02")))
 
     then = PeerIndex.load(storage, as_of="2018-06-30")
     assert then.peers("WFC", n=2).peers[0].ticker == "JPM"
     assert set(then.clusters.as_of) == {pd.Timestamp("2018-01-01")}
     today = PeerIndex.load(storage)
     assert {peer.ticker for peer in today.peers("WFC", n=2).peers} == {"CVX", "XOM"}
-    assert set(today.clusters.as_of) == {pd.Timestamp("2020-01-01")}
+    assert set(today.clusters.as_of) == {pd.Timestamp("2019-03-02")}  # today's: current_company_clusters
     with pytest.raises(ValueError, match="empty as of 2017-01-01"):
         PeerIndex.load(storage, as_of="2017-01-01")

@@ -5,7 +5,9 @@ IO manager writes to — `--storage`, else $PEERLENS_HOME, else `.peerlens` in t
 the same rule as `resources.storage`:
 
     tables/company_features.parquet        text_id, ticker, latent, value (pooled SAE latents, zeros omitted)
-    tables/company_clusters.parquet        as_of, method, ticker, cluster (one clustering per date)
+    tables/company_clusters/<date>.parquet as_of, method, ticker, cluster (one file per clustering date)
+    tables/current_company_clusters.parquet
+                                           the same for today: every company's latest text
     tables/company_descriptions.parquet    ticker, name, ...
     artifacts/company_top_latents/latent_descriptions.parquet
                                            latent, top_tokens, top_companies (every latent that fires)
@@ -34,15 +36,18 @@ LATENT_DESCRIPTIONS_FILE = "latent_descriptions.parquet"
 
 MATERIALIZED_FILES = {
     "company_features": Path("tables", "company_features.parquet"),
-    "company_clusters": Path("tables", "company_clusters.parquet"),
+    "company_clusters": Path("tables", "company_clusters"),
+    "current_company_clusters": Path("tables", "current_company_clusters.parquet"),
     "company_descriptions": Path("tables", "company_descriptions.parquet"),
     "company_top_latents": Path("artifacts", "company_top_latents", LATENT_DESCRIPTIONS_FILE),
 }
-"""Asset name → the file of it the peer query reads, relative to the storage root."""
+"""Asset name → the file of it the peer query reads, relative to the storage root (a folder: one file per
+partition, read together)."""
 
 _REQUIRED_COLUMNS = {
     "company_features": ("ticker", "latent", "value"),
-    "company_clusters": ("method", "ticker", "cluster"),
+    "company_clusters": ("as_of", "method", "ticker", "cluster"),
+    "current_company_clusters": ("as_of", "method", "ticker", "cluster"),
     "company_descriptions": ("ticker", "name"),
     "company_top_latents": ("latent", "top_tokens", "top_companies"),
 }
@@ -152,17 +157,22 @@ class PairExplanation:
 
 
 def _read_materialized(root: Path) -> dict[str, pd.DataFrame]:
-    missing = [name for name, path in MATERIALIZED_FILES.items() if not (root / path).is_file()]
+    missing = [name for name, path in MATERIALIZED_FILES.items() if not _parquet_files(root / path)]
     if missing:
         raise AssetsNotMaterializedError(root, missing)
     frames = {}
     for name, path in MATERIALIZED_FILES.items():
-        frame = pd.read_parquet(root / path)
+        frame = pd.concat([pd.read_parquet(file) for file in _parquet_files(root / path)], ignore_index=True)
         absent = [column for column in _REQUIRED_COLUMNS[name] if column not in frame.columns]
         if absent:
             raise ValueError(f"{root / path} lacks columns {absent}: was it written by another PeerLens version?")
         frames[name] = frame
     return frames
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    """`path` itself, or the partition files of a partitioned table's folder (none when it is absent)."""
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
 
 
 def _as_of(
@@ -235,7 +245,7 @@ class PeerIndex:
         frames = _read_materialized(storage_root(storage))
         return cls(
             frames["company_features"],
-            frames["company_clusters"],
+            frames["current_company_clusters" if as_of is None else "company_clusters"],
             frames["company_descriptions"],
             frames["company_top_latents"],
             as_of=as_of,

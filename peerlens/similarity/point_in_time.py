@@ -17,15 +17,19 @@ import pandas as pd
 from peerlens.similarity.methods import CLUSTER_COLUMNS, ClusteringConfig, cluster_every_method
 from peerlens.sources.texts import texts_known_before
 
+CLUSTERING_MONTHS = (1, 7)
+"""Clusterings are dated the first day of these months: 1 January dates the clustering each scored year
+uses, 1 July adds a half-yearly refit for trading."""
+
 DistancesOf = Callable[[pd.DataFrame], dict[str, np.ndarray]]
 """Universe texts (TEXT_COLUMNS rows, in order) → feature method → (n, n) distances in that order."""
 
 
-def clustering_dates(texts: pd.DataFrame, last_day: object, months: tuple[int, ...] = (1, 7)) -> list[pd.Timestamp]:
+def clustering_dates(texts: pd.DataFrame, last_day: object, months: tuple[int, ...] = CLUSTERING_MONTHS) -> list[pd.Timestamp]:
     """The first day of each month in `months` after the first text was known, up to `last_day`.
 
-    The default, 1 January and 1 July, dates a clustering at the start of every scored year and of
-    every half-year of trading.
+    The Dagster graph's dates are the time partitions of company_clusters (`assets.partitions`), on the
+    same months; this is the same rule for a library user who holds a text history.
     """
     if texts.empty:
         return []
@@ -71,7 +75,8 @@ def point_in_time_clusterings(
     """Every method's clusters on each of `dates`, each from the universe of that day (`universe_as_of`).
 
     `members_on(day)` and `tradable_on(day)` (e.g. tickers whose prices have started) narrow the universe;
-    None keeps every company. Dates whose universe has fewer than `min_companies` companies are skipped.
+    None keeps every company. Dates whose universe has fewer than `min_companies` companies are skipped
+    (none left: empty frames).
     `codes`: industry codes indexed by ticker (see `peerlens.similarity.methods.cluster_every_method`).
     """
     frames, thetas, summaries = [], [], []
@@ -93,11 +98,9 @@ def point_in_time_clusterings(
         )
         thetas += [{"as_of": day, "method": m, "theta": t} for m, t in clustering.thetas.items()]
         summaries.append(clustering.summary.assign(as_of=day, companies=len(tickers)))
-    if not frames:
-        raise ValueError(
-            f"no clustering date from {dates[0].date() if dates else None} has {min_companies} companies with a "
-            "text known before it: the texts are newer than every date to score"
-        )
+    if not frames:  # no date had enough companies: an empty clustering, not an error
+        empty = pd.DataFrame(columns=["as_of", "text_id", "company_id", *CLUSTER_COLUMNS])
+        return PointInTimeClusters(empty, pd.DataFrame(columns=["as_of", "method", "theta"]), pd.DataFrame(columns=["as_of", "companies"]))
     frame = pd.concat(frames, ignore_index=True).loc[:, ["as_of", "text_id", "company_id", *CLUSTER_COLUMNS]]
     return PointInTimeClusters(frame, pd.DataFrame(thetas), pd.concat(summaries, ignore_index=True))
 

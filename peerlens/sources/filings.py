@@ -54,6 +54,8 @@ class PollResult:
     """Tickers whose latest 10-K is new since the last poll that saw them."""
     filings: dict[str, str]
     """Changed ticker → accession number of its new 10-K."""
+    filing_dates: dict[str, str]
+    """Changed ticker → the day its new 10-K was filed (YYYY-MM-DD): the day its text becomes known."""
     checked: int
     cursor: FilingsCursor
 
@@ -74,7 +76,7 @@ def poll_new_10k_filings(
     start = cursor.next_offset % len(companies)
     positions = [(start + i) % len(companies) for i in range(min(batch_size, len(companies)))]
     latest = dict(cursor.latest)
-    changed, filings = [], {}
+    changed, filings, filing_dates = [], {}, {}
     for position in positions:
         ticker, cik = companies.at[position, "ticker"], int(companies.at[position, "cik"])
         filing = client.latest_10k(cik)
@@ -84,9 +86,29 @@ def poll_new_10k_filings(
         if previous is not None and previous != filing.accession_number:
             changed.append(ticker)
             filings[ticker] = filing.accession_number
+            filing_dates[ticker] = filing.filing_date
         latest[str(cik)] = filing.accession_number
     next_offset = (start + len(positions)) % len(companies)
-    return PollResult(changed, filings, len(positions), FilingsCursor(latest, next_offset))
+    return PollResult(changed, filings, filing_dates, len(positions), FilingsCursor(latest, next_offset))
+
+
+def refresh_run_keys(result: PollResult) -> dict[str, list[str]]:
+    """One refresh per filing day: run key "10k@<day>:<accessions>" → the tickers that filed on it."""
+    by_day: dict[str, list[str]] = {}
+    for ticker in result.changed:
+        by_day.setdefault(result.filing_dates[ticker], []).append(ticker)
+    return {
+        f"10k@{day}:" + ",".join(sorted(result.filings[t] for t in tickers)): sorted(tickers)
+        for day, tickers in sorted(by_day.items())
+    }
+
+
+def filing_day(run_key: str) -> str:
+    """The filing day a refresh run key names ("10k@2023-01-31:…", retries included)."""
+    prefix, _, _ = run_key.partition(":")
+    if not prefix.startswith("10k@"):
+        raise ValueError(f"refresh run key {run_key!r} does not name a filing day (10k@YYYY-MM-DD:...)")
+    return prefix.removeprefix("10k@")
 
 
 RETRY_SEPARATOR = "#retry"

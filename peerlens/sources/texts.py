@@ -134,6 +134,17 @@ def texts_known_before(history: pd.DataFrame, day: object, tickers: object = Non
     return latest.sort_values("ticker").reset_index(drop=True)
 
 
+def text_days(history: pd.DataFrame) -> list[str]:
+    """The distinct days (YYYY-MM-DD) on which the texts of `history` became known, oldest first."""
+    return sorted(pd.to_datetime(history["known_by"]).dt.strftime("%Y-%m-%d").unique())
+
+
+def texts_known_on(history: pd.DataFrame, day: str) -> pd.DataFrame:
+    """The texts of `history` that became known on `day` (YYYY-MM-DD), in history order, index reset."""
+    on_day = pd.to_datetime(history["known_by"]).dt.strftime("%Y-%m-%d") == day
+    return history[on_day].reset_index(drop=True)
+
+
 def latest_texts(history: pd.DataFrame) -> pd.DataFrame:
     """Each company's newest text (TEXT_COLUMNS, one row per company): what it says of itself today."""
     return texts_known_before(history, history.known_by.max() + pd.Timedelta(days=1))

@@ -1,0 +1,53 @@
+"""The partitions: texts by the day they became known, monthly returns, and the dates clusterings are made as of.
+
+The two time partitions follow one window, PEERLENS_MONTHS_START/END (default the 2017 vintage's prices). An empty END means
+"up to now": then a new partition appears as each month, or each half-year, begins.
+"""
+
+import os
+
+import pandas as pd
+from dagster import DynamicPartitionsDefinition, MonthlyPartitionsDefinition, TimeWindowPartitionsDefinition
+
+from peerlens.similarity.point_in_time import CLUSTERING_MONTHS
+
+MONTHS_START = os.environ.get("PEERLENS_MONTHS_START", "2007-02-01")
+MONTHS_END = os.environ.get("PEERLENS_MONTHS_END", "2020-10-01") or None
+# The 2017 vintage's prices run 2007-01-03..2020-10-28: the first month-end return is February 2007, the
+# last complete month September 2020. The 2024 vintage (2013-02-08..2018-02-07) sets
+# PEERLENS_MONTHS_START=2013-03-01 and PEERLENS_MONTHS_END=2018-02-01; live deployments their own window.
+
+MONTHS = MonthlyPartitionsDefinition(start_date=MONTHS_START, end_date=MONTHS_END)
+
+
+
+def half_year_start_on_or_after(day: str) -> str:
+    """The first 1 January or 1 July on or after `day`, as YYYY-MM-DD."""
+    starts = pd.date_range(pd.Timestamp(day), periods=7, freq="MS")
+    return next(d for d in starts if d.month in CLUSTERING_MONTHS).strftime("%Y-%m-%d")
+
+
+def _clustering_dates() -> TimeWindowPartitionsDefinition:
+    # Partition key = the clustering's as_of. With an END, the last one is the last 1 Jan/1 Jul before the
+    # last month's end (that month is still traded with it); without one, today's half-year is included.
+    end = None
+    if MONTHS_END:
+        last_month_start = pd.Timestamp(MONTHS_END) - pd.DateOffset(months=1)
+        end = half_year_start_on_or_after(str((last_month_start + pd.Timedelta(days=1)).date()))
+    return TimeWindowPartitionsDefinition(
+        cron_schedule="0 0 1 " + ",".join(map(str, CLUSTERING_MONTHS)) + " *",
+        start=half_year_start_on_or_after(MONTHS_START),
+        end=end,
+        end_offset=0 if end else 1,
+        fmt="%Y-%m-%d",
+    )
+
+
+CLUSTERING_DATES = _clustering_dates()
+"""Time partitions of company_clusters: each key is the as_of of one clustering of every method."""
+
+
+TEXT_DATES = DynamicPartitionsDefinition(name="text_dates")
+"""Partitions of everything computed per text (its activations): one per day on which texts became known
+(known_by, YYYY-MM-DD; `peerlens.sources.texts.text_days`). company_descriptions adds the days it holds; a new filing adds its own, so capturing
+it never touches the partitions before it."""
