@@ -12,7 +12,7 @@ CPU) and a deployment (EDGAR + yfinance, a GPU) with nothing but environment var
     PEERLENS_EDGAR_USER_AGENT   'Name email@domain' for SEC EDGAR (switches the new-filings sensor on)
     PEERLENS_PRICE_SOURCE       sample | yfinance: where the monthly schedule refreshes prices from
     PEERLENS_VINTAGE            2017 | 2024: the offline sample's text vintage (default 2017)
-    PEERLENS_MONTHS_START/END   the monthly partitions (default 2007-02-01 .. 2020-10-01, the 2017 vintage's)
+    PEERLENS_MONTHS_START/END   the monthly partitions and clustering dates (default 2007-02-01 .. 2020-10-01, the 2017 vintage's)
 """
 
 from __future__ import annotations
@@ -22,14 +22,7 @@ import os
 from dagster import Definitions
 
 from assets import all_asset_checks, all_assets
-from assets.automation import (
-    filings_refresh_job,
-    half_yearly_clusters_job,
-    half_yearly_clusters_schedule,
-    monthly_refresh_job,
-    monthly_refresh_schedule,
-    new_10k_filings,
-)
+from assets.automation import filings_refresh_job, monthly_refresh_job, monthly_refresh_schedule, new_10k_filings
 from assets.saes import SaeQualityThresholds
 from resources import (
     ArtifactStorage,
@@ -67,8 +60,8 @@ def resources_from_environment() -> dict:
 defs = Definitions(
     assets=all_assets,
     asset_checks=all_asset_checks,
-    jobs=[monthly_refresh_job, filings_refresh_job, half_yearly_clusters_job],
-    schedules=[monthly_refresh_schedule, half_yearly_clusters_schedule],
+    jobs=[monthly_refresh_job, filings_refresh_job],
+    schedules=[monthly_refresh_schedule],
     sensors=[new_10k_filings],
     resources=resources_from_environment(),
 )

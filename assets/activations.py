@@ -3,6 +3,7 @@ day of texts (a partition each) and combined into one corpus, and the massive ac
 that everything downstream keeps out."""
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import figure_markdown, markdown_table, plt
-from assets.partitions import TEXT_DATES
+from assets.partitions import TEXT_DATES, partitions_value
 from peerlens.sources.texts import text_days, texts_known_on
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource
 from sae_core.activation_store import (
@@ -69,14 +70,15 @@ def llm_activations(
     """
     started = time.perf_counter()
     capture = _PartitionCapture(context, language_model, compute)
-    parts = {
+    captured = {
         key: capture(texts_known_on(daily_texts, key), artifacts.folder("llm_activations") / key, artifacts)
         for key in context.partition_keys
     }
-    totals = pd.DataFrame([part.pop("_counts") for part in parts.values()]).sum()
+    parts = {key: day.manifest for key, day in captured.items()}
+    totals = pd.DataFrame([day.counts for day in captured.values()]).sum()
     seconds = capture.capture_seconds
     yield Output(
-        parts if len(parts) > 1 else next(iter(parts.values())),
+        partitions_value(parts),
         metadata={
             "model": language_model.name,
             "partitions": len(parts),
@@ -95,6 +97,13 @@ def llm_activations(
     )
 
 
+class _CapturedDay(NamedTuple):
+    manifest: dict
+    """The partition's value: its store's manifest, folder relative to the storage root."""
+    counts: dict
+    """texts, texts_captured, texts_reused, tokens, tokens_through_the_model, truncated_descriptions."""
+
+
 class _PartitionCapture:
     """Captures one partition's texts into its store; loads the model on the first text that needs it."""
 
@@ -102,13 +111,13 @@ class _PartitionCapture:
         self.context, self.language_model, self.device = context, language_model, compute.torch_device()
         self.model, self.capture_seconds = None, 0.0
 
-    def __call__(self, texts: pd.DataFrame, folder, artifacts: ArtifactStorage) -> dict:
+    def __call__(self, texts: pd.DataFrame, folder, artifacts: ArtifactStorage) -> _CapturedDay:
         language_model, text_ids = self.language_model, texts.text_id.tolist()
         fingerprints = dict(zip(text_ids, texts.description.map(document_fingerprint)))
         previous = _reusable_store(folder, language_model)
         reused = documents_held(previous, fingerprints) if previous else set()
         if previous and reused == set(text_ids) and set(previous.index.document.unique()) == reused:
-            return _manifest(previous, artifacts, texts=len(text_ids), captured=0, reused=len(reused), tokens=0)
+            return _captured_day(previous, artifacts, texts=len(text_ids), captured=0, reused=len(reused), tokens=0)
         new = [i for i, text_id in enumerate(text_ids) if text_id not in reused]
         token_ids = []
         if new:
@@ -136,7 +145,7 @@ class _PartitionCapture:
             writer.abort()
             raise
         self.capture_seconds += time.perf_counter() - started
-        return _manifest(
+        return _captured_day(
             store, artifacts, texts=len(text_ids), captured=len(new), reused=len(reused),
             tokens=store.n_tokens - reused_tokens,
             truncated=sum(len(ids) == language_model.max_tokens for ids in token_ids),
@@ -150,17 +159,16 @@ class _PartitionCapture:
             )
 
 
-def _manifest(store: ActivationStore, artifacts: ArtifactStorage, texts: int, captured: int, reused: int,
-              tokens: int, truncated: int = 0) -> dict:
-    """A partition's value: its store's manifest (folder relative to the storage root), and what it cost
-    under "_counts" (taken off before the value is stored)."""
+def _captured_day(store: ActivationStore, artifacts: ArtifactStorage, texts: int, captured: int, reused: int,
+              tokens: int, truncated: int = 0) -> _CapturedDay:
+    """A captured day: its store's manifest (folder relative to the storage root), and what it cost."""
     manifest = {"folder": artifacts.relative(store.folder), **store.manifest}
     manifest.pop(FINGERPRINTS, None)
-    manifest["_counts"] = {
+    counts = {
         "texts": texts, "texts_captured": captured, "texts_reused": reused, "tokens": store.n_tokens,
         "tokens_through_the_model": tokens, "truncated_descriptions": truncated,
     }
-    return manifest
+    return _CapturedDay(manifest, counts)
 
 
 def _reusable_store(folder, language_model: LanguageModelResource) -> ActivationStore | None:
@@ -259,7 +267,7 @@ def massive_activations(
     """The tokens whose residual norm exceeds `norm_multiple` × the layer's median at some layer
     (sae_core.massive_activations), and whether downstream assets exclude or keep them.
 
-    Value: `MassiveTokens.to_dict()` (rule, treatment, per-layer median norms and counts, and the
+    Value: `MassiveTokens` (rule, treatment, per-layer median norms and counts, and the
     store rows of the massive tokens with their peak ratio and layer). Metadata names every company
     with a massive token, the token and its position.
     """
@@ -285,7 +293,7 @@ def massive_activations(
         {"layer": range(found.n_layers), "median_norm": found.median_norms, "tokens_over_bound": found.tokens_over_bound}
     )
     yield Output(
-        found.to_dict(),
+        found,
         metadata={
             "treatment": found.treatment,
             "norm_multiple": found.norm_multiple,

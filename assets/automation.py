@@ -1,4 +1,10 @@
-"""Automation: the monthly refresh of prices and reports, and the sensor that reacts to new 10-K filings."""
+"""Automation: the monthly refresh of prices, and the sensor that reacts to new 10-K filings.
+
+What is computed from them follows by declarative automation (`assets.partitions.NEW_PARTITION` and
+`FOLLOWS_UPSTREAM` on the assets): a new clustering date is clustered when it begins, the trading window
+and the year in progress are rescored when a month of prices arrives, and the summaries follow. Dagster's
+automation sensor evaluates them (`dagster dev` runs it).
+"""
 
 import pandas as pd
 from dagster import (
@@ -9,7 +15,6 @@ from dagster import (
     RunRequest,
     RunsFilter,
     ScheduleEvaluationContext,
-    build_schedule_from_partitioned_job,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -19,7 +24,7 @@ from dagster import (
 )
 from dagster._core.storage.tags import RUN_KEY_TAG
 
-from assets.partitions import CLUSTERING_DATES, MONTHS, TEXT_DATES
+from assets.partitions import MONTHS, TEXT_DATES
 from assets.sources import CompanyDescriptionsConfig, DailyPricesConfig
 from peerlens.sources.filings import FilingsCursor, filing_day, follow_up_runs, poll_new_10k_filings, refresh_run_keys
 from peerlens.sources.texts import latest_texts
@@ -27,11 +32,10 @@ from resources import EdgarResource, SampleDataResource, YFinanceResource
 
 monthly_refresh_job = define_asset_job(
     "monthly_refresh",
-    selection=AssetSelection.assets(
-        "daily_prices", "monthly_returns", "cluster_correlations", "mc_comparisons", "pairs_backtest"
-    ),
+    selection=AssetSelection.assets("daily_prices", "monthly_returns"),
     partitions_def=MONTHS,
-    description="New month: prices → that month's returns → correlation and backtest reports.",
+    description="New month: prices → that month's returns. The reports follow by their automation conditions: "
+    "the year's correlations, the trading window's days, the comparisons and the backtest summary.",
 )
 
 
@@ -51,31 +55,21 @@ def monthly_refresh_schedule(context: ScheduleEvaluationContext, yfinance: YFina
         tags={"peerlens/price_source": source},
     )
 
-half_yearly_clusters_job = define_asset_job(
-    "half_yearly_clusters",
-    selection=AssetSelection.assets("company_clusters", "cluster_correlations", "mc_comparisons", "pairs_backtest"),
-    partitions_def=CLUSTERING_DATES,
-    description="A new clustering date (1 January, 1 July): every method's clusters from the texts known before "
-    "it, then the reports that score and trade them.",
-)
 
-half_yearly_clusters_schedule = build_schedule_from_partitioned_job(half_yearly_clusters_job)
-"""Runs each 1 January and 1 July for the partition that has just begun (no partition after the END of
-PEERLENS_MONTHS_END: set it empty in a live deployment)."""
+DATED = AssetSelection.assets("company_clusters", "backtest_daily", "backtest_pairs", "backtest_windows", "cluster_correlations")
+"""What is partitioned by time: a filing made today changes no clustering dated before it, no window
+traded with one, and no year scored with one (their look-ahead reference rows are refreshed by a backfill)."""
 
 filings_refresh_job = define_asset_job(
     "filings_refresh",
     # One run per filing day: that day's texts and activations (a TEXT_DATES partition) and everything
     # built from the corpus.
     partitions_def=TEXT_DATES,
-    # The regime study (30 per-layer SAEs and more) is research, rerun on demand, not on every filing. A
-    # dated clustering never holds a filing made after its date, so no partition of company_clusters can
-    # change: the filing enters current_company_clusters now and the next clustering date when it comes.
-    selection=AssetSelection.assets("company_descriptions").downstream()
-    - AssetSelection.groups("sae_regimes")
-    - AssetSelection.assets("company_clusters"),
-    description="New 10-K text for the changed companies, then everything built from descriptions except the "
-    "dated clusterings, which a filing made today cannot change.",
+    # The regime study (30 per-layer SAEs and more) is research, rerun on demand, not on every filing. The
+    # filing enters current_company_clusters now and the next clustering date when it comes.
+    selection=AssetSelection.assets("company_descriptions").downstream() - AssetSelection.groups("sae_regimes") - DATED,
+    description="New 10-K text for the changed companies, then everything built from descriptions except what "
+    "is dated before it (clusterings, trading windows, scored years), which a filing made today cannot change.",
 )
 
 FILINGS_BATCH = 100

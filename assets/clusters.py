@@ -14,7 +14,7 @@ from pydantic import Field
 
 from assets.features import dense_features, features_of_texts
 from assets.metadata import figure_markdown, markdown_table, plt
-from assets.partitions import CLUSTERING_DATES
+from assets.partitions import CLUSTERING_DATES, NEW_PARTITION, partitions_value
 from peerlens.similarity.clustering import cosine_distance_matrix
 from peerlens.similarity.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
 from peerlens.similarity.methods import ClusteringConfig
@@ -116,6 +116,7 @@ def _metadata(built: PointInTimeClusters) -> dict:
     partitions_def=CLUSTERING_DATES,
     # The UI's "materialize all" and a backfill become one run: the SAE matrix and embeddings are made once.
     backfill_policy=BackfillPolicy.single_run(),
+    automation_condition=NEW_PARTITION,
 )
 def company_clusters(
     context: AssetExecutionContext,
@@ -147,7 +148,7 @@ def company_clusters(
     parts = {key: built.frame[built.frame.as_of == pd.Timestamp(key)].reset_index(drop=True) for key in keys}
     empty = [key for key, part in parts.items() if part.empty]
     return Output(
-        parts if len(keys) > 1 else parts[keys[0]],
+        partitions_value(parts),
         metadata={**_metadata(built), "dates_without_a_clustering": ", ".join(empty) or "none"},
     )
 

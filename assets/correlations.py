@@ -3,18 +3,22 @@
 import numpy as np
 import pandas as pd
 from dagster import (
+    AllPartitionMapping,
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
-    AssetOut,
+    AssetIn,
+    BackfillPolicy,
     Config,
     MetadataValue,
     Output,
+    asset,
     asset_check,
-    multi_asset,
 )
 from pydantic import Field
 
 from assets.metadata import figure_markdown, plt
+from assets.partitions import FOLLOWS_UPSTREAM, YEARS, partitions_value
 from peerlens.mean_correlation.mc_study import (
     FIXED,
     MEASURES,
@@ -27,6 +31,11 @@ from peerlens.mean_correlation.mc_study import (
 _DEFAULTS = StudyConfig()
 POINT_IN_TIME, LOOK_AHEAD = "point in time", "look-ahead reference"
 """Values of the `timing` column of cluster_correlations and mc_comparisons."""
+YEARLY_COLUMNS = [
+    "timing", "method", "selection", "year", "mc_cluster", "mc_pair", "mc_matched", "coverage", "n_clusters",
+    "n_pairs", "n_companies", "theta", "universe_mc", "universe_sd", "as_of",
+]
+"""Columns of cluster_correlations: `mean_correlation_study`'s yearly rows and their timing."""
 
 
 class MeanCorrelationConfig(Config):
@@ -48,94 +57,119 @@ class MeanCorrelationConfig(Config):
     seed: int = Field(default=_DEFAULTS.seed, description="Seed of the matched draws and the bootstrap.")
 
 
-@multi_asset(
+@asset(
     group_name="evaluation",
-    outs={
-        "cluster_correlations": AssetOut(
-            kinds={"pandas", "parquet"}, is_required=False, description="MC three ways per method and year."
-        ),
-        "mc_comparisons": AssetOut(
-            kinds={"pandas", "parquet"},
-            is_required=False,
-            description="Method − baseline MC differences with bootstrap 95% intervals.",
-        ),
-    },
-    # A job may select either table alone (the monthly refresh names cluster_correlations); both come from
-    # one study, so the unselected one is simply not written.
-    can_subset=True,
+    kinds={"pandas", "parquet"},
+    partitions_def=YEARS,
+    backfill_policy=BackfillPolicy.single_run(),
+    ins={"monthly_returns": AssetIn(partition_mapping=AllPartitionMapping())},
+    automation_condition=FOLLOWS_UPSTREAM,
+    check_specs=[
+        AssetCheckSpec("correlations_are_in_range_for_every_method_and_year", asset="cluster_correlations"),
+        AssetCheckSpec("random_baseline_scores_near_the_universe_average", asset="cluster_correlations"),
+    ],
 )
-def mean_correlations(
+def cluster_correlations(
     context: AssetExecutionContext,
     config: MeanCorrelationConfig,
     company_clusters: pd.DataFrame,
     current_company_clusters: pd.DataFrame,
     monthly_returns: pd.DataFrame,
 ):
-    """Per method and year: MC per cluster (the paper's), per pair, at the reference's cluster sizes, coverage.
+    """One partition per year Y: MC per cluster (the paper's), per pair and at the reference's cluster sizes,
+    and coverage, per method.
 
-    The headline rows are point in time (timing "point in time"): year Y is scored with the clusters dated
-    on or before 1 January of Y (company_clusters' partitions, all of them), made from texts known before
-    then, on that date's universe. The same years scored with today's clusters (current_company_clusters)
-    follow as "look-ahead reference" rows: what a backtest that ignores time would have reported. When the texts are newer than every
-    scored year (the 2024 vintage) only the reference exists, and the comparisons are its own.
-    Threshold methods also get "(rolling θ)" rows (θ chosen on earlier years only) and "(in-sample θ)"
-    rows (θ fitted on all years: a reference). Comparisons: every method against every baseline on the
-    years both score, with cluster-bootstrap intervals.
+    Point in time (timing "point in time"): the clustering dated 1 January of Y (company_clusters), made
+    from texts known before then, on that date's universe; the same year scored with today's clusters
+    follows as the "look-ahead reference". A year with no clustering on its 1 January is an empty
+    partition. Threshold methods also get "(rolling θ)" rows (θ chosen on earlier years of returns only)
+    and "(in-sample θ)" rows (θ fitted on every year: a reference). A new month of returns changes its
+    own year's partition; the years before keep their scores.
+    """
+    study_config = StudyConfig(**config.model_dump())
+    parts = {}
+    for key in context.partition_keys:
+        as_of, year = pd.Timestamp(key), pd.Timestamp(key).year
+        dated = company_clusters[company_clusters.as_of == as_of].drop(columns=["as_of", "text_id", "company_id"])
+        parts[key] = pd.DataFrame(columns=YEARLY_COLUMNS)
+        if dated.empty or year not in _years_of(monthly_returns):
+            continue
+        headline = mean_correlation_study(monthly_returns, dated, study_config, years=[year])
+        today = current_company_clusters.drop(columns=["as_of", "text_id", "company_id"])
+        reference = mean_correlation_study(monthly_returns, today, study_config, years=[year])
+        parts[key] = pd.concat(
+            [headline.yearly.assign(timing=POINT_IN_TIME, as_of=as_of), reference.yearly.assign(timing=LOOK_AHEAD)],
+            ignore_index=True,
+        )[YEARLY_COLUMNS]
+        context.log.info(f"{year}: {len(headline.yearly)} methods scored on the clustering of {as_of.date()}")
+    yearly = pd.concat(parts.values(), ignore_index=True)
+    yield Output(
+        partitions_value(parts),
+        metadata={
+            "years_scored": str(sorted(yearly.year.unique().tolist())),
+            "matched_to": config.reference,
+            "by_year": MetadataValue.md(yearly.to_markdown(index=False, floatfmt=".3f") if len(yearly) else "none"),
+        },
+    )
+    yield correlations_are_in_range_for_every_method_and_year(yearly)
+    yield random_baseline_scores_near_the_universe_average(yearly)
+
+
+def _years_of(monthly_returns: pd.DataFrame) -> set[int]:
+    return {int(month[:4]) for month in monthly_returns["month"].astype(str)}
+
+
+@asset(
+    group_name="evaluation",
+    kinds={"pandas", "parquet"},
+    ins={"monthly_returns": AssetIn(partition_mapping=AllPartitionMapping())},
+    automation_condition=FOLLOWS_UPSTREAM,
+)
+def mc_comparisons(
+    context: AssetExecutionContext,
+    config: MeanCorrelationConfig,
+    company_clusters: pd.DataFrame,
+    current_company_clusters: pd.DataFrame,
+    monthly_returns: pd.DataFrame,
+) -> Output[pd.DataFrame]:
+    """Method − baseline MC differences over every scored year, with cluster-bootstrap 95% intervals.
+
+    Every method against every baseline on the years both score (clusters resampled within year, years
+    paired), from the point-in-time clusterings of all dates (the study cluster_correlations holds year by
+    year, run whole here because the bootstrap pairs years). When the texts are newer than every scored
+    year (the 2024 vintage) only today's clusters can be scored, and the comparisons are theirs (timing
+    "look-ahead reference").
     """
     study_config = StudyConfig(**config.model_dump())
     clusters = company_clusters.drop(columns=["text_id", "company_id"])
-    latest = current_company_clusters.drop(columns=["as_of", "text_id", "company_id"])
     if len(clusters) and years_served_by_clusterings(monthly_returns, clusters.as_of):
-        headline = mean_correlation_study(monthly_returns, clusters, study_config)
-        years = sorted(headline.yearly.year.unique())
-        reference = mean_correlation_study(monthly_returns, latest, study_config, years=years)
-        yearly = pd.concat(
-            [headline.yearly.assign(timing=POINT_IN_TIME), reference.yearly.assign(timing=LOOK_AHEAD)],
-            ignore_index=True,
-        )
-        comparisons = headline.comparisons.assign(timing=POINT_IN_TIME)
+        study, timing = mean_correlation_study(monthly_returns, clusters, study_config), POINT_IN_TIME
     else:
-        context.log.warning(
-            "every text is newer than every year of returns: only the look-ahead reference can be scored"
-        )
-        headline = reference = mean_correlation_study(monthly_returns, latest, study_config)
-        yearly = reference.yearly.assign(timing=LOOK_AHEAD)
-        comparisons = reference.comparisons.assign(timing=LOOK_AHEAD)
+        context.log.warning("every text is newer than every year of returns: only the look-ahead reference can be scored")
+        today = current_company_clusters.drop(columns=["as_of", "text_id", "company_id"])
+        study, timing = mean_correlation_study(monthly_returns, today, study_config), LOOK_AHEAD
+    comparisons, yearly = study.comparisons.assign(timing=timing), study.yearly
     overall = (
-        yearly.groupby(["timing", "method", "selection"])
+        yearly.groupby(["method", "selection"])
         .agg(**{m: (m, "mean") for m in (*MEASURES, "coverage", "n_clusters")}, n_years=("year", "nunique"))
         .reset_index()
-        .sort_values(["timing", "mc_matched"], ascending=[False, False])
+        .sort_values("mc_matched", ascending=False)
     )
-    selected = context.selected_output_names
-    if "cluster_correlations" in selected:
-        yield Output(
-            yearly,
-            output_name="cluster_correlations",
-            metadata={
-                "years": int(yearly.year.nunique()),
-                "point_in_time_years": str(sorted(yearly.year[yearly.timing == POINT_IN_TIME].unique().tolist())),
-                "years_without_enough_months": str(headline.unscored_years),
-                "matched_to": config.reference,
-                "mean_over_years": MetadataValue.md(overall.to_markdown(index=False, floatfmt=".3f")),
-                "by_year": MetadataValue.md(yearly.to_markdown(index=False, floatfmt=".3f")),
-                "theta_choices": MetadataValue.md(headline.theta_choices.to_markdown(index=False, floatfmt=".3f")),
-                "mc_by_year_plot": _mc_plot(yearly[yearly.timing == yearly.timing.iloc[0]]),
-            },
-        )
-    if "mc_comparisons" in selected:
-        sae = comparisons.method.str.startswith("sae")
-        yield Output(
-            comparisons,
-            output_name="mc_comparisons",
-            metadata={
-                "timing": str(comparisons.timing.iloc[0]) if len(comparisons) else "none",
-                "interval": "95% percentile bootstrap; clusters resampled within each year, years paired",
-                "n_boot": config.n_boot,
-                "sae_vs_baselines": MetadataValue.md(_interval_table(comparisons[sae]).to_markdown(index=False)),
-                "all": MetadataValue.md(_interval_table(comparisons).to_markdown(index=False)),
-            },
-        )
+    sae = comparisons.method.str.startswith("sae")
+    return Output(
+        comparisons,
+        metadata={
+            "timing": timing,
+            "interval": "95% percentile bootstrap; clusters resampled within each year, years paired",
+            "n_boot": config.n_boot,
+            "years_without_enough_months": str(study.unscored_years),
+            "mean_over_years": MetadataValue.md(overall.to_markdown(index=False, floatfmt=".3f")),
+            "theta_choices": MetadataValue.md(study.theta_choices.to_markdown(index=False, floatfmt=".3f")),
+            "mc_by_year_plot": _mc_plot(yearly),
+            "sae_vs_baselines": MetadataValue.md(_interval_table(comparisons[sae]).to_markdown(index=False)),
+            "all": MetadataValue.md(_interval_table(comparisons).to_markdown(index=False)),
+        },
+    )
 
 
 def _interval_table(comparisons: pd.DataFrame) -> pd.DataFrame:
@@ -161,7 +195,6 @@ def _mc_plot(table: pd.DataFrame) -> MetadataValue:
     return figure_markdown(figure)
 
 
-@asset_check(asset="cluster_correlations")
 def correlations_are_in_range_for_every_method_and_year(cluster_correlations: pd.DataFrame) -> AssetCheckResult:
     """MC values lie in [−1, 1], coverage in [0, 1]; within each timing, fixed clusterings score every year it
     scores and rolling θ at most those."""
@@ -175,6 +208,7 @@ def correlations_are_in_range_for_every_method_and_year(cluster_correlations: pd
         complete &= bool((years[selection == FIXED] == all_years).all() and (years[selection == ROLLING] <= all_years).all())
         years_per_method[timing] = {m: int(n) for m, n in years.items()}
     return AssetCheckResult(
+        check_name="correlations_are_in_range_for_every_method_and_year",
         passed=bool(
             ((finite >= -1) & (finite <= 1)).all()
             and cluster_correlations.coverage.dropna().between(0, 1).all()
@@ -184,7 +218,6 @@ def correlations_are_in_range_for_every_method_and_year(cluster_correlations: pd
     )
 
 
-@asset_check(asset="cluster_correlations")
 def random_baseline_scores_near_the_universe_average(cluster_correlations: pd.DataFrame) -> AssetCheckResult:
     """A grouping that knows nothing scores what any pair does: random's MC per pair, averaged over years, is
     within 4 standard errors of the all-pairs mean.
@@ -192,13 +225,17 @@ def random_baseline_scores_near_the_universe_average(cluster_correlations: pd.Da
     Standard error of year y: universe_sd_y / sqrt(n_pairs_y), as if random's pairs were independent (they
     share members, so the true error is somewhat larger: hence 4, not 2).
     """
+    check = "random_baseline_scores_near_the_universe_average"
+    if cluster_correlations.empty:
+        return AssetCheckResult(check_name=check, passed=True, metadata={"reason": "no year scored in this run"})
     scored = cluster_correlations[cluster_correlations.timing == cluster_correlations.timing.iloc[0]]
     random = scored[(scored.method == "random") & (scored.n_pairs > 0)]
     if random.empty:
-        return AssetCheckResult(passed=False, metadata={"reason": "no scored `random` rows"})
+        return AssetCheckResult(check_name=check, passed=False, metadata={"reason": "no scored `random` rows"})
     gap = float((random.mc_pair - random.universe_mc).mean())
     standard_error = float(np.sqrt((random.universe_sd**2 / random.n_pairs).sum()) / len(random))
     return AssetCheckResult(
+        check_name=check,
         passed=bool(abs(gap) <= 4 * standard_error),
         metadata={
             "random_mc_pair": float(random.mc_pair.mean()),

@@ -1,28 +1,33 @@
-"""Evaluation: do a method's pairs trade (walk-forward backtest)? Mean correlation lives in assets.correlations."""
+"""Evaluation: do a method's pairs trade? One trading window per clustering date (a time partition), and the
+backtest summed over them. Mean correlation lives in assets.correlations."""
 
+import numpy as np
 import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetOut,
+    BackfillPolicy,
     Config,
     MetadataValue,
     Output,
     asset,
+    asset_check,
+    multi_asset,
 )
 
-from assets.metadata import figure_markdown, plt
 from assets.correlations import LOOK_AHEAD, POINT_IN_TIME
-from peerlens.pairs.backtest import summarize_backtest, walk_forward_pairs, walk_forward_windows
-from peerlens.layout import write_parquet_atomically
+from assets.metadata import figure_markdown, plt
+from assets.partitions import CLUSTERING_DATES, FOLLOWS_UPSTREAM, partition_end, partitions_value
+from peerlens.pairs.backtest import PAIR_COLUMNS, PairsResult, Window, summarize_backtest, trade_window, window_starting
 from peerlens.pairs.pairs_trading import PairsConfig
-from peerlens.similarity.point_in_time import clusterings_by_date
-from resources import ArtifactStorage
 
 
 class PairsBacktestConfig(Config):
+    """The trading window is the half-year of its clustering date; the rest is `PairsConfig`'s."""
+
     formation_days: int = PairsConfig.formation_days
-    trading_days: int = PairsConfig.trading_days
     entry_z: float = PairsConfig.entry_z
     exit_z: float = PairsConfig.exit_z
     stop_z: float = PairsConfig.stop_z
@@ -32,87 +37,206 @@ class PairsBacktestConfig(Config):
     max_cluster_size: int = PairsConfig.max_cluster_size
 
 
-@asset(
-    group_name="evaluation",
-    kinds={"pandas", "parquet"},
-    check_specs=[AssetCheckSpec("trading_uses_only_what_was_known_before_it", asset="pairs_backtest", blocking=True)],
-)
-def pairs_backtest(
-    context: AssetExecutionContext,
-    config: PairsBacktestConfig,
-    company_clusters: pd.DataFrame,
-    current_company_clusters: pd.DataFrame,
-    daily_prices: pd.DataFrame,
-    artifacts: ArtifactStorage,
-):
-    """Walk-forward within-cluster cointegration pairs per method: Sharpe, returns, drawdown, turnover, pairs.
+DAILY_COLUMNS = ["window", "timing", "method", "date", "daily_return", "daily_turnover"]
+WINDOW_COLUMNS = [
+    "window", "timing", "method", "formation_start", "formation_end", "trading_start", "trading_end", "n_tickers",
+    "clusters_searched", "clusters_skipped_too_large", "n_pairs", "clusters_as_of", "window_return",
+]
+PAIRS_COLUMNS = ["window", "timing", "method", *PAIR_COLUMNS, "n_entries", "window_return"]
+OUTPUT_COLUMNS = {"backtest_daily": DAILY_COLUMNS, "backtest_pairs": PAIRS_COLUMNS, "backtest_windows": WINDOW_COLUMNS}
+"""trade_windows' outputs and their columns."""
 
-    Point in time (timing "point in time", the headline): each trading window trades the method's clusters
-    dated on or before its first day (company_clusters' partitions), made from texts known before then;
-    windows before the first clustering are not traded. The same windows traded with today's clusters
-    (current_company_clusters) follow as the "look-ahead reference". Pairs, hedge ratios and z-score statistics come from the formation window only; trades
-    happen in the following trading window, with costs. turnover_annual = mean daily notional traded per
-    unit of capital × 252 (see `peerlens.pairs.backtest.summarize_backtest`). Daily returns, daily turnover and
-    selected pairs are written beside the table (columns and rows named "<method>" and
-    "<method> (look-ahead reference)").
+
+@multi_asset(
+    group_name="evaluation",
+    partitions_def=CLUSTERING_DATES,
+    backfill_policy=BackfillPolicy.single_run(),
+    outs={
+        "backtest_daily": AssetOut(
+            kinds={"pandas", "parquet"}, automation_condition=FOLLOWS_UPSTREAM,
+            description="Each window's daily portfolio return and turnover per method.",
+        ),
+        "backtest_pairs": AssetOut(
+            kinds={"pandas", "parquet"}, automation_condition=FOLLOWS_UPSTREAM,
+            description="Each window's pairs per method: hedge, spread, entries, return.",
+        ),
+        "backtest_windows": AssetOut(
+            kinds={"pandas", "parquet"}, automation_condition=FOLLOWS_UPSTREAM,
+            description="Each window per method: bounds, clusters traded, pairs, return.",
+        ),
+    },
+    check_specs=[
+        AssetCheckSpec("trading_uses_only_what_was_known_before_it", asset="backtest_windows", blocking=True),
+        AssetCheckSpec("daily_returns_and_turnover_are_finite", asset="backtest_daily", blocking=True),
+        AssetCheckSpec("every_pair_passed_the_cointegration_test", asset="backtest_pairs"),
+    ],
+)
+def trade_windows(
+    context: AssetExecutionContext, config: PairsBacktestConfig, company_clusters: pd.DataFrame, daily_prices: pd.DataFrame
+):
+    """One partition per trading window: the half-year that starts on a clustering date D (to the next one),
+    traded with within-cluster cointegration pairs formed on the `formation_days` trading days before D.
+
+    Point in time: the window trades company_clusters' partition D, made from texts known before D, so a
+    filing made later never changes it. A date without a clustering, or without enough prices before or
+    after it, is an empty partition. Pairs, hedge ratios and z-score statistics come from the formation
+    window only, with costs on every trade (`peerlens.pairs.backtest.trade_window`). A window still in
+    progress holds the days traded so far.
     """
     cfg = PairsConfig(**config.model_dump())
-    clustered = set(company_clusters.ticker) | set(current_company_clusters.ticker)
-    prices = daily_prices[daily_prices.ticker.isin(clustered)]
+    log_prices, jumps = _log_prices_and_jumps(daily_prices, set(company_clusters.ticker))
+    parts = {name: {} for name in OUTPUT_COLUMNS}
+    for key in context.partition_keys:
+        as_of = pd.Timestamp(key)
+        window = window_starting(log_prices.index, as_of, partition_end(CLUSTERING_DATES, key), cfg)
+        dated = company_clusters[company_clusters.as_of == as_of]
+        window_rows = _trade(window, key, dated, as_of, POINT_IN_TIME, log_prices, jumps, cfg) if window else None
+        for name, frame in _stacked(window_rows or {}).items():
+            parts[name][key] = frame
+        if window_rows:
+            context.log.info(f"window {key}: {parts['backtest_windows'][key].n_pairs.sum()} pairs over every method")
+    for name, by_key in parts.items():
+        yield Output(partitions_value(by_key), output_name=name, metadata={"windows_traded": sum(len(v) > 0 for v in by_key.values())})
+    yield from _window_checks(*(pd.concat(parts[name].values(), ignore_index=True) for name in OUTPUT_COLUMNS), cfg)
+
+
+def _window_checks(daily: pd.DataFrame, pairs: pd.DataFrame, windows: pd.DataFrame, cfg: PairsConfig):
+    # Look-ahead guards: every trading window starts strictly after its formation window ends, and on or
+    # after the date of the point-in-time clusters it trades.
+    point_in_time = windows[windows.timing == POINT_IN_TIME]
+    overlapping = windows[windows.trading_start <= windows.formation_end]
+    early = point_in_time[point_in_time.clusters_as_of > point_in_time.trading_start]
+    yield AssetCheckResult(
+        check_name="trading_uses_only_what_was_known_before_it",
+        asset_key="backtest_windows",
+        passed=overlapping.empty and early.empty,
+        metadata={"windows": len(windows), "overlapping_windows": len(overlapping),
+                  "windows_trading_clusters_dated_later": len(early)},
+    )
+    values = daily[["daily_return", "daily_turnover"]].to_numpy(dtype=float)
+    yield AssetCheckResult(
+        check_name="daily_returns_and_turnover_are_finite",
+        asset_key="backtest_daily",
+        passed=bool(np.isfinite(values).all() and (values[:, 1] >= 0).all()),
+        metadata={"days": len(daily), "non_finite": int((~np.isfinite(values)).sum())},
+    )
+    loose = pairs[pairs.pvalue.astype(float) > cfg.pvalue_max]
+    yield AssetCheckResult(
+        check_name="every_pair_passed_the_cointegration_test",
+        asset_key="backtest_pairs",
+        passed=loose.empty,
+        metadata={"pairs": len(pairs), "pairs_over_pvalue_max": len(loose), "pvalue_max": cfg.pvalue_max},
+    )
+
+
+def _stacked(frames: dict[str, list[pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Each output's frames in one, with its columns (empty with them when there are none)."""
+    stacked = {}
+    for name, columns in OUTPUT_COLUMNS.items():
+        parts = [frame for frame in frames.get(name, []) if len(frame)]
+        stacked[name] = pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+    return stacked
+
+
+def _log_prices_and_jumps(daily_prices: pd.DataFrame, tickers: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(dates × tickers) log closes and jump-day flags of `tickers`."""
+    prices = daily_prices[daily_prices.ticker.isin(tickers)]
     close = prices.pivot(index="date", columns="ticker", values="close").sort_index()
     jumps = prices.pivot(index="date", columns="ticker", values="jump").reindex_like(close).fillna(False).astype(bool)
-    first_as_of = company_clusters.as_of.min() if len(company_clusters) else pd.NaT
-    tradable = len(company_clusters) > 0 and any(
-        window.trading_start >= first_as_of for window in walk_forward_windows(close.index, cfg)
-    )
-    latest = current_company_clusters
+    return np.log(close), jumps
 
-    rows, daily, turnover, pairs, summaries = [], {}, {}, [], []
-    for method in sorted(latest.method.unique()):
-        runs = {LOOK_AHEAD: latest[latest.method == method].set_index("ticker").cluster}
-        if tradable:
-            # The reference trades the same windows: the latest clusters, as if known at the first date.
-            runs = {POINT_IN_TIME: clusterings_by_date(company_clusters, method), LOOK_AHEAD: {first_as_of: runs[LOOK_AHEAD]}}
-        for timing, clusters in runs.items():
-            result = walk_forward_pairs(close, clusters, cfg, jumps=jumps)
-            name = method if timing == POINT_IN_TIME else f"{method} ({LOOK_AHEAD})"
-            daily[name], turnover[name] = result.daily_returns, result.daily_turnover
-            pairs.append(result.pairs.assign(method=name))
-            summaries.append(result.window_summary.assign(method=name))
-            rows.append({"timing": timing, "method": method, **summarize_backtest(result)})
-            context.log.info(f"{name}: {len(result.pairs)} pairs over {len(result.windows)} windows")
-    table = pd.DataFrame(rows).sort_values(["timing", "sharpe"], ascending=[False, False]).reset_index(drop=True)
 
-    folder = artifacts.folder("pairs_backtest")
-    write_parquet_atomically(pd.DataFrame(daily).rename_axis("date").reset_index(), folder / "daily_returns.parquet")
-    write_parquet_atomically(pd.DataFrame(turnover).rename_axis("date").reset_index(), folder / "daily_turnover.parquet")
-    write_parquet_atomically(pd.concat(pairs, ignore_index=True), folder / "pairs.parquet")
-    window_summary = pd.concat(summaries, ignore_index=True)
-    yield Output(
+def _trade(window, key, clusters, as_of, timing, log_prices, jumps, cfg) -> dict[str, list[pd.DataFrame]]:
+    """Every method of `clusters` traded over `window`: {"backtest_daily" | "backtest_pairs" |
+    "backtest_windows": one frame per method} (empty lists when `clusters` is empty)."""
+    rows = {name: [] for name in OUTPUT_COLUMNS}
+    for method in sorted(clusters.method.unique()):
+        labels = clusters[clusters.method == method].set_index("ticker").cluster
+        traded = trade_window(log_prices, labels, window, cfg, jumps, number=key, as_of=as_of)
+        tags = {"timing": timing, "method": method}
+        rows["backtest_daily"].append(pd.DataFrame({
+            "window": key, **tags, "date": traded.daily_returns.index,
+            "daily_return": traded.daily_returns.to_numpy(), "daily_turnover": traded.daily_turnover.to_numpy(),
+        }))
+        rows["backtest_pairs"].append(traded.pairs.assign(**tags))
+        rows["backtest_windows"].append(pd.DataFrame([{**traded.summary, **tags}]))
+    return rows
+
+
+@asset(group_name="evaluation", kinds={"pandas", "parquet"}, automation_condition=FOLLOWS_UPSTREAM)
+def pairs_backtest(
+    config: PairsBacktestConfig,
+    backtest_daily: pd.DataFrame,
+    backtest_pairs: pd.DataFrame,
+    backtest_windows: pd.DataFrame,
+    current_company_clusters: pd.DataFrame,
+    daily_prices: pd.DataFrame,
+) -> Output[pd.DataFrame]:
+    """Per method and timing, over every traded window: Sharpe, returns, drawdown, turnover, pairs.
+
+    turnover_annual = mean daily notional traded per unit of capital × 252 (see
+    `peerlens.pairs.backtest.summarize_backtest`). The headline rows are the point-in-time windows
+    (trade_windows' partitions); the "look-ahead reference" rows trade the same windows with today's
+    clusters, here, since they change with every filing. `config` must match trade_windows' (costs,
+    thresholds) for the two timings to be compared.
+    """
+    reference = _reference_trades(backtest_windows, current_company_clusters, daily_prices, PairsConfig(**config.model_dump()))
+    backtest_daily = pd.concat([backtest_daily, reference["backtest_daily"]], ignore_index=True)
+    backtest_pairs = pd.concat([backtest_pairs, reference["backtest_pairs"]], ignore_index=True)
+    backtest_windows = pd.concat([backtest_windows, reference["backtest_windows"]], ignore_index=True)
+    rows, daily_by_name = [], {}
+    for (timing, method), days in backtest_daily.groupby(["timing", "method"]):
+        days = days.sort_values("date").set_index("date")
+        windows = backtest_windows[(backtest_windows.timing == timing) & (backtest_windows.method == method)]
+        result = PairsResult(
+            days.daily_return.rename("pairs_daily_return"),
+            days.daily_turnover.rename("pairs_daily_turnover"),
+            backtest_pairs[(backtest_pairs.timing == timing) & (backtest_pairs.method == method)],
+            windows.window.tolist(),
+            windows,
+        )
+        rows.append({"timing": timing, "method": method, **summarize_backtest(result)})
+        if timing == POINT_IN_TIME:
+            daily_by_name[method] = result.daily_returns
+    columns = ["timing", "method", "sharpe", "annual_return", "total_return", "max_drawdown", "n_days",
+               "turnover_daily", "turnover_annual", "n_pairs", "windows", "clusters_skipped_too_large"]
+    table = pd.DataFrame(rows, columns=columns).sort_values(["timing", "sharpe"], ascending=[False, False])
+    table = table.reset_index(drop=True)
+    if table.empty:
+        return Output(table, metadata={"backtest": "no window could be traded point in time: no clustering is dated "
+                                                   "a formation window after the first price"})
+    point_in_time = backtest_windows[backtest_windows.timing == POINT_IN_TIME]
+    first = point_in_time[point_in_time.method == point_in_time.method.iloc[0]]
+    return Output(
         table,
         metadata={
             "backtest": MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
-            "equity_curves": _equity_plot(pd.DataFrame({k: v for k, v in daily.items() if LOOK_AHEAD not in k})),
-            "windows": MetadataValue.md(
-                window_summary[window_summary.method == window_summary.method.iloc[0]].astype(str).to_markdown(index=False)
-            ),
-            "first_traded": str(window_summary.clusters_as_of.min()),
-            "cost_bps": cfg.cost_bps,
+            "equity_curves": _equity_plot(pd.DataFrame(daily_by_name)),
+            "windows": MetadataValue.md(first.drop(columns=["timing", "method"]).astype(str).to_markdown(index=False)),
+            "first_traded": str(point_in_time.trading_start.min()),
         },
     )
-    # Look-ahead guards: every trading window starts strictly after its formation window ends, and on or
-    # after the date of the clusters it trades.
-    overlapping = window_summary[window_summary.trading_start <= window_summary.formation_end]
-    early = window_summary[window_summary.clusters_as_of > window_summary.trading_start]
-    yield AssetCheckResult(
-        check_name="trading_uses_only_what_was_known_before_it",
-        passed=overlapping.empty and early.empty,
-        metadata={
-            "windows": len(window_summary),
-            "overlapping_windows": len(overlapping),
-            "windows_trading_clusters_dated_later": len(early),
-        },
-    )
+
+
+def _reference_trades(windows: pd.DataFrame, current: pd.DataFrame, daily_prices: pd.DataFrame, cfg: PairsConfig) -> dict:
+    """The point-in-time windows traded again with today's clusters: frames as trade_windows' outputs."""
+    frames = {name: [] for name in OUTPUT_COLUMNS}
+    log_prices, jumps = _log_prices_and_jumps(daily_prices, set(current.ticker))
+    as_of = current.as_of.iloc[0] if len(current) else pd.NaT
+    for key, rows in windows[windows.timing == POINT_IN_TIME].groupby("window", sort=True):
+        bounds = rows.iloc[0]
+        window = Window(bounds.formation_start, bounds.formation_end, bounds.trading_start, bounds.trading_end)
+        for name, parts in _trade(window, key, current, as_of, LOOK_AHEAD, log_prices, jumps, cfg).items():
+            frames[name] += parts
+    return _stacked(frames)
+
+
+@asset_check(asset=pairs_backtest)
+def both_timings_trade_every_method_on_the_same_days(pairs_backtest: pd.DataFrame) -> AssetCheckResult:
+    """The look-ahead reference trades the same windows as the point-in-time headline, for every method."""
+    days = pairs_backtest.pivot_table(index="method", columns="timing", values="n_days", aggfunc="first")
+    same = bool(days.notna().all().all() and (days.nunique(axis=1) == 1).all()) if len(days) else False
+    return AssetCheckResult(passed=same, metadata={"methods": len(days), "days": MetadataValue.md(days.reset_index().to_markdown(index=False))})
 
 
 def _equity_plot(daily: pd.DataFrame) -> MetadataValue:

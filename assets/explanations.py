@@ -5,14 +5,12 @@ import math
 
 import numpy as np
 import pandas as pd
-from dagster import AssetIn, AssetCheckResult, Config, MetadataValue, Output, asset, asset_check
+from dagster import AssetCheckResult, AssetIn, AssetOut, Config, MetadataValue, Output, asset, asset_check, multi_asset
 from pydantic import Field
 
-from assets.features import TOP_TOKENS_FILE, dense_features, features_of_texts
+from assets.features import dense_features, features_of_texts
 from peerlens.similarity import company_latents
 from peerlens.similarity.explain import describe_latents, explain_clusters, explanations_markdown, specificity_weighted
-from peerlens.layout import write_parquet_atomically
-from peerlens.query.peers import LATENT_DESCRIPTIONS_FILE
 from peerlens.sources.texts import latest_texts
 from resources import ArtifactStorage, LanguageModelResource
 from sae_core.activation_store import ActivationStore
@@ -25,14 +23,13 @@ def _describe(
     context_tokens: int,
     features: np.ndarray,
     tickers: list[str],
+    latent_top_tokens: pd.DataFrame,
     activation_corpus: dict,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ) -> pd.DataFrame:
-    """`describe_latents` of `latents` from company_features' top tokens, at most `hits_per_latent` each
-    (None: all that company_features kept)."""
-    top_tokens = pd.read_parquet(artifacts.folder("company_features") / TOP_TOKENS_FILE)
-    top_tokens = top_tokens[top_tokens.latent.isin(latents)]
+    """`describe_latents` of `latents` from their top tokens, at most `hits_per_latent` each (None: all kept)."""
+    top_tokens = latent_top_tokens[latent_top_tokens.latent.isin(latents)]
     if hits_per_latent is not None:
         top_tokens = top_tokens[top_tokens["rank"] <= hits_per_latent]
     index = ActivationStore(artifacts.resolve(activation_corpus["folder"])).index
@@ -61,6 +58,7 @@ class ClusterExplanationsConfig(Config):
 def cluster_explanations(
     config: ClusterExplanationsConfig,
     company_features: pd.DataFrame,
+    latent_top_tokens: pd.DataFrame,
     current_company_clusters: pd.DataFrame,
     activation_corpus: dict,
     language_model: LanguageModelResource,
@@ -81,7 +79,7 @@ def cluster_explanations(
     )
     described = _describe(
         explained.latent.unique(), None, config.context_tokens, features, tickers,
-        activation_corpus, language_model, artifacts,
+        latent_top_tokens, activation_corpus, language_model, artifacts,
     )
     table = explained.merge(described, on="latent", how="left")
     return Output(
@@ -123,22 +121,30 @@ class CompanyTopLatentsConfig(Config):
     companies_shown: int = Field(default=20, description="Companies written in the UI report (the parquet has all).")
 
 
-@asset(group_name="evaluation", kinds={"pandas", "parquet"})
+@multi_asset(
+    group_name="evaluation",
+    outs={
+        "company_top_latents": AssetOut(kinds={"pandas", "parquet"}, description="Each company's most specific latents."),
+        "latent_descriptions": AssetOut(
+            kinds={"parquet"}, description="Every latent that fires: its top tokens in context and top companies."
+        ),
+    },
+)
 def company_top_latents(
     config: CompanyTopLatentsConfig,
     company_features: pd.DataFrame,
+    latent_top_tokens: pd.DataFrame,
     company_descriptions: pd.DataFrame,
     activation_corpus: dict,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
-) -> Output[pd.DataFrame]:
+):
     """Per company: its most specific latents, each with its strongest tokens in context and top companies.
 
     Ranked on specificity-weighted pooled values, as the cluster explanations rank theirs: a latent that
     fires in every description (punctuation, boilerplate) says nothing about this company, and the peer
-    query compares companies on these same weighted profiles. Also writes
-    `artifacts/company_top_latents/latent_descriptions.parquet` (latent, top_tokens, top_companies) for
-    every latent that fires, which `peerlens peers` and `peerlens explain` read.
+    query compares companies on these same weighted profiles. latent_descriptions (latent, top_tokens,
+    top_companies) describes every latent that fires; `peerlens peers` and `peerlens explain` read it.
 
     Columns: ticker, rank, latent, value, weighted_value, share, top_tokens, top_companies.
     """
@@ -149,27 +155,25 @@ def company_top_latents(
     fired = np.flatnonzero(features.max(axis=0) > 0)
     described = _describe(
         fired, config.hits_per_latent, config.context_tokens, features, tickers,
-        activation_corpus, language_model, artifacts,
+        latent_top_tokens, activation_corpus, language_model, artifacts,
     )
-    path = artifacts.folder("company_top_latents") / LATENT_DESCRIPTIONS_FILE
-    write_parquet_atomically(described, path)
 
     # An even spread through the alphabet, so the sample is not all A-companies.
     shown = tickers[:: max(1, math.ceil(len(tickers) / config.companies_shown))][: config.companies_shown]
     names = dict(zip(company_descriptions.ticker, company_descriptions.name))
     table = top.merge(described, on="latent", how="left")
-    return Output(
+    yield Output(
         table,
+        output_name="company_top_latents",
         metadata={
             "companies": int(table.ticker.nunique()),
-            "latents_described": len(described),
-            "latent_descriptions_path": str(path),
             "top_latents": MetadataValue.md(company_latents.company_latents_markdown(top, described, shown, names)),
         },
     )
+    yield Output(described, output_name="latent_descriptions", metadata={"latents_described": len(described)})
 
 
-@asset_check(asset=company_top_latents, additional_ins={"company_features": AssetIn("company_features")})
+@asset_check(asset="company_top_latents", additional_ins={"company_features": AssetIn("company_features")})
 def every_company_has_described_top_latents(
     company_top_latents: pd.DataFrame, company_features: pd.DataFrame
 ) -> AssetCheckResult:
@@ -185,4 +189,14 @@ def every_company_has_described_top_latents(
                 np.nan_to_num(company_top_latents[company_top_latents["rank"] == 1].share.mean())
             ),
         },
+    )
+
+
+@asset_check(asset="latent_descriptions")
+def every_described_latent_has_tokens_and_companies(latent_descriptions: pd.DataFrame) -> AssetCheckResult:
+    """Each latent the CLI may name is described: top tokens in context and the companies where it fires."""
+    missing = latent_descriptions[latent_descriptions.top_tokens.isna() | latent_descriptions.top_companies.isna()]
+    return AssetCheckResult(
+        passed=len(latent_descriptions) > 0 and missing.empty and latent_descriptions.latent.is_unique,
+        metadata={"latents": len(latent_descriptions), "undescribed": len(missing)},
     )

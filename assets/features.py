@@ -3,19 +3,16 @@
 import numpy as np
 import pandas as pd
 import torch
-from dagster import AssetCheckResult, AssetCheckSpec, AssetIn, Config, Output, asset, asset_check
+from dagster import AssetCheckResult, AssetCheckSpec, AssetIn, AssetOut, Config, Output, asset_check, multi_asset
 from pydantic import Field
 
 from assets.metadata import markdown_table
-from peerlens.layout import write_parquet_atomically
 from resources import ArtifactStorage
 from sae_core.activation_store import ActivationStore
 from sae_core.features import SparseCodes, encode_tokens, pool_documents, token_shares, top_activating_tokens
 from sae_core.io import load_sae
 from sae_core.massive_activations import MassiveTokens
-
-TOP_TOKENS_FILE = "latent_top_tokens.parquet"
-
+from sae_core.sae_set import SaeSet
 
 class CompanyFeaturesConfig(Config):
     layer: int = Field(default=-1, description="Layer whose SAE latents describe a company; -1: two thirds deep.")
@@ -41,23 +38,22 @@ def feature_layer(config_layer: int, n_layers: int) -> int:
     return layer
 
 
-def sae_for_layer(group_saes: dict, layer: int) -> dict:
-    for entry in group_saes["saes"]:
-        if layer in entry["layers"]:
-            return entry
-    raise ValueError(f"no trained SAE serves layer {layer}")
-
-
-@asset(
+@multi_asset(
     group_name="similarity",
-    kinds={"pytorch", "parquet"},
-    check_specs=[AssetCheckSpec("no_company_vector_is_dominated_by_one_token", asset="company_features", blocking=True)],
+    outs={
+        "company_features": AssetOut(kinds={"pytorch", "parquet"}, description="Each text's pooled SAE latents."),
+        "latent_top_tokens": AssetOut(kinds={"parquet"}, description="Each latent's strongest tokens."),
+    },
+    check_specs=[
+        AssetCheckSpec("no_company_vector_is_dominated_by_one_token", asset="company_features", blocking=True),
+        AssetCheckSpec("every_top_token_is_a_stored_usable_token", asset="latent_top_tokens", blocking=True),
+    ],
 )
 def company_features(
     config: CompanyFeaturesConfig,
     activation_corpus: dict,
-    massive_activations: dict,
-    group_saes: dict,
+    massive_activations: MassiveTokens,
+    group_saes: SaeSet,
     company_descriptions: pd.DataFrame,
     artifacts: ArtifactStorage,
 ):
@@ -65,14 +61,14 @@ def company_features(
     tokens (massive ones excluded unless massive_activations keeps them), zeros omitted. One row set per
     text, not per company: the point-in-time steps choose which of a company's texts stands for it.
 
-    Also writes `latent_top_tokens.parquet` (latent, rank, token_index, activation, document, position,
-    token_id): each latent's strongest tokens, for the cluster explanations; token_index is the store row.
+    latent_top_tokens (latent, rank, token_index, activation, document, position, token_id): each latent's
+    strongest tokens, for the explanations; token_index is the row in activation_corpus's store.
     """
     store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
     layer = feature_layer(config.layer, store.n_layers)
-    entry = sae_for_layer(group_saes, layer)
-    sae = load_sae(artifacts.resolve(entry["path"]))
-    usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
+    entry = group_saes.for_layer(layer)
+    sae = load_sae(artifacts.resolve(entry.path))
+    usable = massive_activations.usable_mask(store.n_tokens)
     index = store.index
     text_ids = sorted(index.document.unique())
     _refuse_texts_without_usable_tokens(index.document, usable, text_ids)
@@ -95,16 +91,15 @@ def company_features(
     top = top_activating_tokens(codes, n_per_latent=config.top_tokens_per_latent)
     top["token_index"] = rows[top.token_index.to_numpy()]
     top = top.join(index[["document", "position", "token_id"]], on="token_index")
-    top_path = artifacts.folder("company_features") / TOP_TOKENS_FILE
-    write_parquet_atomically(top, top_path)
 
     active = (pooled > 0).sum(axis=1)
     yield Output(
         frame,
+        output_name="company_features",
         metadata={
             "layer": layer,
-            "sae_release": group_saes.get("release_version", "none"),
-            "sae_layers": str(entry["layers"]),
+            "sae_release": group_saes.notes.get("release_version", "none"),
+            "sae_layers": str(list(entry.layers)),
             "pooling": config.pooling,
             "texts": len(text_ids),
             "d_sae": sae.cfg.d_sae,
@@ -113,10 +108,17 @@ def company_features(
             "latents_used_by_any_company": int((pooled > 0).any(axis=0).sum()),
             "density": float(len(frame) / pooled.size),
             "largest_token_shares": markdown_table(dominance.head(10)),
-            "top_tokens_path": str(top_path),
         },
     )
     yield _dominance_check(dominance, config)
+    yield Output(top, output_name="latent_top_tokens", metadata={"latents": int(top.latent.nunique()), "rows": len(top)})
+    outside = top[~top.token_index.isin(rows) | ~(top.activation > 0)]
+    yield AssetCheckResult(
+        check_name="every_top_token_is_a_stored_usable_token",
+        asset_key="latent_top_tokens",
+        passed=outside.empty,
+        metadata={"rows": len(top), "rows_not_a_usable_stored_token": len(outside)},
+    )
 
 
 def _refuse_texts_without_usable_tokens(documents: pd.Series, usable: torch.Tensor, text_ids: list[str]) -> None:
@@ -154,6 +156,7 @@ def _dominance_check(dominance: pd.DataFrame, config: CompanyFeaturesConfig) -> 
     dominated = judged[judged.max_token_share > config.max_token_share]
     return AssetCheckResult(
         check_name="no_company_vector_is_dominated_by_one_token",
+        asset_key="company_features",
         passed=dominated.empty,
         metadata={
             "dominated_texts": ", ".join(dominated.text_id) or "none",
@@ -185,7 +188,7 @@ def features_of_texts(dense: tuple[list[str], np.ndarray], text_ids: list[str]) 
     return matrix[position]
 
 
-@asset_check(asset=company_features, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
+@asset_check(asset="company_features", blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
 def every_text_has_a_finite_feature_vector(
     company_features: pd.DataFrame, company_descriptions: pd.DataFrame
 ) -> AssetCheckResult:

@@ -1,9 +1,9 @@
-"""Materialize the whole graph in six runs, as `make demo` and the end-to-end test do.
+"""Materialize the whole graph run by run, as `make demo` and the end-to-end test do.
 
-The UI does the same with "Materialize all" (each partitioned asset becomes one single-run backfill);
-from Python we order the runs ourselves: sources, then every month of returns in one run over the
-partition range, every day of texts' activations in one run, then what the clusters need, every
-clustering date in one run, then the reports.
+The UI does the same with "Materialize all" (each partitioned asset becomes a backfill); from Python we
+order the runs ourselves: sources, every month of returns in one run over the partition range, each
+day of texts, every day's activations in one run, then what the dated assets need, every clustering
+date in one run, every scored year in one run, then the reports.
 """
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
@@ -55,12 +55,7 @@ def materialize_graph(
 
     upstream = AssetSelection.assets("daily_prices", "company_descriptions", "industry_codes", "index_membership")
     returns = AssetSelection.assets("monthly_returns")
-    texts_by_day = AssetSelection.assets("daily_texts")
-    activations = AssetSelection.assets("llm_activations")
-    clusters = AssetSelection.assets("company_clusters")
-    before = AssetSelection.all() - upstream - returns - texts_by_day - activations - clusters - clusters.downstream()
-    after = clusters.downstream() - clusters
-    dates = graph.get(AssetKey("company_clusters")).partitions_def.get_partition_keys()
+    texts_by_day, activations = AssetSelection.assets("daily_texts"), AssetSelection.assets("llm_activations")
     results = [
         run(upstream),
         run(returns, tags={PARTITION_RANGE_START: months[0], PARTITION_RANGE_END: months[-1]}),
@@ -78,31 +73,46 @@ def materialize_graph(
     for first, last in contiguous_ranges(days, held):
         # One run per run of consecutive days (usually one for them all): the model is loaded once per run.
         results.append(run(activations, tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}))
-    if not only_stale:
-        return [
-            *results,
-            run(before),
-            run(clusters, tags={PARTITION_RANGE_START: dates[0], PARTITION_RANGE_END: dates[-1]}),
-            run(after),
-        ]
-    outdated = set(stale_or_missing(instance, graph, (before | after).resolve(graph)))
-    if len(results) > upstream_runs:  # new or changed days of texts: the corpus that combines them is outdated too
-        outdated.add(AssetKey("activation_corpus"))
-    before_run = (AssetSelection.assets(*outdated).downstream() & before).resolve(graph)
-    clusters_run = bool(
-        stale_or_missing(instance, graph, clusters.resolve(graph)) or before_run & clusters.upstream().resolve(graph)
-    )
-    after_run = (AssetSelection.assets(*outdated, *(["company_clusters"] if clusters_run else [])).downstream() & after)
-    if before_run:
-        results.append(run(AssetSelection.assets(*before_run)))
-    if clusters_run:
-        # Every date in one run: the SAE matrix and the embeddings are made once (the asset's backfill policy).
-        results.append(run(clusters, tags={PARTITION_RANGE_START: dates[0], PARTITION_RANGE_END: dates[-1]}))
-    if after_run.resolve(graph):
-        results.append(run(after_run))
+
+    rest = (AssetSelection.all() - upstream - returns - texts_by_day - activations).resolve(graph)
+    todo = rest
+    if only_stale:
+        outdated = set(stale_or_missing(instance, graph, rest))
+        if len(results) > upstream_runs:  # new or changed days of texts: the corpus that combines them is outdated
+            outdated.add(AssetKey("activation_corpus"))
+        todo = AssetSelection.assets(*outdated).downstream().resolve(graph) & rest
+    for keys, partitions in downstream_stages(graph, rest):
+        if not keys & todo:
+            continue
+        if partitions is None:
+            results.append(run(AssetSelection.assets(*(keys & todo))))
+        else:
+            # Every partition in one run (the assets' single-run backfill policy): what a date or a year needs
+            # is loaded once. A multi-asset's outputs run together.
+            first, last = partitions[0], partitions[-1]
+            results.append(run(AssetSelection.assets(*keys), tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}))
     if len(results) == upstream_runs:
         log("nothing downstream of the sources is missing or stale: nothing to recompute")
     return results
+
+
+def downstream_stages(graph, keys: set[AssetKey]) -> list[tuple[set[AssetKey], list[str] | None]]:
+    """`keys` as runs in order: the unpartitioned ones upstream of every time-partitioned group, then each
+    group of one partitions definition (with its partition keys), then the unpartitioned rest.
+
+    Raises ValueError when an unpartitioned asset lies between two groups (it could not run in order)."""
+    groups: dict = {}
+    for key in graph.toposorted_asset_keys:
+        if key in keys and graph.get(key).partitions_def is not None:
+            groups.setdefault(graph.get(key).partitions_def, set()).add(key)
+    partitioned = set().union(*groups.values()) if groups else set()
+    after = (AssetSelection.assets(*partitioned).downstream().resolve(graph) & keys) - partitioned
+    between = after & AssetSelection.assets(*partitioned).upstream().resolve(graph)
+    if between:
+        raise ValueError(f"{sorted(k.to_user_string() for k in between)} lie between time-partitioned assets")
+    stages = [(keys - partitioned - after, None)]
+    stages += [(group, partitions.get_partition_keys()) for partitions, group in groups.items()]
+    return [*stages, (after, None)]
 
 
 def changed_days(instance: DagsterInstance, texts) -> list[str]:

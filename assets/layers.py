@@ -19,12 +19,12 @@ class LayerDistancesConfig(Config):
 
 @asset(group_name="layer_groups", kinds={"pytorch"})
 def layer_distances(
-    config: LayerDistancesConfig, activation_corpus: dict, massive_activations: dict, artifacts: ArtifactStorage
+    config: LayerDistancesConfig, activation_corpus: dict, massive_activations: MassiveTokens, artifacts: ArtifactStorage
 ) -> Output[dict]:
     """D̄ (L × L): d(i, j) = arccos(cos(x_i, x_j)) / π between the residual streams of layers i and j, averaged
     over the store's usable tokens (massive ones excluded unless massive_activations keeps them)."""
     store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
-    usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
+    usable = massive_activations.usable_mask(store.n_tokens)
     accumulator = AngularDistanceAccumulator(store.n_layers)
     start = 0
     for shard in store.iter_shards():

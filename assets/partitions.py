@@ -7,7 +7,7 @@ The two time partitions follow one window, PEERLENS_MONTHS_START/END (default th
 import os
 
 import pandas as pd
-from dagster import DynamicPartitionsDefinition, MonthlyPartitionsDefinition, TimeWindowPartitionsDefinition
+from dagster import AutomationCondition, DynamicPartitionsDefinition, MonthlyPartitionsDefinition, TimeWindowPartitionsDefinition
 
 from peerlens.similarity.point_in_time import CLUSTERING_MONTHS
 
@@ -44,10 +44,41 @@ def _clustering_dates() -> TimeWindowPartitionsDefinition:
 
 
 CLUSTERING_DATES = _clustering_dates()
-"""Time partitions of company_clusters: each key is the as_of of one clustering of every method."""
+"""Time partitions of company_clusters and the trading windows: each key is the as_of of one clustering of
+every method, and the first day of the half-year traded with it."""
+
+
+def _years() -> TimeWindowPartitionsDefinition:
+    # The first whole year of returns on; with an END, the year of its last month is the last one.
+    start = f"{pd.Timestamp(MONTHS_START).year + (pd.Timestamp(MONTHS_START).month > 1)}-01-01"
+    end = f"{(pd.Timestamp(MONTHS_END) - pd.DateOffset(months=1)).year + 1}-01-01" if MONTHS_END else None
+    return TimeWindowPartitionsDefinition(
+        cron_schedule="0 0 1 1 *", start=start, end=end, end_offset=0 if end else 1, fmt="%Y-%m-%d"
+    )
+
+
+YEARS = _years()
+"""Time partitions of the mean-correlation scores: each key is the 1 January of the year scored."""
 
 
 TEXT_DATES = DynamicPartitionsDefinition(name="text_dates")
 """Partitions of everything computed per text (its activations): one per day on which texts became known
 (known_by, YYYY-MM-DD; `peerlens.sources.texts.text_days`). company_descriptions adds the days it holds; a new filing adds its own, so capturing
 it never touches the partitions before it."""
+
+
+NEW_PARTITION = AutomationCondition.on_missing()
+"""A time partition is materialized once, when it begins and its inputs are there (a new clustering date)."""
+FOLLOWS_UPSTREAM = AutomationCondition.eager()
+"""Rerun when an input is updated (for a time-partitioned asset: its latest partition), or when missing."""
+
+
+def partitions_value(parts: dict):
+    """What a run over the partitions `parts` holds (key → value) returns to the IO manager: the mapping
+    itself, or the single value of a one-partition run."""
+    return parts if len(parts) > 1 else next(iter(parts.values()))
+
+
+def partition_end(partitions: TimeWindowPartitionsDefinition, key: str) -> pd.Timestamp:
+    """The (naive, exclusive) end of time partition `key`: e.g. the next clustering date."""
+    return pd.Timestamp(partitions.time_window_for_partition_key(key).end).tz_localize(None)

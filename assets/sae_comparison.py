@@ -23,6 +23,7 @@ from sae_core.activation_store import ActivationStore
 from sae_core.comparison import check_comparable, comparison_summary, compute_table, layer_table
 from sae_core.io import load_sae
 from sae_core.massive_activations import MassiveTokens
+from sae_core.sae_set import SaeSet
 from sae_core.splice import SplicedEvaluator
 from sae_core.token_split import holdout_mask
 
@@ -80,10 +81,10 @@ def sae_comparison(
     context: AssetExecutionContext,
     config: SaeComparisonConfig,
     activation_corpus: dict,
-    massive_activations: dict,
-    group_saes: dict,
-    per_layer_saes: dict,
-    transfer_saes: dict,
+    massive_activations: MassiveTokens,
+    group_saes: SaeSet,
+    per_layer_saes: SaeSet,
+    transfer_saes: SaeSet,
     language_model: LanguageModelResource,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
@@ -102,9 +103,9 @@ def sae_comparison(
 
     device = compute.torch_device()
     store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
-    usable = MassiveTokens.from_dict(massive_activations).usable_mask(store.n_tokens)
+    usable = massive_activations.usable_mask(store.n_tokens)
     documents = heldout_documents(
-        store, per_layer_saes["holdout_share"], config.eval_documents, config.max_tokens_per_document, ~usable
+        store, per_layer_saes.holdout_share, config.eval_documents, config.max_tokens_per_document, ~usable
     )
     model = language_model.load(device)
     evaluator = SplicedEvaluator(
@@ -117,7 +118,9 @@ def sae_comparison(
     context.log.info(
         f"spliced evaluation on {len(documents.token_ids)} held-out companies, {evaluator.n_predictions} predictions"
     )
-    paths = {(regime, layer): artifacts.resolve(entry["path"]) for regime, value in regimes.items() for entry in value["saes"] for layer in entry["layers"]}
+    paths = {
+        (regime, layer): artifacts.resolve(sae.path) for regime, saes in regimes.items() for sae in saes.saes for layer in sae.layers
+    }
     loaded = {path: load_sae(path).to(device) for path in set(paths.values())}
     spliced = []
     for layer in range(store.n_layers):

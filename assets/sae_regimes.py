@@ -8,6 +8,7 @@ so `sae_comparison` reads the three regimes the same way.
 """
 
 import math
+from dataclasses import asdict
 
 import torch
 from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
@@ -20,6 +21,7 @@ from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae, save_sae
 from sae_core.massive_activations import MassiveTokens
 from sae_core.sae import SparseAutoencoder
+from sae_core.sae_set import SaeSet, TrainedSae
 from sae_core.token_split import TokenSplit, layer_metrics, token_split
 
 TRANSFER_DIRECTIONS = {"forward": -1, "backward": +1}
@@ -48,8 +50,8 @@ def _train_and_save(
     folder,
     artifacts: ArtifactStorage,
     init: SparseAutoencoder | None = None,
-    provenance: dict | None = None,
-) -> dict:
+    initialised_from_layer: int | None = None,
+) -> TrainedSae:
     """Train one SAE on `layer`'s training tokens, score it on its held-out tokens, save it; return its entry
     (its path relative to the storage root)."""
     activations = store.layer(layer, dtype=torch.float16)
@@ -63,28 +65,24 @@ def _train_and_save(
             "hook_name": f"blocks.{layer}.hook_resid_post",
             "hook_layer": layer,
             "layers": [layer],
-            **(provenance or {}),
+            **({"initialised_from_layer": initialised_from_layer} if initialised_from_layer is not None else {}),
         },
     )
-    return {
-        "layers": [layer],
-        "path": artifacts.relative(path),
-        "metrics": {str(layer): metrics},
-        "train_seconds": round(result.seconds, 1),
-        "tokens_seen": result.tokens_seen,
-        **(provenance or {}),
-    }
+    return TrainedSae(
+        (layer,), artifacts.relative(path), {layer: metrics}, round(result.seconds, 1), result.tokens_seen,
+        initialised_from_layer,
+    )
 
 
-def _regime_metadata(saes: list[dict]) -> dict:
-    rows = [{"layer": e["layers"][0], **e["metrics"][str(e["layers"][0])]} for e in saes]
+def _regime_metadata(saes: SaeSet) -> dict:
+    rows = [{"layer": layer, **asdict(metrics)} for _, layer, metrics in saes.layer_metrics()]
     return {
-        "saes": len(saes),
+        "saes": len(saes.saes),
         "mean_fvu": sum(r["fvu"] for r in rows) / len(rows),
         "mean_fvu_with_massive": sum(r["fvu_with_massive"] for r in rows) / len(rows),
         "max_fvu": max(r["fvu"] for r in rows),
-        "tokens_total": sum(e["tokens_seen"] for e in saes),
-        "train_seconds_total": round(sum(e["train_seconds"] for e in saes), 1),
+        "tokens_total": sum(e.tokens_seen for e in saes.saes),
+        "train_seconds_total": round(sum(e.train_seconds for e in saes.saes), 1),
         "per_layer": MetadataValue.md(
             "| layer | fvu | l0 | dead_fraction |\n|---|---|---|---|\n"
             + "\n".join(f"| {r['layer']} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead_fraction']:.4f} |" for r in rows)
@@ -97,11 +95,11 @@ def per_layer_saes(
     context: AssetExecutionContext,
     config: PerLayerSaesConfig,
     activation_corpus: dict,
-    massive_activations: dict,
+    massive_activations: MassiveTokens,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
     sae_trainer: SaeTrainer,
-) -> Output[dict]:
+) -> Output[SaeSet]:
     """The per-layer baseline: an SAE for every layer, from scratch, on that layer's tokens alone.
 
     Same architecture, width, k, token budget, seed and held-out companies as `group_saes` (by default),
@@ -109,21 +107,16 @@ def per_layer_saes(
     """
     device = compute.torch_device()
     store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
-    split = token_split(store.index.document, config.holdout_share, MassiveTokens.from_dict(massive_activations))
+    split = token_split(store.index.document, config.holdout_share, massive_activations)
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     root = artifacts.folder("per_layer_saes")
     saes = []
     for layer in range(store.n_layers):
         folder = root / f"layer_{layer:02d}"
         saes.append(_train_and_save(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder, artifacts))
-        context.log.info(f"layer {layer}: fvu {saes[-1]['metrics'][str(layer)]['fvu']:.4f} in {saes[-1]['train_seconds']}s")
-    value = {
-        "saes": saes,
-        "sae_config": sae_cfg.to_dict(),
-        "train_config": train_cfg.to_dict(),
-        "holdout_share": config.holdout_share,
-    }
-    return Output(value, metadata=_regime_metadata(saes))
+        context.log.info(f"layer {layer}: fvu {saes[-1].metrics[layer].fvu:.4f} in {saes[-1].train_seconds}s")
+    value = SaeSet(tuple(saes), sae_cfg, train_cfg, config.holdout_share)
+    return Output(value, metadata=_regime_metadata(value))
 
 
 @asset(group_name="sae_regimes", kinds={"pytorch", "safetensors"})
@@ -131,12 +124,12 @@ def transfer_saes(
     context: AssetExecutionContext,
     config: TransferSaesConfig,
     activation_corpus: dict,
-    massive_activations: dict,
-    per_layer_saes: dict,
+    massive_activations: MassiveTokens,
+    per_layer_saes: SaeSet,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
     sae_trainer: SaeTrainer,
-) -> Output[dict]:
+) -> Output[SaeSet]:
     """Layer-wise transfer: layer l's SAE starts from the trained per-layer SAE of its neighbour (l − 1
     forward, l + 1 backward) and is fine-tuned on `token_fraction` of the from-scratch token budget.
 
@@ -149,16 +142,15 @@ def transfer_saes(
     device = compute.torch_device()
     store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
     split = token_split(
-        store.index.document, per_layer_saes["holdout_share"], MassiveTokens.from_dict(massive_activations)
+        store.index.document, per_layer_saes.holdout_share, massive_activations
     )
-    sae_cfg = SaeConfig(**per_layer_saes["sae_config"])
-    scratch_cfg = TrainConfig(**per_layer_saes["train_config"])
+    sae_cfg, scratch_cfg = per_layer_saes.sae_config, per_layer_saes.train_config
     # Whole batches, rounded down, so the fine-tune never spends more than its share of the
     # from-scratch run's tokens (which train_sae also counts in whole batches).
     scratch_steps = math.ceil(scratch_cfg.total_tokens / scratch_cfg.batch_size)
     fine_tune_tokens = max(math.floor(config.token_fraction * scratch_steps), 1) * scratch_cfg.batch_size
     train_cfg = TrainConfig(**{**scratch_cfg.to_dict(), "total_tokens": fine_tune_tokens, "device": device})
-    sources = {entry["layers"][0]: artifacts.resolve(entry["path"]) for entry in per_layer_saes["saes"]}
+    sources = {entry.layers[0]: artifacts.resolve(entry.path) for entry in per_layer_saes.saes}
     offset = TRANSFER_DIRECTIONS[config.direction]
     root = artifacts.folder("transfer_saes")
     saes = []
@@ -177,25 +169,22 @@ def transfer_saes(
             root / f"layer_{layer:02d}_from_{source:02d}",
             artifacts,
             init=load_sae(sources[source]),
-            provenance={"initialised_from_layer": source},
+            initialised_from_layer=source,
         )
         saes.append(entry)
-        context.log.info(f"layer {layer} (from {source}): fvu {entry['metrics'][str(layer)]['fvu']:.4f}")
-    value = {
-        "saes": saes,
-        "sae_config": sae_cfg.to_dict(),
-        "train_config": train_cfg.to_dict(),
-        "holdout_share": per_layer_saes["holdout_share"],
-        "direction": config.direction,
-        "token_fraction": fine_tune_tokens / (scratch_steps * scratch_cfg.batch_size),
-    }
-    return Output(value, metadata={**_regime_metadata(saes), "direction": config.direction,
+        context.log.info(f"layer {layer} (from {source}): fvu {entry.metrics[layer].fvu:.4f}")
+    token_fraction = fine_tune_tokens / (scratch_steps * scratch_cfg.batch_size)
+    value = SaeSet(
+        tuple(saes), sae_cfg, train_cfg, per_layer_saes.holdout_share,
+        {"direction": config.direction, "token_fraction": token_fraction},
+    )
+    return Output(value, metadata={**_regime_metadata(value), "direction": config.direction,
                                    "fine_tune_tokens_per_sae": fine_tune_tokens})
 
 
 @asset_check(asset=per_layer_saes, blocking=True)
 def per_layer_saes_reconstruct_within_fvu_and_dead_thresholds(
-    per_layer_saes: dict, sae_quality: SaeQualityThresholds
+    per_layer_saes: SaeSet, sae_quality: SaeQualityThresholds
 ) -> AssetCheckResult:
     """Every layer's held-out FVU and dead fraction are under the thresholds group_saes meets."""
     return sae_quality_result(per_layer_saes, sae_quality)
@@ -203,7 +192,7 @@ def per_layer_saes_reconstruct_within_fvu_and_dead_thresholds(
 
 @asset_check(asset=transfer_saes, blocking=True)
 def transfer_saes_reconstruct_within_fvu_and_dead_thresholds(
-    transfer_saes: dict, sae_quality: SaeQualityThresholds
+    transfer_saes: SaeSet, sae_quality: SaeQualityThresholds
 ) -> AssetCheckResult:
     """Every fine-tuned SAE's held-out FVU and dead fraction are under the thresholds group_saes meets."""
     return sae_quality_result(transfer_saes, sae_quality)

@@ -1,6 +1,7 @@
 """Group-SAEs: one TopK SAE per AMAD layer group, plus one for the final layer."""
 
 import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +26,7 @@ from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import save_sae
 from sae_core.massive_activations import MassiveTokens
 from sae_core.release import load_release, new_release, publish_release, release_id
+from sae_core.sae_set import SaeSet, TrainedSae
 from sae_core.token_split import layer_metrics, token_split
 from sae_core.train import sample_group_activations
 
@@ -87,12 +89,12 @@ def group_saes(
     context: AssetExecutionContext,
     config: GroupSaesConfig,
     activation_corpus: dict,
-    massive_activations: dict,
+    massive_activations: MassiveTokens,
     layer_groups: dict,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
     sae_trainer: SaeTrainer,
-) -> Output[dict]:
+) -> Output[SaeSet]:
     """The SAE release: an SAE (TopK with AuxK on dead latents by default) per layer group, trained on one
     random layer per token, saved in SAELens layout under artifacts/group_saes/releases/<release>/.
 
@@ -102,9 +104,8 @@ def group_saes(
     recipe) trains a new one on the texts of the store now; its new version marks what was built from the
     old one as stale.
 
-    Returns {"saes": [{"layers", "path", "metrics": {layer: {fvu, l0, dead_fraction, fvu_with_massive}}, ...}],
-    "release", "release_version", "corpus_texts", ...}; metrics are on the held-out texts' tokens of each layer
-    the SAE serves (`sae_core.token_split`). Massive tokens are left out of training and evaluation unless
+    Returns the release's `SaeSet` (notes: release, release_version, corpus_texts); metrics are on the
+    held-out texts' tokens of each layer the SAE serves (`sae_core.token_split`). Massive tokens are left out of training and evaluation unless
     massive_activations keeps them.
     """
     device = compute.torch_device()
@@ -135,11 +136,10 @@ def group_saes(
     else:
         context.log.info(f"reusing SAE release {release.version} (trained on {len(release.corpus)} texts)")
     trained = release.trained
-    table = pd.DataFrame(
-        [{"sae": n, "layer": int(layer), **m} for n, sae in enumerate(trained["saes"]) for layer, m in sae["metrics"].items()]
-    )
+    table = pd.DataFrame([{"sae": n, "layer": layer, **asdict(m)} for n, layer, m in trained.layer_metrics()])
+    release_notes = {"release": release.release_id, "release_version": release.version, "corpus_texts": len(release.corpus)}
     return Output(
-        {**trained, "release": release.release_id, "release_version": release.version, "corpus_texts": len(release.corpus)},
+        replace(trained, notes={**trained.notes, **release_notes}),
         data_version=DataVersion(release.version),
         metadata={
             "release": release.release_id,
@@ -147,33 +147,29 @@ def group_saes(
             "reused": reused,
             "corpus_texts": len(release.corpus),
             "texts_in_store_not_in_corpus": len(set(store.index.document) - set(release.corpus)),
-            "release_groups_match_current_layer_groups": trained_groups(trained) == layer_groups["chosen_groups"],
-            "saes": len(trained["saes"]),
+            "release_groups_match_current_layer_groups": trained.groups == layer_groups["chosen_groups"],
+            "saes": len(trained.saes),
             "d_sae": sae_cfg.d_sae,
             "architecture": sae_cfg.architecture,
             "k": sae_cfg.k or 0,
             "mean_fvu": float(table.fvu.mean()),
             "mean_fvu_with_massive": float(table.fvu_with_massive.mean()),
             "max_fvu": float(table.fvu.max()),
-            "massive_tokens_left_out_of_training": trained.get("massive_tokens_left_out_of_training", 0),
+            "massive_tokens_left_out_of_training": trained.notes.get("massive_tokens_left_out_of_training", 0),
             "max_dead_fraction": float(table.dead_fraction.max()),
-            "train_seconds_total": round(sum(s["train_seconds"] for s in trained["saes"]), 1),
+            "train_seconds_total": round(sum(s.train_seconds for s in trained.saes), 1),
             "per_layer": MetadataValue.md(table.to_markdown(index=False, floatfmt=".4f")),
         },
     )
 
 
-def trained_groups(trained: dict) -> list[list[int]]:
-    return [list(sae["layers"]) for sae in trained["saes"]]
-
-
 def _train_group_saes(
-    context, config: GroupSaesConfig, store: ActivationStore, massive_activations: dict, layer_groups: dict,
+    context, config: GroupSaesConfig, store: ActivationStore, massive_activations: MassiveTokens, layer_groups: dict,
     sae_cfg: SaeConfig, train_cfg: TrainConfig, sae_trainer: SaeTrainer, staging: Path, published: str,
-) -> dict:
+) -> SaeSet:
     """Train one SAE per chosen group into `staging`; the returned paths name their place once published
     (`published`: the release folder relative to the storage root)."""
-    split = token_split(store.index.document, config.holdout_share, MassiveTokens.from_dict(massive_activations))
+    split = token_split(store.index.document, config.holdout_share, massive_activations)
     device = train_cfg.device
     saes = []
     for number, layers in enumerate(layer_groups["chosen_groups"]):
@@ -184,7 +180,7 @@ def _train_group_saes(
         train_rows = sample_group_activations([x[split.train] for x in per_layer], generator).float()
         result = sae_trainer.train(context, train_rows, sae_cfg, train_cfg)
         del train_rows
-        metrics = {str(layer): layer_metrics(result.sae.to(device), x, split) for layer, x in zip(layers, per_layer)}
+        metrics = {layer: layer_metrics(result.sae.to(device), x, split) for layer, x in zip(layers, per_layer)}
         name = f"sae_{number:02d}_layers_{layers[0]}-{layers[-1]}"
         save_sae(
             result.sae.cpu(),
@@ -196,38 +192,25 @@ def _train_group_saes(
                 "layers": layers,
             },
         )
-        saes.append(
-            {
-                "layers": layers,
-                "path": f"{published}/{name}",
-                "metrics": metrics,
-                "train_seconds": round(result.seconds, 1),
-                "tokens_seen": result.tokens_seen,
-            }
-        )
+        saes.append(TrainedSae(tuple(layers), f"{published}/{name}", metrics, round(result.seconds, 1), result.tokens_seen))
         context.log.info(f"SAE {number} (layers {layers}) trained in {result.seconds:.1f}s")
-    return {
-        "saes": saes,
-        "sae_config": sae_cfg.to_dict(),
-        "train_config": train_cfg.to_dict(),
-        "holdout_share": config.holdout_share,
-        "massive_tokens_left_out_of_training": int((~split.train & ~split.evaluate & split.with_massive).sum()),
-    }
+    left_out = int((~split.train & ~split.evaluate & split.with_massive).sum())
+    return SaeSet(tuple(saes), sae_cfg, train_cfg, config.holdout_share, {"massive_tokens_left_out_of_training": left_out})
 
 
 @asset_check(asset=group_saes, blocking=True)
 def saes_reconstruct_within_fvu_and_dead_thresholds(
-    group_saes: dict, sae_quality: SaeQualityThresholds
+    group_saes: SaeSet, sae_quality: SaeQualityThresholds
 ) -> AssetCheckResult:
     """Every layer's held-out FVU and every SAE's dead fraction are under the configured thresholds."""
     return sae_quality_result(group_saes, sae_quality)
 
 
-def sae_quality_result(trained: dict, sae_quality: SaeQualityThresholds) -> AssetCheckResult:
-    """The quality check of any saes asset's value ({"saes": [{"metrics": {layer: {fvu, dead_fraction}}}]})."""
-    metrics = [m for sae in trained["saes"] for m in sae["metrics"].values()]
-    worst_fvu = max(m["fvu"] for m in metrics)
-    worst_dead = max(m["dead_fraction"] for m in metrics)
+def sae_quality_result(trained: SaeSet, sae_quality: SaeQualityThresholds) -> AssetCheckResult:
+    """The quality check of any SAE set: worst held-out FVU and dead fraction over the layers it serves."""
+    metrics = [m for _, _, m in trained.layer_metrics()]
+    worst_fvu = max(m.fvu for m in metrics)
+    worst_dead = max(m.dead_fraction for m in metrics)
     return AssetCheckResult(
         passed=worst_fvu <= sae_quality.max_fvu and worst_dead <= sae_quality.max_dead_fraction,
         metadata={

@@ -20,7 +20,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.partitions import MONTHS, TEXT_DATES
+from assets.partitions import MONTHS, TEXT_DATES, partitions_value
 from assets.metadata import frame_version, rule_metadata, table_preview
 from peerlens.sources.edgar import EdgarError
 from peerlens.layout import write_parquet_atomically
@@ -341,7 +341,7 @@ def monthly_returns(context: AssetExecutionContext, daily_prices: pd.DataFrame):
     if empty:
         raise ValueError(f"monthly_returns: no prices cover months {empty[:5]} (the price source ends earlier)")
     yield Output(
-        parts if len(parts) > 1 else next(iter(parts.values())),
+        partitions_value(parts),
         metadata={
             "months": len(parts),
             "rows": len(returns),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster import ConfigurableIOManager, ConfigurableResource, DagsterInvariantViolationError, InputContext, OutputContext
 from pydantic import Field
 
 from peerlens.layout import artifact_folder, storage_root, write_json_atomically, write_parquet_atomically
@@ -46,11 +46,13 @@ class ArtifactStorage(ConfigurableResource):
 
 
 class TableIOManager(ConfigurableIOManager):
-    """DataFrames as parquet, dicts and lists as JSON; monthly partitions as one file each.
+    """DataFrames as parquet; dicts, lists and typed results as JSON; partitions as one file each.
 
-    A run over several partitions (a single-run backfill) returns {partition_key: DataFrame}.
+    A typed result (a dataclass with `to_dict` and a `from_dict` classmethod, e.g. `sae_core.sae_set.SaeSet`)
+    is stored as its JSON form and read back as the type the reading asset's parameter is annotated with.
+    A run over several partitions (a single-run backfill) returns {partition_key: value}.
     A downstream asset that reads several partitions receives them concatenated into one
-    DataFrame: each partition's rows carry their own month column, so nothing is lost.
+    DataFrame: each partition's rows carry their own date column, so nothing is lost.
     """
 
     root: str = Field(default="", description="Storage root; empty means $PEERLENS_HOME, else .peerlens.")
@@ -82,8 +84,10 @@ class TableIOManager(ConfigurableIOManager):
             path = write_parquet_atomically(obj, base.with_name(base.name + ".parquet"))
         elif isinstance(obj, (dict, list)):
             path = write_json_atomically(obj, base.with_name(base.name + ".json"))
+        elif callable(getattr(obj, "to_dict", None)):
+            path = write_json_atomically(obj.to_dict(), base.with_name(base.name + ".json"))
         else:
-            raise TypeError(f"TableIOManager stores DataFrames, dicts and lists, not {type(obj).__name__}")
+            raise TypeError(f"TableIOManager stores DataFrames, dicts, lists and typed results (to_dict), not {type(obj).__name__}")
         return path
 
     def load_input(self, context: InputContext) -> Any:
@@ -95,12 +99,25 @@ class TableIOManager(ConfigurableIOManager):
                 raise FileNotFoundError(
                     f"{context.asset_key.to_user_string()}: partitions {missing[:5]} are not materialized under {base}"
                 )
-            return pd.concat([pd.read_parquet(base / f"{k}.parquet") for k in keys], ignore_index=True)
+            parts = [pd.read_parquet(base / f"{k}.parquet") for k in keys]
+            # An empty partition (a date with nothing to score) has untyped columns: it would turn every
+            # column it shares with the others into objects.
+            return pd.concat([part for part in parts if len(part)] or parts[:1], ignore_index=True)
         parquet, js = base.with_name(base.name + ".parquet"), base.with_name(base.name + ".json")
         if parquet.exists():
             return pd.read_parquet(parquet)
         if js.exists():
-            return json.loads(js.read_text())
+            value = json.loads(js.read_text())
+            typed = _declared_type(context)
+            return typed.from_dict(value) if callable(getattr(typed, "from_dict", None)) else value
         raise FileNotFoundError(
             f"{context.asset_key.to_user_string()} is not materialized yet (nothing at {parquet} or {js})"
         )
+
+
+def _declared_type(context: InputContext) -> type | None:
+    """The Python type the reading parameter is annotated with (None when the context was built without one)."""
+    try:
+        return getattr(context.dagster_type, "typing_type", None)
+    except DagsterInvariantViolationError:
+        return None

@@ -18,60 +18,57 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from sae_core.config import SaeConfig
+from sae_core.sae_set import SaeSet
 from sae_core.metrics import training_flops
 
 LAYER_COLUMNS = ["regime", "layer", "sae", "fvu", "l0", "dead_fraction"]
 COMPUTE_COLUMNS = ["regime", "saes", "tokens", "seconds", "flops"]
 
 
-def _entries(regime: str, value: Mapping) -> list[Mapping]:
-    saes = value.get("saes") if isinstance(value, Mapping) else None
-    if not saes:
-        raise ValueError(f"regime {regime!r} has no SAEs (expected {{'saes': [...]}} as the saes assets store)")
-    return saes
-
-
-def layer_table(regimes: Mapping[str, Mapping]) -> pd.DataFrame:
+def layer_table(regimes: Mapping[str, SaeSet]) -> pd.DataFrame:
     """One row per (regime, layer) an SAE of the regime serves: columns LAYER_COLUMNS.
 
     `sae` is the entry's position within its regime (a group SAE serves several layers).
     """
     rows = []
-    for regime, value in regimes.items():
-        for number, entry in enumerate(_entries(regime, value)):
-            for layer in entry["layers"]:
-                metrics = entry["metrics"][str(layer)]
-                rows.append({"regime": regime, "layer": int(layer), "sae": number, **{k: metrics[k] for k in LAYER_COLUMNS[3:]}})
+    for regime, saes in regimes.items():
+        for number, layer, metrics in saes.layer_metrics():
+            rows.append({"regime": regime, "layer": layer, "sae": number, **{k: getattr(metrics, k) for k in LAYER_COLUMNS[3:]}})
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
 
-def compute_table(regimes: Mapping[str, Mapping]) -> pd.DataFrame:
+def compute_table(regimes: Mapping[str, SaeSet]) -> pd.DataFrame:
     """One row per regime: the SAEs it trained, their tokens, wall seconds and estimated FLOPs."""
     rows = []
-    for regime, value in regimes.items():
-        cfg = SaeConfig(**value["sae_config"])
-        entries = _entries(regime, value)
-        tokens = sum(int(e["tokens_seen"]) for e in entries)
+    for regime, saes in regimes.items():
+        cfg, entries = saes.sae_config, saes.saes
+        tokens = sum(e.tokens_seen for e in entries)
         rows.append(
             {
                 "regime": regime,
                 "saes": len(entries),
                 "tokens": tokens,
-                "seconds": float(sum(e["train_seconds"] for e in entries)),
+                "seconds": float(sum(e.train_seconds for e in entries)),
                 "flops": training_flops(cfg, tokens),
             }
         )
     return pd.DataFrame(rows, columns=COMPUTE_COLUMNS)
 
 
-def check_comparable(regimes: Mapping[str, Mapping], fields: tuple[str, ...] = ("sae_config", "holdout_share")) -> None:
+def check_comparable(regimes: Mapping[str, SaeSet], fields: tuple[str, ...] = ("sae_config", "holdout_share")) -> None:
     """Raise ValueError unless every regime has the same SAE shape and held-out split (else FVUs differ in meaning)."""
     names = list(regimes)
     for field in fields:
-        values = {name: regimes[name].get(field) for name in names}
+        values = {name: _comparable(getattr(regimes[name], field)) for name in names}
         if len({repr(v) for v in values.values()}) > 1:
             raise ValueError(f"the regimes were trained with different {field}: {values}; retrain them alike to compare")
+
+
+def _comparable(value):
+    # Configurations compare by their fields, device left out: where a regime was trained does not change what it is.
+    if hasattr(value, "to_dict"):
+        return {k: v for k, v in value.to_dict().items() if k != "device"}
+    return value
 
 
 def comparison_summary(

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sae_core.io import replace_folder
+from sae_core.sae_set import SaeSet
 
 RELEASE_FILE = "release.json"
 
@@ -39,8 +40,8 @@ class SaeRelease:
     """What the id hashes: model, SAE config, training config."""
     corpus: list[str]
     """The documents (text ids) whose tokens it was trained and evaluated on."""
-    trained: dict
-    """The trained set as the training asset returns it: {"saes": [{"layers", "path", "metrics", ...}], ...}."""
+    trained: SaeSet
+    """The trained set: each SAE's layers, folder and held-out metrics, and the configurations."""
     notes: dict = field(default_factory=dict)
 
     @property
@@ -48,14 +49,14 @@ class SaeRelease:
         return f"{self.release_id}@{self.trained_at}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "trained": self.trained.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> SaeRelease:
-        return cls(**data)
+        return cls(**{**data, "trained": SaeSet.from_dict(data["trained"])})
 
 
-def new_release(recipe: dict, corpus: list[str], trained: dict, notes: dict | None = None) -> SaeRelease:
+def new_release(recipe: dict, corpus: list[str], trained: SaeSet, notes: dict | None = None) -> SaeRelease:
     stamp = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     return SaeRelease(release_id(recipe), stamp, recipe, sorted(corpus), trained, notes or {})
 
@@ -65,7 +66,10 @@ def load_release(folder: str | Path) -> SaeRelease | None:
     path = Path(folder) / RELEASE_FILE
     if not path.exists():
         return None
-    return SaeRelease.from_dict(json.loads(path.read_text()))
+    try:
+        return SaeRelease.from_dict(json.loads(path.read_text()))
+    except (TypeError, KeyError, ValueError) as error:
+        raise ValueError(f"{path} is not a release this version can read ({error}); retrain: true replaces it") from None
 
 
 def publish_release(staging: Path, release: SaeRelease, folder: Path) -> None:

@@ -27,6 +27,7 @@ from torch import Tensor
 from sae_core.massive_activations import MassiveTokens
 from sae_core.metrics import evaluate_sae
 from sae_core.sae import SparseAutoencoder
+from sae_core.sae_set import LayerMetrics
 
 
 def holdout_documents(names: Sequence[str], share: float) -> list[int]:
@@ -70,10 +71,9 @@ def token_split(documents: pd.Series, holdout_share: float, massive: MassiveToke
     return split
 
 
-def layer_metrics(sae: SparseAutoencoder, x: Tensor, split: TokenSplit) -> dict:
+def layer_metrics(sae: SparseAutoencoder, x: Tensor, split: TokenSplit) -> LayerMetrics:
     """Held-out FVU, L0 and dead fraction of `sae` on one layer's tokens x (N, d), and `fvu_with_massive`."""
-    metrics = evaluate_sae(sae, x[split.evaluate].float().to(sae.device)).to_dict()
+    held_out = evaluate_sae(sae, x[split.evaluate].float().to(sae.device))
     with_massive = x[split.with_massive].float().to(sae.device)
-    grew = len(with_massive) > metrics["n_tokens"]
-    metrics["fvu_with_massive"] = evaluate_sae(sae, with_massive).fvu if grew else metrics["fvu"]
-    return metrics
+    grew = len(with_massive) > held_out.n_tokens
+    return LayerMetrics(**held_out.to_dict(), fvu_with_massive=evaluate_sae(sae, with_massive).fvu if grew else held_out.fvu)

@@ -112,3 +112,33 @@ def test_bad_input_is_not_retried():
     with pytest.raises(ValueError):
         with retried_when_unreachable("EDGAR"):
             raise ValueError("ticker 'ZZZZ' has no CIK")
+
+
+def test_a_new_month_of_returns_requests_its_year_and_the_summaries_not_the_years_before():
+    """Declarative automation on the real definitions: with everything materialized, a new materialization of
+    the last month of returns requests the latest year of cluster_correlations and mc_comparisons, nothing else
+    dated."""
+    from dagster import AssetKey, AssetMaterialization, evaluate_automation_conditions
+
+    from assets.partitions import CLUSTERING_DATES, MONTHS, TEXT_DATES, YEARS
+    from definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(TEXT_DATES.name, ["2017-05-18"])
+        keys_of = {MONTHS: MONTHS.get_partition_keys(), CLUSTERING_DATES: CLUSTERING_DATES.get_partition_keys(),
+                   YEARS: YEARS.get_partition_keys(), TEXT_DATES: ["2017-05-18"]}
+        for key in graph.get_all_asset_keys():
+            partitions = graph.get(key).partitions_def
+            for partition in keys_of[partitions] if partitions else [None]:
+                instance.report_runless_asset_event(AssetMaterialization(key, partition=partition))
+        settled = evaluate_automation_conditions(defs=defs, instance=instance)
+        assert settled.total_requested == 0  # nothing new: nothing to do
+        instance.report_runless_asset_event(AssetMaterialization(AssetKey("monthly_returns"), partition=keys_of[MONTHS][-1]))
+        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+    requested = {
+        (key.to_user_string(), partition)
+        for key, subset in ((r.key, r.true_subset) for r in result.results if r.true_subset.size)
+        for partition in (subset.expensively_compute_partition_keys() if graph.get(key).partitions_def else [None])
+    }
+    assert requested == {("cluster_correlations", keys_of[YEARS][-1]), ("mc_comparisons", None)}

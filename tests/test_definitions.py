@@ -18,6 +18,7 @@ LINEAGE = {
     "layer_groups": {"layer_distances"},
     "group_saes": {"activation_corpus", "massive_activations", "layer_groups"},
     "company_features": {"activation_corpus", "massive_activations", "group_saes", "company_descriptions"},
+    "latent_top_tokens": {"activation_corpus", "massive_activations", "group_saes", "company_descriptions"},
     "company_clusters": {
         "company_features", "company_descriptions", "industry_codes", "index_membership", "daily_prices"
     },
@@ -25,9 +26,13 @@ LINEAGE = {
         "company_features", "company_descriptions", "industry_codes", "index_membership", "daily_prices"
     },
     "cluster_correlations": {"company_clusters", "current_company_clusters", "monthly_returns"},
-    "pairs_backtest": {"company_clusters", "current_company_clusters", "daily_prices"},
-    "cluster_explanations": {"company_features", "current_company_clusters", "activation_corpus"},
-    "company_top_latents": {"company_features", "company_descriptions", "activation_corpus"},
+    "backtest_daily": {"company_clusters", "daily_prices"},
+    "backtest_pairs": {"company_clusters", "daily_prices"},
+    "backtest_windows": {"company_clusters", "daily_prices"},
+    "pairs_backtest": {"backtest_daily", "backtest_pairs", "backtest_windows", "current_company_clusters", "daily_prices"},
+    "cluster_explanations": {"company_features", "latent_top_tokens", "current_company_clusters", "activation_corpus"},
+    "company_top_latents": {"company_features", "latent_top_tokens", "company_descriptions", "activation_corpus"},
+    "latent_descriptions": {"company_features", "latent_top_tokens", "company_descriptions", "activation_corpus"},
     "mc_comparisons": {"company_clusters", "current_company_clusters", "monthly_returns"},
     "per_layer_saes": {"activation_corpus", "massive_activations"},
     "transfer_saes": {"activation_corpus", "massive_activations", "per_layer_saes"},
@@ -58,7 +63,8 @@ def test_blocking_checks_guard_the_stages_whose_failure_would_poison_what_follow
         if graph.get_check_spec(key).blocking
     }
     for name in ["company_descriptions", "daily_prices", "activation_corpus", "layer_groups", "group_saes",
-                 "company_features", "company_clusters", "current_company_clusters", "pairs_backtest"]:
+                 "company_features", "company_clusters", "current_company_clusters", "backtest_windows",
+                 "backtest_daily"]:
         assert name in blocking, name
 
 
@@ -86,7 +92,17 @@ def test_schedule_sensor_and_jobs_are_registered():
     assert "daily_prices" not in selected
     # A filing made today cannot change a clustering dated before it: no dated partition is rerun.
     assert "company_clusters" not in selected and "current_company_clusters" in selected
-    assert defs.resolve_schedule_def("half_yearly_clusters_schedule").cron_schedule == "0 0 1 1,7 *"
+    assert "backtest_windows" not in selected and "pairs_backtest" in selected  # the windows are dated too
+
+
+def test_what_is_dated_follows_new_partitions_and_new_prices_by_declarative_automation():
+    graph = defs.resolve_asset_graph()
+    condition = lambda name: graph.get(AssetKey(name)).automation_condition  # noqa: E731
+    assert condition("company_clusters") is not None
+    for name in ("backtest_daily", "backtest_pairs", "backtest_windows", "cluster_correlations", "mc_comparisons",
+                 "pairs_backtest"):
+        assert condition(name) is not None, name
+    assert condition("group_saes") is None and condition("per_layer_saes") is None  # training is deliberate
 
 
 def test_definitions_validate_with_every_resource_requirement_met():

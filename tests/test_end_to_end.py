@@ -50,6 +50,11 @@ def materialized(tmp_path_factory):
 
 
 def read(root, name):
+    """An asset's table: its file, or its partitions' files concatenated."""
+    folder = root / "tables" / name
+    if folder.is_dir():
+        parts = [pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))]
+        return pd.concat([part for part in parts if len(part)], ignore_index=True)
     return pd.read_parquet(root / "tables" / f"{name}.parquet")
 
 
@@ -140,6 +145,10 @@ def test_every_method_clusters_every_company_on_every_date_and_is_scored_out_of_
     assert set(backtest.method) == methods and np.isfinite(backtest.n_pairs).all()
     assert set(backtest.timing) == {"point in time", "look-ahead reference"}
     assert (backtest.turnover_annual >= 0).all()
+    # One trading window per clustering date with a clustering: the half-years 2017-07-01 .. 2020-07-01.
+    windows = pd.concat(pd.read_parquet(p) for p in (root / "tables" / "backtest_windows").glob("*.parquet"))
+    assert sorted(windows.window.unique()) == [k for k in partitions if k >= "2017-07-01"]
+    assert (pd.to_datetime(windows.trading_start) >= pd.to_datetime(windows.window)).all()
 
 
 def test_most_banks_share_an_sae_cluster_and_it_is_explained(materialized):

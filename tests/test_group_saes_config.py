@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import dagster
+import pytest
 import torch
 
 from assets.saes import GroupSaesConfig, group_saes
@@ -55,7 +56,7 @@ def run_group_saes(tmp_path, store, **overrides):
         context=dagster.build_asset_context(),
         config=config,
         activation_corpus={"folder": str(store.folder)},
-        massive_activations=find_massive_tokens(store.token_norms()).to_dict(),
+        massive_activations=find_massive_tokens(store.token_norms()),
         layer_groups={"chosen_groups": [[0, 1]]},
         compute=ComputeResource(device="cpu"),
         artifacts=ArtifactStorage(root=str(tmp_path / "home")),
@@ -71,7 +72,7 @@ def test_new_texts_are_encoded_with_the_existing_release_and_only_a_retrain_make
         SaeTrainer, "train", lambda self, *args, **kwargs: trainings.append(1) or original_train(self, *args, **kwargs)
     )
     first, first_version = run_group_saes(tmp_path, tiny_store(tmp_path / "store", documents=10))
-    assert len(trainings) == 1 and first["corpus_texts"] == 10
+    assert len(trainings) == 1 and first.notes["corpus_texts"] == 10
 
     grown = tiny_store(tmp_path / "store", documents=12)  # two new filings in the store
     reused, reused_version = run_group_saes(tmp_path, grown)
@@ -79,9 +80,17 @@ def test_new_texts_are_encoded_with_the_existing_release_and_only_a_retrain_make
     assert reused == first and reused_version == first_version
 
     retrained, retrained_version = run_group_saes(tmp_path, grown, retrain=True)
-    assert len(trainings) == 2 and retrained["corpus_texts"] == 12
-    assert retrained["release"] == first["release"] and retrained_version != first_version  # downstream is stale
-    assert load_release((tmp_path / "home" / retrained["saes"][0]["path"]).parent).version == retrained_version
+    assert len(trainings) == 2 and retrained.notes["corpus_texts"] == 12
+    assert retrained.notes["release"] == first.notes["release"] and retrained_version != first_version  # downstream is stale
+    assert load_release((tmp_path / "home" / retrained.saes[0].path).parent).version == retrained_version
 
     other_recipe, _ = run_group_saes(tmp_path, grown, k=2)
-    assert len(trainings) == 3 and other_recipe["release"] != first["release"]
+    assert len(trainings) == 3 and other_recipe.notes["release"] != first.notes["release"]
+
+
+def test_a_release_file_this_version_cannot_read_is_named_not_silently_retrained(tmp_path):
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "release.json").write_text('{"release_id": "x", "trained_at": "t", "recipe": {}, "corpus": [], "trained": {"saes": []}}')
+    with pytest.raises(ValueError, match="release.json is not a release this version can read.*retrain: true"):
+        load_release(folder)

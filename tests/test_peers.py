@@ -84,7 +84,7 @@ def write_storage(root: Path) -> Path:
         "company_clusters": clusters.assign(as_of=pd.Timestamp("2017-07-01")),
         "current_company_clusters": clusters.assign(as_of=pd.Timestamp("2017-05-21")),
         "company_descriptions": descriptions,
-        "company_top_latents": latent_descriptions,
+        "latent_descriptions": latent_descriptions,
     }
     for asset, relative in MATERIALIZED_FILES.items():
         write_table(root, asset, frames[asset])
@@ -175,10 +175,10 @@ def test_an_unknown_ticker_suggests_close_tickers_and_matching_names(storage):
 
 
 def test_missing_assets_are_named_with_how_to_materialize_them(storage):
-    (storage / MATERIALIZED_FILES["company_top_latents"]).unlink()
-    with pytest.raises(AssetsNotMaterializedError, match="company_top_latents") as error:
+    (storage / MATERIALIZED_FILES["latent_descriptions"]).unlink()
+    with pytest.raises(AssetsNotMaterializedError, match="latent_descriptions") as error:
         PeerIndex.load(storage)
-    assert error.value.missing == ["company_top_latents"]
+    assert error.value.missing == ["latent_descriptions"]
     assert "make demo" in str(error.value)
     with pytest.raises(FileNotFoundError) as empty:
         PeerIndex.load(storage.parent / "never_materialized")

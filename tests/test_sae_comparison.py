@@ -3,23 +3,30 @@
 import pandas as pd
 import pytest
 
-from sae_core.comparison import check_comparable, comparison_summary, compute_table, layer_table
-from sae_core.config import SaeConfig
-from sae_core.metrics import training_flops
+from dataclasses import replace
 
-CFG = SaeConfig(d_in=4, expansion_factor=2, k=2).to_dict()
+from sae_core.comparison import check_comparable, comparison_summary, compute_table, layer_table
+from sae_core.config import SaeConfig, TrainConfig
+from sae_core.metrics import training_flops
+from sae_core.sae_set import LayerMetrics, SaeSet, TrainedSae
+
+CFG = SaeConfig(d_in=4, expansion_factor=2, k=2)
 
 
 def entry(layers, fvus, tokens=1000, seconds=1.0):
-    metrics = {str(l): {"fvu": f, "l0": 2.0, "dead_fraction": 0.0, "n_tokens": 10} for l, f in zip(layers, fvus)}
-    return {"layers": layers, "metrics": metrics, "tokens_seen": tokens, "train_seconds": seconds}
+    metrics = {l: LayerMetrics(fvu=f, l0=2.0, dead_fraction=0.0, n_tokens=10, fvu_with_massive=f) for l, f in zip(layers, fvus)}
+    return TrainedSae(tuple(layers), f"saes/{layers[0]}", metrics, seconds, tokens)
+
+
+def saes(*entries) -> SaeSet:
+    return SaeSet(tuple(entries), CFG, TrainConfig(total_tokens=1000), 0.1)
 
 
 def regimes():
     return {
-        "group": {"saes": [entry([0, 1, 2], [0.2, 0.3, 0.4])], "sae_config": CFG, "holdout_share": 0.1},
-        "per_layer": {"saes": [entry([l], [f]) for l, f in enumerate([0.1, 0.2, 0.3])], "sae_config": CFG, "holdout_share": 0.1},
-        "transfer": {"saes": [entry([l], [f], tokens=100) for l, f in ((1, 0.25), (2, 0.35))], "sae_config": CFG, "holdout_share": 0.1},
+        "group": saes(entry([0, 1, 2], [0.2, 0.3, 0.4])),
+        "per_layer": saes(*[entry([l], [f]) for l, f in enumerate([0.1, 0.2, 0.3])]),
+        "transfer": saes(*[entry([l], [f], tokens=100) for l, f in ((1, 0.25), (2, 0.35))]),
     }
 
 
@@ -34,7 +41,7 @@ def test_a_group_sae_contributes_a_row_for_every_layer_it_serves():
 def test_compute_counts_saes_tokens_and_flops_per_regime():
     costs = compute_table(regimes()).set_index("regime")
     assert costs.loc["per_layer", "saes"] == 3 and costs.loc["per_layer", "tokens"] == 3000
-    assert costs.loc["group", "flops"] == pytest.approx(training_flops(SaeConfig(**CFG), 1000))
+    assert costs.loc["group", "flops"] == pytest.approx(training_flops(CFG, 1000))
 
 
 def test_the_summary_measures_the_saving_of_groups_and_their_fvu_cost():
@@ -51,19 +58,19 @@ def test_the_summary_measures_the_saving_of_groups_and_their_fvu_cost():
 
 def test_regimes_with_different_saes_or_holdouts_refuse_to_be_compared():
     different = regimes()
-    different["group"]["sae_config"] = SaeConfig(d_in=4, expansion_factor=4, k=2).to_dict()
+    different["group"] = replace(different["group"], sae_config=SaeConfig(d_in=4, expansion_factor=4, k=2))
     with pytest.raises(ValueError, match="different sae_config"):
         check_comparable(different)
     different = regimes()
-    different["per_layer"]["holdout_share"] = 0.2
+    different["per_layer"] = replace(different["per_layer"], holdout_share=0.2)
     with pytest.raises(ValueError, match="different holdout_share"):
         check_comparable(different)
     check_comparable(regimes())
 
 
-def test_a_regime_without_saes_or_baseline_is_a_clear_error():
-    with pytest.raises(ValueError, match="has no SAEs"):
-        layer_table({"group": {"saes": []}})
+def test_a_set_without_saes_or_a_comparison_without_baseline_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least one SAE"):
+        saes()
     table = layer_table(regimes())
     with pytest.raises(ValueError, match="no 'per_layer' regime"):
         comparison_summary(table[table.regime != "per_layer"], compute_table(regimes()))
@@ -96,3 +103,16 @@ def test_the_spliced_documents_leave_their_massive_positions_unpatched(tmp_path)
     assert documents.unpatched[name] == [0]  # position 4 lies past the 4 tokens kept
     assert all(len(ids) == 4 for ids in documents.token_ids.values())
     assert not any(documents.unpatched[other] for other in documents.unpatched if other != name)
+
+
+def test_an_sae_set_round_trips_through_its_json_form_and_finds_the_sae_of_a_layer():
+    transfer = replace(regimes()["transfer"], notes={"direction": "forward", "token_fraction": 0.1})
+    data = transfer.to_dict()
+    assert data["saes"][0]["metrics"] == {"1": {"fvu": 0.25, "l0": 2.0, "dead_fraction": 0.0, "n_tokens": 10, "fvu_with_massive": 0.25}}
+    assert data["direction"] == "forward"
+    assert SaeSet.from_dict(data) == transfer
+    assert regimes()["group"].for_layer(2).layers == (0, 1, 2)
+    with pytest.raises(ValueError, match="no SAE of the set serves layer 7"):
+        regimes()["group"].for_layer(7)
+    with pytest.raises(ValueError, match=r"not an SAE set: \['holdout_share'\] missing"):
+        SaeSet.from_dict({k: v for k, v in data.items() if k != "holdout_share"})

@@ -36,6 +36,20 @@ def test_frames_round_trip_as_parquet_and_dicts_as_json(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_typed_result_is_stored_as_json_and_read_back_as_the_type_the_reader_declares(tmp_path):
+    from dagster import DagsterType
+
+    from tests.test_sae_comparison import regimes
+
+    manager = TableIOManager(root=str(tmp_path))
+    saes = regimes()["group"]
+    manager.handle_output(output_context("group_saes"), saes)
+    assert json.loads((tmp_path / "tables" / "group_saes.json").read_text())["saes"][0]["layers"] == [0, 1, 2]
+    typed = DagsterType(lambda _, value: True, name="SaeSet", typing_type=type(saes))
+    assert manager.load_input(build_input_context(asset_key=AssetKey("group_saes"), dagster_type=typed)) == saes
+    assert manager.load_input(build_input_context(asset_key=AssetKey("group_saes")))["holdout_share"] == 0.1
+
+
 def test_one_partition_is_written_to_its_own_file(tmp_path):
     manager = TableIOManager(root=str(tmp_path))
     frame = pd.DataFrame({"month": ["2014-01"], "log_return": [0.01]})
@@ -71,3 +85,22 @@ def test_a_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert not list(tmp_path.rglob("*.tmp"))
     pd.testing.assert_frame_equal(manager.load_input(build_input_context(asset_key=AssetKey("kept"))), old)
+
+
+def test_an_asset_reading_a_typed_result_gets_the_type_its_parameter_names(tmp_path):
+    from dagster import asset, materialize
+
+    from sae_core.sae_set import SaeSet
+    from tests.test_sae_comparison import regimes
+
+    @asset
+    def trained() -> SaeSet:
+        return regimes()["per_layer"]
+
+    @asset
+    def reader(trained: SaeSet) -> dict:
+        assert isinstance(trained, SaeSet)
+        return {"layers": trained.layers_served}
+
+    result = materialize([trained, reader], resources={"io_manager": TableIOManager(root=str(tmp_path))})
+    assert result.success and result.output_for_node("reader") == {"layers": [0, 1, 2]}

@@ -258,50 +258,102 @@ def walk_forward_pairs(
                 "nothing can be traded out of sample"
             )
 
-    daily_parts, turnover_parts, pair_parts, summary_rows = [], [], [], []
+    traded = []
     for k, window in enumerate(windows):
         if clusterings is not None:
             as_of, clusters = chosen[window]
-        selection = _select_pairs(log_prices.loc[window.formation_start : window.formation_end], clusters, cfg)
-        tickers = sorted(set(selection.pairs["a"]).union(selection.pairs["b"]))
-        trading = log_prices.loc[window.trading_start : window.trading_end, tickers]
-        trades = simulate_pairs(trading, selection.pairs, cfg, jumps)
+        traded.append(trade_window(log_prices, clusters, window, cfg, jumps, number=k, as_of=as_of))
+    return pool_windows(traded, windows)
 
-        positions = trades.positions.to_numpy()
-        held = np.vstack([np.zeros((1, positions.shape[1])), positions[:-1]])
-        active = (held != 0) | (positions != held)
-        pairs_weight = 1.0 / np.maximum(active.sum(axis=1), 1)  # equal weight over the active pairs
-        daily = trades.returns.to_numpy().sum(axis=1) * pairs_weight
-        daily_parts.append(pd.Series(daily, index=trading.index))
-        turnover_parts.append(pd.Series(trades.traded.to_numpy().sum(axis=1) * pairs_weight, index=trading.index))
 
-        pair_returns = (1.0 + trades.returns).prod(axis=0) - 1.0
-        entries = ((positions != 0) & (held == 0)).sum(axis=0)
-        pair_parts.append(
-            selection.pairs.assign(
-                window=k, n_entries=entries.astype(int), window_return=pair_returns.to_numpy(dtype=np.float64)
-            )
-        )
-        summary_rows.append(
-            {
-                "window": k,
-                "formation_end": window.formation_end,
-                "trading_start": window.trading_start,
-                "n_tickers": selection.n_tickers,
-                "clusters_searched": selection.clusters_searched,
-                "clusters_skipped_too_large": selection.clusters_skipped_too_large,
-                "n_pairs": len(selection.pairs),
-                "clusters_as_of": pd.Timestamp(as_of) if as_of is not None else pd.NaT,
-                "window_return": float(np.prod(1.0 + daily) - 1.0),
-            }
-        )
+class WindowTrades(NamedTuple):
+    """One window traded (`trade_window`)."""
 
+    daily_returns: pd.Series
+    daily_turnover: pd.Series
+    pairs: pd.DataFrame
+    """window, PAIR_COLUMNS, n_entries, window_return."""
+    summary: dict
+    """One row of PairsResult.window_summary."""
+
+
+def trade_window(
+    log_prices: pd.DataFrame,
+    clusters: pd.Series,
+    window: Window,
+    cfg: PairsConfig = PairsConfig(),
+    jumps: pd.DataFrame | None = None,
+    number: int | str = 0,
+    as_of: object = None,
+) -> WindowTrades:
+    """Select pairs within `clusters` on the formation window's log prices, trade them over the trading
+    window, and pool them into that window's portfolio (weights as in `walk_forward_pairs`).
+
+    `number` names the window in the pairs and summary rows (its position, or a date); `as_of` is the date of
+    the clustering traded.
+    """
+    selection = _select_pairs(log_prices.loc[window.formation_start : window.formation_end], clusters, cfg)
+    tickers = sorted(set(selection.pairs["a"]).union(selection.pairs["b"]))
+    trading = log_prices.loc[window.trading_start : window.trading_end, tickers]
+    trades = simulate_pairs(trading, selection.pairs, cfg, jumps)
+
+    positions = trades.positions.to_numpy()
+    held = np.vstack([np.zeros((1, positions.shape[1])), positions[:-1]])
+    active = (held != 0) | (positions != held)
+    pairs_weight = 1.0 / np.maximum(active.sum(axis=1), 1)  # equal weight over the active pairs
+    daily = trades.returns.to_numpy().sum(axis=1) * pairs_weight
+    pair_returns = (1.0 + trades.returns).prod(axis=0) - 1.0
+    entries = ((positions != 0) & (held == 0)).sum(axis=0)
+    pairs = selection.pairs.assign(
+        window=number, n_entries=entries.astype(int), window_return=pair_returns.to_numpy(dtype=np.float64)
+    )
+    summary = {
+        "window": number,
+        "formation_start": window.formation_start,
+        "formation_end": window.formation_end,
+        "trading_start": window.trading_start,
+        "trading_end": window.trading_end,
+        "n_tickers": selection.n_tickers,
+        "clusters_searched": selection.clusters_searched,
+        "clusters_skipped_too_large": selection.clusters_skipped_too_large,
+        "n_pairs": len(selection.pairs),
+        "clusters_as_of": pd.Timestamp(as_of) if as_of is not None else pd.NaT,
+        "window_return": float(np.prod(1.0 + daily) - 1.0),
+    }
+    return WindowTrades(
+        pd.Series(daily, index=trading.index),
+        pd.Series(trades.traded.to_numpy().sum(axis=1) * pairs_weight, index=trading.index),
+        pairs,
+        summary,
+    )
+
+
+def pool_windows(traded: list[WindowTrades], windows: list[Window]) -> PairsResult:
+    """The PairsResult of consecutive traded windows: their days, pairs and summaries one after another."""
+    if not traded:
+        raise ValueError("no window was traded: there is nothing to pool")
     pair_columns = ["window", *PAIR_COLUMNS, "n_entries", "window_return"]
-    non_empty = [part.loc[:, pair_columns] for part in pair_parts if len(part)]
+    non_empty = [part.pairs.loc[:, pair_columns] for part in traded if len(part.pairs)]
     pairs = pd.concat(non_empty, ignore_index=True) if non_empty else pd.DataFrame(columns=pair_columns)
-    daily_returns = pd.concat(daily_parts).rename("pairs_daily_return")
-    daily_turnover = pd.concat(turnover_parts).rename("pairs_daily_turnover")
-    return PairsResult(daily_returns, daily_turnover, pairs, windows, pd.DataFrame(summary_rows))
+    daily_returns = pd.concat([part.daily_returns for part in traded]).rename("pairs_daily_return")
+    daily_turnover = pd.concat([part.daily_turnover for part in traded]).rename("pairs_daily_turnover")
+    summary = pd.DataFrame([part.summary for part in traded])
+    return PairsResult(daily_returns, daily_turnover, pairs, windows, summary)
+
+
+def window_starting(dates: pd.DatetimeIndex, start: object, end: object, cfg: PairsConfig = PairsConfig()) -> Window | None:
+    """The window that trades the `dates` in [start, end), formed on the `formation_days` dates before them.
+
+    None when fewer than formation_days dates precede `start` or fewer than two fall in [start, end)
+    (one day cannot hold a position from one close to the next). This is how calendar periods (the
+    half-years a clustering is dated for) become trading windows.
+    """
+    dates = pd.DatetimeIndex(dates)
+    trading = dates[(dates >= pd.Timestamp(start)) & (dates < pd.Timestamp(end))]
+    before = dates[dates < pd.Timestamp(start)]
+    if len(trading) < 2 or len(before) < cfg.formation_days:
+        return None
+    return Window(before[-cfg.formation_days], before[-1], trading[0], trading[-1])
 
 
 def summarize_backtest(result: PairsResult) -> dict[str, float | int]:

@@ -9,8 +9,7 @@ the same rule as `resources.storage`:
     tables/current_company_clusters.parquet
                                            the same for today: every company's latest text
     tables/company_descriptions.parquet    ticker, name, ...
-    artifacts/company_top_latents/latent_descriptions.parquet
-                                           latent, top_tokens, top_companies (every latent that fires)
+    tables/latent_descriptions.parquet     latent, top_tokens, top_companies (every latent that fires)
 
 Similarity is the cosine of specificity-weighted profiles (`peerlens.similarity.company_latents`), the sum
 over latents of p_aj p_bj. Each term is a latent's contribution: the latents with the largest
@@ -32,14 +31,12 @@ from peerlens.similarity.company_latents import company_profiles
 from peerlens.layout import HOME_ENV, storage_root
 from peerlens.sources.texts import texts_known_before
 
-LATENT_DESCRIPTIONS_FILE = "latent_descriptions.parquet"
-
 MATERIALIZED_FILES = {
     "company_features": Path("tables", "company_features.parquet"),
     "company_clusters": Path("tables", "company_clusters"),
     "current_company_clusters": Path("tables", "current_company_clusters.parquet"),
     "company_descriptions": Path("tables", "company_descriptions.parquet"),
-    "company_top_latents": Path("artifacts", "company_top_latents", LATENT_DESCRIPTIONS_FILE),
+    "latent_descriptions": Path("tables", "latent_descriptions.parquet"),
 }
 """Asset name → the file of it the peer query reads, relative to the storage root (a folder: one file per
 partition, read together)."""
@@ -49,7 +46,7 @@ _REQUIRED_COLUMNS = {
     "company_clusters": ("as_of", "method", "ticker", "cluster"),
     "current_company_clusters": ("as_of", "method", "ticker", "cluster"),
     "company_descriptions": ("ticker", "name"),
-    "company_top_latents": ("latent", "top_tokens", "top_companies"),
+    "latent_descriptions": ("latent", "top_tokens", "top_companies"),
 }
 
 
@@ -247,7 +244,7 @@ class PeerIndex:
             frames["company_features"],
             frames["current_company_clusters" if as_of is None else "company_clusters"],
             frames["company_descriptions"],
-            frames["company_top_latents"],
+            frames["latent_descriptions"],
             as_of=as_of,
         )
 
