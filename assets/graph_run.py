@@ -17,7 +17,6 @@ from dagster._core.loader import LoadingContext
 from assets.metadata import frame_version
 from peerlens.sources.texts import text_days, texts_known_on
 
-
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 PARTITION_KEY = "dagster/partition"
@@ -45,9 +44,12 @@ def materialize_graph(
     months = graph.get(AssetKey("monthly_returns")).partitions_def.get_partition_keys()
     ops_config = (run_config or {}).get("ops", {})
 
+    # A multi-asset's config is its op's (trade_windows configures backtest_daily, _pairs and _windows).
+    op_keys = {definition.op.name: set(definition.keys) for definition in defs.assets if hasattr(definition, "op")}
+
     def run(selection: AssetSelection, tags: dict | None = None):
         keys = selection.resolve(graph)
-        config = {"ops": {k.path[-1]: v for k, v in ((AssetKey(n), c) for n, c in ops_config.items()) if k in keys}}
+        config = {"ops": {op: c for op, c in ops_config.items() if op_keys.get(op, {AssetKey(op)}) & keys}}
         log(f"materializing {sorted(k.to_user_string() for k in keys)}")
         return materialize(
             assets, selection=selection, instance=instance, resources=resources, run_config=config, tags=tags

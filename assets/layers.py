@@ -73,7 +73,7 @@ class LayerGroupsConfig(Config):
 
 
 @asset(group_name="layer_groups")
-def layer_groups(config: LayerGroupsConfig, layer_distances: dict) -> Output[dict]:
+def layer_groups(config: LayerGroupsConfig, layer_distances: dict) -> Output[LayerGrouping]:
     """Complete-linkage groups of layers 0..L−2 for every G, AMAD(G), Ĝ, and the chosen groups plus the final layer."""
     grouping = choose_layer_groups(np.asarray(layer_distances["distances"]), threshold=config.amad_threshold)
     curve = pd.DataFrame({"G": [str(g) for g in grouping.amad_by_g], "AMAD": list(grouping.amad_by_g.values())})
@@ -81,7 +81,7 @@ def layer_groups(config: LayerGroupsConfig, layer_distances: dict) -> Output[dic
         {"sae": range(len(grouping.chosen_groups)), "layers": [str(g) for g in grouping.chosen_groups]}
     )
     return Output(
-        grouping.to_dict(),
+        grouping,
         metadata={
             "chosen_g": grouping.chosen_g,
             "saes_to_train": len(grouping.chosen_groups),
@@ -106,9 +106,9 @@ def _amad_plot(curve: pd.DataFrame, grouping: LayerGrouping) -> MetadataValue:
 
 
 @asset_check(asset=layer_groups, blocking=True)
-def groups_partition_every_layer_with_amad_in_unit_interval(layer_groups: dict) -> AssetCheckResult:
+def groups_partition_every_layer_with_amad_in_unit_interval(layer_groups: LayerGrouping) -> AssetCheckResult:
     """AMAD(G) ∈ [0, 1] for every G, and the chosen groups cover each layer exactly once."""
-    grouping = LayerGrouping.from_dict(layer_groups)
+    grouping = layer_groups
     amads = np.array(list(grouping.amad_by_g.values()))
     layers = sorted(layer for group in grouping.chosen_groups for layer in group)
     n_layers = max(layers) + 1

@@ -1,13 +1,19 @@
-"""The partitions: texts by the day they became known, monthly returns, and the dates clusterings are made as of.
+"""The partitions: texts by the day they became known, months of returns, clustering dates (with their
+trading windows) and scored years, and the automation conditions that carry new partitions downstream.
 
-The two time partitions follow one window, PEERLENS_MONTHS_START/END (default the 2017 vintage's prices). An empty END means
-"up to now": then a new partition appears as each month, or each half-year, begins.
+The time partitions follow one window, PEERLENS_MONTHS_START/END (default the 2017 vintage's prices). An
+empty END means "up to now": then a new partition appears as each month, half-year or year begins.
 """
 
 import os
 
 import pandas as pd
-from dagster import AutomationCondition, DynamicPartitionsDefinition, MonthlyPartitionsDefinition, TimeWindowPartitionsDefinition
+from dagster import (
+    AutomationCondition,
+    DynamicPartitionsDefinition,
+    MonthlyPartitionsDefinition,
+    TimeWindowPartitionsDefinition,
+)
 
 from peerlens.similarity.point_in_time import CLUSTERING_MONTHS
 
@@ -18,7 +24,6 @@ MONTHS_END = os.environ.get("PEERLENS_MONTHS_END", "2020-10-01") or None
 # PEERLENS_MONTHS_START=2013-03-01 and PEERLENS_MONTHS_END=2018-02-01; live deployments their own window.
 
 MONTHS = MonthlyPartitionsDefinition(start_date=MONTHS_START, end_date=MONTHS_END)
-
 
 
 def half_year_start_on_or_after(day: str) -> str:
@@ -63,8 +68,8 @@ YEARS = _years()
 
 TEXT_DATES = DynamicPartitionsDefinition(name="text_dates")
 """Partitions of everything computed per text (its activations): one per day on which texts became known
-(known_by, YYYY-MM-DD; `peerlens.sources.texts.text_days`). company_descriptions adds the days it holds; a new filing adds its own, so capturing
-it never touches the partitions before it."""
+(known_by, YYYY-MM-DD; `peerlens.sources.texts.text_days`). company_descriptions adds the days it holds; a
+new filing adds its own, so capturing it never touches the partitions before it."""
 
 
 NEW_PARTITION = AutomationCondition.on_missing()

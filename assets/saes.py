@@ -23,6 +23,7 @@ from peerlens.layout import staging_path
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStore
 from sae_core.config import SaeConfig, TrainConfig
+from sae_core.groups import LayerGrouping
 from sae_core.io import save_sae
 from sae_core.massive_activations import MassiveTokens
 from sae_core.release import load_release, new_release, publish_release, release_id
@@ -90,7 +91,7 @@ def group_saes(
     config: GroupSaesConfig,
     activation_corpus: dict,
     massive_activations: MassiveTokens,
-    layer_groups: dict,
+    layer_groups: LayerGrouping,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
     sae_trainer: SaeTrainer,
@@ -128,7 +129,7 @@ def group_saes(
             trained = _train_group_saes(context, config, store, massive_activations, layer_groups, sae_cfg,
                                         train_cfg, sae_trainer, staging, artifacts.relative(folder))
             corpus = sorted(store.index.document.unique())
-            release = new_release(recipe, corpus, trained, notes={"layer_groups": layer_groups["chosen_groups"]})
+            release = new_release(recipe, corpus, trained, notes={"layer_groups": layer_groups.chosen_groups})
             publish_release(staging, release, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -147,7 +148,7 @@ def group_saes(
             "reused": reused,
             "corpus_texts": len(release.corpus),
             "texts_in_store_not_in_corpus": len(set(store.index.document) - set(release.corpus)),
-            "release_groups_match_current_layer_groups": trained.groups == layer_groups["chosen_groups"],
+            "release_groups_match_current_layer_groups": trained.groups == layer_groups.chosen_groups,
             "saes": len(trained.saes),
             "d_sae": sae_cfg.d_sae,
             "architecture": sae_cfg.architecture,
@@ -164,15 +165,23 @@ def group_saes(
 
 
 def _train_group_saes(
-    context, config: GroupSaesConfig, store: ActivationStore, massive_activations: MassiveTokens, layer_groups: dict,
-    sae_cfg: SaeConfig, train_cfg: TrainConfig, sae_trainer: SaeTrainer, staging: Path, published: str,
+    context,
+    config: GroupSaesConfig,
+    store: ActivationStore,
+    massive_activations: MassiveTokens,
+    layer_groups: LayerGrouping,
+    sae_cfg: SaeConfig,
+    train_cfg: TrainConfig,
+    sae_trainer: SaeTrainer,
+    staging: Path,
+    published: str,
 ) -> SaeSet:
     """Train one SAE per chosen group into `staging`; the returned paths name their place once published
     (`published`: the release folder relative to the storage root)."""
     split = token_split(store.index.document, config.holdout_share, massive_activations)
     device = train_cfg.device
     saes = []
-    for number, layers in enumerate(layer_groups["chosen_groups"]):
+    for number, layers in enumerate(layer_groups.chosen_groups):
         per_layer = [store.layer(layer, dtype=torch.float16) for layer in layers]
         generator = torch.Generator().manual_seed(config.seed + number)
         # Each token contributes its activation from one uniformly random layer of the group,

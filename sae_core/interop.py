@@ -3,7 +3,7 @@
 SAELens needs no converter in either direction: sae_core saves in its layout, and `io.load_sae`
 reads SAELens's own saves (v6 and the legacy v5 spelling; see sae_core.io), so `load_saelens_sae`
 is that reader under the name a SAELens user looks for. `sae_lens.SAE.load_from_disk` opens what
-`io.save_sae` writes and runs it to the same reconstruction (tests/test_interop.py).
+`io.save_sae` writes and runs it to the same reconstruction (tests/sae_core/test_interop.py).
 
 sparsify (`SparseCoder.save_to_disk`), a folder with cfg.json + sae.safetensors:
 

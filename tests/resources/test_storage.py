@@ -39,7 +39,7 @@ def test_frames_round_trip_as_parquet_and_dicts_as_json(tmp_path):
 def test_a_typed_result_is_stored_as_json_and_read_back_as_the_type_the_reader_declares(tmp_path):
     from dagster import DagsterType
 
-    from tests.test_sae_comparison import regimes
+    from tests.sae_core.test_sae_comparison import regimes
 
     manager = TableIOManager(root=str(tmp_path))
     saes = regimes()["group"]
@@ -91,7 +91,7 @@ def test_an_asset_reading_a_typed_result_gets_the_type_its_parameter_names(tmp_p
     from dagster import asset, materialize
 
     from sae_core.sae_set import SaeSet
-    from tests.test_sae_comparison import regimes
+    from tests.sae_core.test_sae_comparison import regimes
 
     @asset
     def trained() -> SaeSet:

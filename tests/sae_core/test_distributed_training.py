@@ -23,7 +23,7 @@ from sae_core.train import train_sae
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WORLD_SIZE = 2
 D_IN = 16
 # 129 rows split 65 + 64: uneven shards must still give the global batch's losses. A dead-latent

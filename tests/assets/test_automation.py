@@ -52,7 +52,7 @@ def test_run_outcomes_reads_the_instance_by_run_key():
 
 
 def test_the_sensor_requests_a_failed_refresh_again(monkeypatch):
-    from tests.test_filings_sensor import USER_AGENT
+    from tests.peerlens.sources.test_filings_sensor import USER_AGENT
 
     cursor = FilingsCursor(latest={}, next_offset=0, pending={"10k@2023-01-31:0001": ["TSLA"]})
     monkeypatch.setattr(automation, "_run_outcomes", lambda instance, pending: {"10k@2023-01-31:0001": "failure"})

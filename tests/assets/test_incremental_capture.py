@@ -16,7 +16,7 @@ from peerlens.sources.texts import append_texts, text_days, texts_from_records
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource, TableIOManager
 from sae_core.activation_store import ActivationStore
 from sae_core.capture import LoadedModel, wrap_model
-from tests.test_capture import word_tokenizer
+from tests.sae_core.test_capture import word_tokenizer
 from tests.tiny_models import tiny_llama_config
 
 TOKENS_SEEN: list[int] = []

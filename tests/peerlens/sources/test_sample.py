@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,10 +17,9 @@ from peerlens.sources.sample import (
     sic_division,
 )
 from peerlens.sources.tickers import normalize_ticker
+from peerlens.sources.sample import default_sample_dir
 
-SAMPLE_DIR = Path(
-    os.environ.get("PEERLENS_SAMPLE_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
-)
+SAMPLE_DIR = default_sample_dir()
 
 
 def write_sample(root: Path, descriptions: str, constituents: str, cik_ticker: str,

@@ -1,6 +1,5 @@
 """The group_saes asset trains with what its config says, as per_layer_saes and transfer_saes do."""
 
-from pathlib import Path
 
 import dagster
 import pytest
@@ -9,6 +8,7 @@ import torch
 from assets.saes import GroupSaesConfig, group_saes
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStoreWriter
+from sae_core.groups import LayerGrouping
 from sae_core.massive_activations import find_massive_tokens
 from sae_core.release import load_release
 
@@ -57,7 +57,7 @@ def run_group_saes(tmp_path, store, **overrides):
         config=config,
         activation_corpus={"folder": str(store.folder)},
         massive_activations=find_massive_tokens(store.token_norms()),
-        layer_groups={"chosen_groups": [[0, 1]]},
+        layer_groups=LayerGrouping({1: [[0]]}, {1: 0.0}, 1, [[0, 1]], True, 0.2),
         compute=ComputeResource(device="cpu"),
         artifacts=ArtifactStorage(root=str(tmp_path / "home")),
         sae_trainer=SaeTrainer(),

@@ -1,6 +1,5 @@
 """Comparing training regimes: the layer and compute tables, the summary figures, training FLOPs."""
 
-import pandas as pd
 import pytest
 
 from dataclasses import replace
@@ -90,7 +89,7 @@ def test_the_spliced_documents_leave_their_massive_positions_unpatched(tmp_path)
 
     from assets.sae_comparison import heldout_documents
     from sae_core.token_split import holdout_mask
-    from tests.test_group_saes_config import tiny_store
+    from tests.assets.test_group_saes_config import tiny_store
 
     store = tiny_store(tmp_path / "store", tokens_per_document=6, documents=10)
     held_out = holdout_mask(store.index.document, 0.3)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,10 +18,9 @@ from peerlens.sources.filings import FilingsCursor, PollResult, poll_new_10k_fil
 from peerlens.sources.sample import LoadedTable
 from peerlens.sources.texts import texts_from_records
 from resources import EdgarResource, SampleDataResource
+from peerlens.sources.sample import default_sample_dir
 
-SAMPLE_DIR = Path(
-    os.environ.get("PEERLENS_SAMPLE_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
-)
+SAMPLE_DIR = default_sample_dir()
 USER_AGENT = "PeerLens Test test@example.com"
 
 TSLA_CIK, AAPL_CIK, MSFT_CIK = 1318605, 320193, 789019

@@ -11,7 +11,7 @@ from dagster import BackfillPolicy, DagsterInstance, asset, materialize
 from assets.evaluation import both_timings_trade_every_method_on_the_same_days, pairs_backtest, trade_windows
 from assets.partitions import CLUSTERING_DATES
 from resources import TableIOManager
-from tests.test_point_in_time import SECTORS, daily_prices, sector_of
+from tests.peerlens.similarity.test_point_in_time import SECTORS, daily_prices, sector_of
 
 DATED = ("2017-01-01", "2017-07-01", "2018-01-01")
 SMALL = {"formation_days": 126, "pvalue_max": 0.2}

@@ -25,7 +25,7 @@ from sae_core.capture import (
     tokenize,
     wrap_model,
 )
-from tests.tiny_models import D_MODEL, N_LAYERS, VOCAB, tiny_llama_config
+from tests.tiny_models import D_MODEL, N_LAYERS, tiny_llama_config
 
 BOS = 1
 ATOL = 1e-5

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,8 +14,9 @@ from peerlens.sources.returns import (
     month_end_log_returns,
     wide_returns,
 )
+from peerlens.sources.sample import default_sample_dir
 
-SAMPLE_DIR = Path(os.environ.get("PEERLENS_SAMPLE_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SAMPLE_DIR = default_sample_dir()
 SAMPLE_PRICES = SAMPLE_DIR / "sp500" / "prices_daily.parquet"
 
 

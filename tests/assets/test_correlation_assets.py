@@ -16,7 +16,7 @@ from assets.correlations import (
 )
 from assets.partitions import CLUSTERING_DATES, MONTHS
 from resources import TableIOManager
-from tests.test_mc_study import planted_clusters, planted_returns
+from tests.peerlens.mean_correlation.test_mc_study import planted_clusters, planted_returns
 
 CONFIG = {"config": {"reference": "codes", "baselines": ["random", "codes"], "n_boot": 200, "matched_draws": 5}}
 RUN_CONFIG = {"ops": {"cluster_correlations": CONFIG, "mc_comparisons": CONFIG}}

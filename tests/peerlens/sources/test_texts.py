@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,10 +21,9 @@ from peerlens.sources.sample_2017 import (
 )
 from peerlens.sources.text_sources import edgar_10k_texts, edgar_corpus_texts, read_edgar_corpus
 from peerlens.sources.texts import TEXT_COLUMNS, append_texts, company_id, texts_from_records, texts_known_before
+from peerlens.sources.sample import default_sample_dir
 
-SAMPLE_DIR = Path(
-    os.environ.get("PEERLENS_SAMPLE_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
-)
+SAMPLE_DIR = default_sample_dir()
 
 
 def texts(*rows: tuple) -> pd.DataFrame:

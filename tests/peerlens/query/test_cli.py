@@ -10,7 +10,7 @@ import pytest
 
 from peerlens.query.cli import main
 from peerlens.query.peers import MATERIALIZED_FILES
-from tests.test_peers import write_storage
+from tests.peerlens.query.test_peers import write_storage
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from sae_core.checkpoint import CHECKPOINT_FILENAME
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.train import train_sae
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 D_IN = 16
 BATCH_SIZE, N_STEPS, CHECKPOINT_EVERY, KILL_AT_STEP = 64, 12, 4, 7
 

@@ -1,7 +1,6 @@
 """Bad input at the asset level: a clear error naming the input, and nothing already stored lost."""
 
 import pandas as pd
-import pytest
 from dagster import AssetSpec, DagsterInstance, materialize
 
 from assets.activations import llm_activations

@@ -14,8 +14,8 @@ from resources import SaeTrainer
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.kernels import fused_topk_encode, sparse_decode
 from sae_core.train import train_sae
-from tests.test_fused_encoder import gradients, tensors, training_loss
-from tests.test_training_launcher import D_IN, low_rank_rows
+from tests.sae_core.test_fused_encoder import gradients, tensors, training_loss
+from tests.resources.test_training_launcher import D_IN, low_rank_rows
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -4,8 +4,6 @@ and the client's politeness (User-Agent, rate limit, retries) against a fake ses
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import requests
@@ -19,10 +17,9 @@ from peerlens.sources.edgar import (
     parse_company_tickers,
     ten_k_filings,
 )
+from peerlens.sources.sample import default_sample_dir
 
-SAMPLE_DIR = Path(
-    os.environ.get("PEERLENS_SAMPLE_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
-)
+SAMPLE_DIR = default_sample_dir()
 EDGAR_DIR = SAMPLE_DIR / "edgar"
 TEN_K_DIR = EDGAR_DIR / "10k"
 USER_AGENT = "PeerLens Tests tests@example.com"
