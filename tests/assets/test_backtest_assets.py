@@ -98,3 +98,28 @@ def test_the_summary_scores_both_timings_on_the_same_days_and_sector_peers_trade
     assert table.loc[("point in time", "codes"), "n_pairs"] > 0 and table.loc[("point in time", "codes"), "windows"] == 3
     assert table.n_days.nunique() == 1
     assert all(check.passed for check in summary_run.get_asset_check_evaluations())
+
+
+@asset(name="company_clusters", partitions_def=CLUSTERING_DATES, backfill_policy=BackfillPolicy.single_run())
+def no_dated_clusters(context):
+    """Every text newer than every price (the 2024 vintage): no clustering date has a universe."""
+    parts = {key: clusters_of(key).iloc[:0] for key in context.partition_keys}
+    return parts if len(parts) > 1 else next(iter(parts.values()))
+
+
+def test_with_no_window_in_time_the_reference_alone_is_traded_and_labelled(tmp_path):
+    dates = CLUSTERING_DATES.get_partition_keys()
+    assets = [no_dated_clusters, planted_current_company_clusters, planted_daily_prices, trade_windows, pairs_backtest,
+              both_timings_trade_every_method_on_the_same_days]
+    resources = {"io_manager": TableIOManager(root=str(tmp_path))}
+    range_tags = {"dagster/asset_partition_range_start": dates[0], "dagster/asset_partition_range_end": dates[-1]}
+    with DagsterInstance.ephemeral() as instance:
+        for selection, tags in ((["current_company_clusters", "daily_prices"], None),
+                                (["company_clusters", "backtest_daily", "backtest_pairs", "backtest_windows"], range_tags)):
+            assert materialize(assets, selection=selection, instance=instance, tags=tags, resources=resources).success
+        result = materialize(assets, selection=["pairs_backtest"], instance=instance, resources=resources,
+                             run_config={"ops": {"pairs_backtest": {"config": SMALL}}})
+    table = result.output_for_node("pairs_backtest")
+    assert set(table.timing) == {"look-ahead reference"} and set(table.method) == {"codes", "random"}
+    assert result.asset_materializations_for_node("pairs_backtest")[0].metadata["headline_timing"].value == "look-ahead reference"
+    assert all(check.passed for check in result.get_asset_check_evaluations())
