@@ -20,8 +20,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.partitions import MONTHS, TEXT_DATES, partitions_value
 from assets.metadata import frame_version, rule_metadata, table_preview
+from assets.partitions import MONTHS, TEXT_DATES, partitions_value
 from peerlens.sources.edgar import EdgarError
 from peerlens.layout import write_parquet_atomically
 from peerlens.sources.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
@@ -29,7 +29,6 @@ from peerlens.sources.texts import LOADED_COLUMNS, append_texts, text_days, text
 from peerlens.sources.tickers import normalize_ticker
 from resources import ArtifactStorage, EdgarResource, SampleDataResource, YFinanceResource
 from sae_core.text import is_blank
-
 
 EDGAR_TEXTS = "edgar_texts.parquet"
 """The 10-K texts fetched from EDGAR so far (a text history); each refresh appends to it."""
@@ -147,7 +146,8 @@ def daily_texts(context: AssetExecutionContext, company_descriptions: pd.DataFra
             f"daily_texts partition {context.partition_key}: company_descriptions holds no text known on that "
             "day (a partition left from another universe: leave it unmaterialized, or delete it in the UI)"
         )
-    yield Output(texts, data_version=frame_version(texts), metadata={"texts": len(texts), "preview": table_preview(texts[["ticker", "source", "known_by"]])})
+    preview = table_preview(texts[["ticker", "source", "known_by"]])
+    yield Output(texts, data_version=frame_version(texts), metadata={"texts": len(texts), "preview": preview})
     off_day = texts[texts.known_by.dt.strftime("%Y-%m-%d") != context.partition_key]
     yield AssetCheckResult(
         check_name="every_text_of_the_day_is_known_on_it",
