@@ -31,6 +31,7 @@ from sae_core.activation_store import (
     STORE_DTYPE,
     ActivationStore,
     ActivationStoreWriter,
+    StoreRef,
     combine_stores,
     copy_documents,
     document_fingerprint,
@@ -66,7 +67,7 @@ def llm_activations(
     One document per text (its text_id), not per company. A new filing is a new partition: capturing it
     runs the model over its text and nothing else. Texts the partition's previous store already holds
     (same id, content, model and truncation) are copied from it, not captured again. The value of each
-    partition is its store's manifest (folder, model, shapes); the tensors stay on disk.
+    partition is a `StoreRef` (folder, model, shapes); the tensors stay on disk.
     """
     started = time.perf_counter()
     capture = _PartitionCapture(context, language_model, compute)
@@ -74,7 +75,7 @@ def llm_activations(
         key: capture(texts_known_on(daily_texts, key), artifacts.folder("llm_activations") / key, artifacts)
         for key in context.partition_keys
     }
-    parts = {key: day.manifest for key, day in captured.items()}
+    parts = {key: day.store for key, day in captured.items()}
     totals = pd.DataFrame([day.counts for day in captured.values()]).sum()
     seconds = capture.capture_seconds
     yield Output(
@@ -89,7 +90,7 @@ def llm_activations(
         },
     )
     # fp16 overflows above 65,504: a day with inf or NaN stored must not reach the corpus.
-    non_finite = {key: int(part["non_finite_values"]) for key, part in parts.items() if part["non_finite_values"]}
+    non_finite = {key: day.counts["non_finite_values"] for key, day in captured.items() if day.counts["non_finite_values"]}
     yield AssetCheckResult(
         check_name="captured_activations_are_finite",
         passed=not non_finite,
@@ -98,8 +99,8 @@ def llm_activations(
 
 
 class _CapturedDay(NamedTuple):
-    manifest: dict
-    """The partition's value: its store's manifest, folder relative to the storage root."""
+    store: StoreRef
+    """The partition's value."""
     counts: dict
     """texts, texts_captured, texts_reused, tokens, tokens_through_the_model, truncated_descriptions."""
 
@@ -161,14 +162,13 @@ class _PartitionCapture:
 
 def _captured_day(store: ActivationStore, artifacts: ArtifactStorage, texts: int, captured: int, reused: int,
               tokens: int, truncated: int = 0) -> _CapturedDay:
-    """A captured day: its store's manifest (folder relative to the storage root), and what it cost."""
-    manifest = {"folder": artifacts.relative(store.folder), **store.manifest}
-    manifest.pop(FINGERPRINTS, None)
+    """A captured day: what refers to its store, and what it cost."""
     counts = {
         "texts": texts, "texts_captured": captured, "texts_reused": reused, "tokens": store.n_tokens,
         "tokens_through_the_model": tokens, "truncated_descriptions": truncated,
+        "non_finite_values": int(store.manifest["non_finite_values"]),
     }
-    return _CapturedDay(manifest, counts)
+    return _CapturedDay(artifacts.store_ref(store), counts)
 
 
 def _reusable_store(folder, language_model: LanguageModelResource) -> ActivationStore | None:
@@ -184,12 +184,12 @@ def _reusable_store(folder, language_model: LanguageModelResource) -> Activation
 
 
 @asset(group_name="activations", kinds={"pytorch", "safetensors"}, deps=[llm_activations])
-def activation_corpus(company_descriptions: pd.DataFrame, artifacts: ArtifactStorage) -> Output[dict]:
+def activation_corpus(company_descriptions: pd.DataFrame, artifacts: ArtifactStorage) -> Output[StoreRef]:
     """Every text of the history in one activation store: the llm_activations partitions of its text dates,
     combined (`sae_core.activation_store.combine_stores`: one index and one norms file; no shard is copied).
 
     What everything downstream reads: layer distances, SAE training and evaluation, company features.
-    The value is the combined store's manifest (folder relative to the storage root, model, shapes).
+    The value is a `StoreRef` to the combined store (folder relative to the storage root, model, shapes).
     Each partition must hold exactly its day's texts as they are now; one that does not is named.
     """
     stores, stale = [], []
@@ -208,11 +208,11 @@ def activation_corpus(company_descriptions: pd.DataFrame, artifacts: ArtifactSto
     if stale:
         raise ValueError(f"activation_corpus: materialize llm_activations partitions {', '.join(stale)} first")
     store = combine_stores(stores, artifacts.folder("activation_corpus") / "store")
-    manifest = {"folder": artifacts.relative(store.folder), **store.manifest}
+    corpus = artifacts.store_ref(store)
     return Output(
-        manifest,
+        corpus,
         metadata={
-            "model": manifest["model"],
+            "model": corpus.model,
             "text_dates": len(stores),
             "texts": int(store.manifest["n_documents"]),
             "companies": int(company_descriptions.company_id.nunique()),
@@ -224,10 +224,10 @@ def activation_corpus(company_descriptions: pd.DataFrame, artifacts: ArtifactSto
 
 @asset_check(asset=activation_corpus, blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
 def activations_are_finite_and_cover_every_company(
-    activation_corpus: dict, company_descriptions: pd.DataFrame, artifacts: ArtifactStorage
+    activation_corpus: StoreRef, company_descriptions: pd.DataFrame, artifacts: ArtifactStorage
 ) -> AssetCheckResult:
     """No inf/NaN was stored (fp16 overflows above 65,504) and every text has at least one token."""
-    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
+    store = artifacts.store(activation_corpus)
     covered = set(store.index.document)
     missing = sorted(set(company_descriptions.text_id) - covered)
     non_finite = int(store.manifest["non_finite_values"])
@@ -260,7 +260,7 @@ class MassiveActivationsConfig(Config):
 )
 def massive_activations(
     config: MassiveActivationsConfig,
-    activation_corpus: dict,
+    activation_corpus: StoreRef,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ):
@@ -271,7 +271,7 @@ def massive_activations(
     store rows of the massive tokens with their peak ratio and layer). Metadata names every company
     with a massive token, the token and its position.
     """
-    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
+    store = artifacts.store(activation_corpus)
     norms = store.token_norms()
     found = find_massive_tokens(norms, config.norm_multiple, config.treatment)
     index = store.index

@@ -13,7 +13,7 @@ from peerlens.similarity import company_latents
 from peerlens.similarity.explain import describe_latents, explain_clusters, explanations_markdown, specificity_weighted
 from peerlens.sources.texts import latest_texts
 from resources import ArtifactStorage, LanguageModelResource
-from sae_core.activation_store import ActivationStore
+from sae_core.activation_store import StoreRef
 from sae_core.capture import load_tokenizer
 
 
@@ -24,7 +24,7 @@ def _describe(
     features: np.ndarray,
     tickers: list[str],
     latent_top_tokens: pd.DataFrame,
-    activation_corpus: dict,
+    activation_corpus: StoreRef,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ) -> pd.DataFrame:
@@ -32,7 +32,7 @@ def _describe(
     top_tokens = latent_top_tokens[latent_top_tokens.latent.isin(latents)]
     if hits_per_latent is not None:
         top_tokens = top_tokens[top_tokens["rank"] <= hits_per_latent]
-    index = ActivationStore(artifacts.resolve(activation_corpus["folder"])).index
+    index = artifacts.store(activation_corpus).index
     return describe_latents(
         top_tokens[["latent", "rank", "token_index", "activation"]],
         index[["document", "position", "token_id"]],
@@ -60,7 +60,7 @@ def cluster_explanations(
     company_features: pd.DataFrame,
     latent_top_tokens: pd.DataFrame,
     current_company_clusters: pd.DataFrame,
-    activation_corpus: dict,
+    activation_corpus: StoreRef,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ) -> Output[pd.DataFrame]:
@@ -135,7 +135,7 @@ def company_top_latents(
     company_features: pd.DataFrame,
     latent_top_tokens: pd.DataFrame,
     company_descriptions: pd.DataFrame,
-    activation_corpus: dict,
+    activation_corpus: StoreRef,
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ):

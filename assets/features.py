@@ -8,7 +8,7 @@ from pydantic import Field
 
 from assets.metadata import markdown_table
 from resources import ArtifactStorage
-from sae_core.activation_store import ActivationStore
+from sae_core.activation_store import StoreRef
 from sae_core.features import SparseCodes, encode_tokens, pool_documents, token_shares, top_activating_tokens
 from sae_core.io import load_sae
 from sae_core.massive_activations import MassiveTokens
@@ -51,7 +51,7 @@ def feature_layer(config_layer: int, n_layers: int) -> int:
 )
 def company_features(
     config: CompanyFeaturesConfig,
-    activation_corpus: dict,
+    activation_corpus: StoreRef,
     massive_activations: MassiveTokens,
     group_saes: SaeSet,
     company_descriptions: pd.DataFrame,
@@ -64,7 +64,7 @@ def company_features(
     latent_top_tokens (latent, rank, token_index, activation, document, position, token_id): each latent's
     strongest tokens, for the explanations; token_index is the row in activation_corpus's store.
     """
-    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
+    store = artifacts.store(activation_corpus)
     layer = feature_layer(config.layer, store.n_layers)
     entry = group_saes.for_layer(layer)
     sae = load_sae(artifacts.resolve(entry.path))

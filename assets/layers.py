@@ -7,8 +7,8 @@ from pydantic import Field
 
 from assets.metadata import figure_markdown, plt
 from resources import ArtifactStorage
-from sae_core.activation_store import ActivationStore
-from sae_core.distances import AngularDistanceAccumulator
+from sae_core.activation_store import StoreRef
+from sae_core.distances import AngularDistanceAccumulator, LayerDistances
 from sae_core.groups import LayerGrouping, choose_layer_groups
 from sae_core.massive_activations import MassiveTokens
 
@@ -19,11 +19,11 @@ class LayerDistancesConfig(Config):
 
 @asset(group_name="layer_groups", kinds={"pytorch"})
 def layer_distances(
-    config: LayerDistancesConfig, activation_corpus: dict, massive_activations: MassiveTokens, artifacts: ArtifactStorage
-) -> Output[dict]:
+    config: LayerDistancesConfig, activation_corpus: StoreRef, massive_activations: MassiveTokens, artifacts: ArtifactStorage
+) -> Output[LayerDistances]:
     """D̄ (L × L): d(i, j) = arccos(cos(x_i, x_j)) / π between the residual streams of layers i and j, averaged
     over the store's usable tokens (massive ones excluded unless massive_activations keeps them)."""
-    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
+    store = artifacts.store(activation_corpus)
     usable = massive_activations.usable_mask(store.n_tokens)
     accumulator = AngularDistanceAccumulator(store.n_layers)
     start = 0
@@ -35,7 +35,7 @@ def layer_distances(
     distances = accumulator.mean().numpy()
     excluded = start - accumulator.n_tokens
     return Output(
-        {"distances": distances.round(6).tolist(), "n_tokens": accumulator.n_tokens, "n_layers": store.n_layers},
+        LayerDistances(distances.round(6).tolist(), accumulator.n_tokens, store.n_layers),
         metadata={
             "tokens_averaged": accumulator.n_tokens,
             "massive_tokens_excluded": excluded,
@@ -55,9 +55,9 @@ def _heatmap(distances: np.ndarray) -> MetadataValue:
 
 
 @asset_check(asset=layer_distances, blocking=True)
-def distances_are_a_valid_angular_matrix(layer_distances: dict) -> AssetCheckResult:
+def distances_are_a_valid_angular_matrix(layer_distances: LayerDistances) -> AssetCheckResult:
     """D̄ is square, symmetric, zero on the diagonal and inside [0, 1]."""
-    d = np.asarray(layer_distances["distances"])
+    d = layer_distances.matrix()
     passed = (
         d.ndim == 2
         and d.shape[0] == d.shape[1]
@@ -73,9 +73,9 @@ class LayerGroupsConfig(Config):
 
 
 @asset(group_name="layer_groups")
-def layer_groups(config: LayerGroupsConfig, layer_distances: dict) -> Output[LayerGrouping]:
+def layer_groups(config: LayerGroupsConfig, layer_distances: LayerDistances) -> Output[LayerGrouping]:
     """Complete-linkage groups of layers 0..L−2 for every G, AMAD(G), Ĝ, and the chosen groups plus the final layer."""
-    grouping = choose_layer_groups(np.asarray(layer_distances["distances"]), threshold=config.amad_threshold)
+    grouping = choose_layer_groups(layer_distances.matrix(), threshold=config.amad_threshold)
     curve = pd.DataFrame({"G": [str(g) for g in grouping.amad_by_g], "AMAD": list(grouping.amad_by_g.values())})
     groups_table = pd.DataFrame(
         {"sae": range(len(grouping.chosen_groups)), "layers": [str(g) for g in grouping.chosen_groups]}

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from assets.metadata import figure_markdown, markdown_table, plt
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource
-from sae_core.activation_store import ActivationStore
+from sae_core.activation_store import ActivationStore, StoreRef
 from sae_core.comparison import check_comparable, comparison_summary, compute_table, layer_table
 from sae_core.io import load_sae
 from sae_core.massive_activations import MassiveTokens
@@ -80,7 +80,7 @@ def heldout_documents(
 def sae_comparison(
     context: AssetExecutionContext,
     config: SaeComparisonConfig,
-    activation_corpus: dict,
+    activation_corpus: StoreRef,
     massive_activations: MassiveTokens,
     group_saes: SaeSet,
     per_layer_saes: SaeSet,
@@ -102,7 +102,7 @@ def sae_comparison(
     layers, costs = layer_table(regimes), compute_table(regimes)
 
     device = compute.torch_device()
-    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
+    store = artifacts.store(activation_corpus)
     usable = massive_activations.usable_mask(store.n_tokens)
     documents = heldout_documents(
         store, per_layer_saes.holdout_share, config.eval_documents, config.max_tokens_per_document, ~usable

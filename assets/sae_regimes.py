@@ -16,7 +16,7 @@ from pydantic import Field
 
 from assets.saes import GroupSaesConfig, SaeQualityThresholds, sae_quality_result
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
-from sae_core.activation_store import ActivationStore
+from sae_core.activation_store import ActivationStore, StoreRef
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae, save_sae
 from sae_core.massive_activations import MassiveTokens
@@ -94,7 +94,7 @@ def _regime_metadata(saes: SaeSet) -> dict:
 def per_layer_saes(
     context: AssetExecutionContext,
     config: PerLayerSaesConfig,
-    activation_corpus: dict,
+    activation_corpus: StoreRef,
     massive_activations: MassiveTokens,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
@@ -106,7 +106,7 @@ def per_layer_saes(
     so the only difference between the regimes is how many SAEs there are and what each reads.
     """
     device = compute.torch_device()
-    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
+    store = artifacts.store(activation_corpus)
     split = token_split(store.index.document, config.holdout_share, massive_activations)
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     root = artifacts.folder("per_layer_saes")
@@ -123,7 +123,7 @@ def per_layer_saes(
 def transfer_saes(
     context: AssetExecutionContext,
     config: TransferSaesConfig,
-    activation_corpus: dict,
+    activation_corpus: StoreRef,
     massive_activations: MassiveTokens,
     per_layer_saes: SaeSet,
     compute: ComputeResource,
@@ -140,7 +140,7 @@ def transfer_saes(
     if not 0 < config.token_fraction <= 1:
         raise ValueError(f"token_fraction must be in (0, 1], got {config.token_fraction!r}")
     device = compute.torch_device()
-    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
+    store = artifacts.store(activation_corpus)
     split = token_split(
         store.index.document, per_layer_saes.holdout_share, massive_activations
     )

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from peerlens.layout import staging_path
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
-from sae_core.activation_store import ActivationStore
+from sae_core.activation_store import ActivationStore, StoreRef
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.groups import LayerGrouping
 from sae_core.io import save_sae
@@ -89,7 +89,7 @@ class GroupSaesConfig(Config):
 def group_saes(
     context: AssetExecutionContext,
     config: GroupSaesConfig,
-    activation_corpus: dict,
+    activation_corpus: StoreRef,
     massive_activations: MassiveTokens,
     layer_groups: LayerGrouping,
     compute: ComputeResource,
@@ -110,7 +110,7 @@ def group_saes(
     massive_activations keeps them.
     """
     device = compute.torch_device()
-    store = ActivationStore(artifacts.resolve(activation_corpus["folder"]))
+    store = artifacts.store(activation_corpus)
     sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
     recipe = {
         "model": store.manifest["model"],

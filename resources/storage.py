@@ -23,6 +23,7 @@ from dagster import ConfigurableIOManager, ConfigurableResource, DagsterInvarian
 from pydantic import Field
 
 from peerlens.layout import artifact_folder, storage_root, write_json_atomically, write_parquet_atomically
+from sae_core.activation_store import ActivationStore, StoreRef
 
 
 class ArtifactStorage(ConfigurableResource):
@@ -43,6 +44,14 @@ class ArtifactStorage(ConfigurableResource):
     def resolve(self, stored: str | Path) -> Path:
         """The file or folder an asset value names (`relative`); an absolute path is returned as it is."""
         return storage_root(self.root) / stored
+
+    def store(self, ref: StoreRef) -> ActivationStore:
+        """The activation store an asset value refers to."""
+        return ActivationStore(self.resolve(ref.folder))
+
+    def store_ref(self, store: ActivationStore) -> StoreRef:
+        """The value that refers to `store` (its folder relative to the storage root)."""
+        return StoreRef.of(store, self.relative(store.folder))
 
 
 class TableIOManager(ConfigurableIOManager):

@@ -23,7 +23,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +249,34 @@ def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> Act
 def _stored_norms(activations: torch.Tensor) -> torch.Tensor:
     """‖x‖ of each row of `activations` (n, d) as the store will hold it: (n,) float32."""
     return activations.to(STORE_DTYPE).float().norm(dim=1)
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """An activation store as one asset hands it to the next: where it lies and what it holds; the
+    tensors stay on disk. `folder` is relative to the storage root (absolute only outside one)."""
+
+    folder: str
+    model: str
+    n_layers: int
+    d_model: int
+    n_tokens: int
+    n_documents: int
+    store_id: str
+    """The store's identity: a store written again gets a new one."""
+
+    @classmethod
+    def of(cls, store: ActivationStore, folder: str) -> StoreRef:
+        m = store.manifest
+        return cls(folder, m.get("model", ""), store.n_layers, store.d_model, store.n_tokens,
+                   int(m.get("n_documents", store.index["document"].nunique())), m.get("store_id", ""))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StoreRef:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
 class ActivationStore:

@@ -9,7 +9,9 @@ Identical directions give 0, orthogonal ones 0.5, opposite ones 1.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -78,3 +80,24 @@ def angular_distances(hidden: Tensor) -> Tensor:
     accumulator = AngularDistanceAccumulator(hidden.shape[1])
     accumulator.update(hidden)
     return accumulator.mean()
+
+
+@dataclass(frozen=True)
+class LayerDistances:
+    """D̄ of a model's layers, as the layer_distances asset hands it on."""
+
+    distances: list[list[float]]
+    """(L × L) mean angular distance between the residual streams of every two layers."""
+    n_tokens: int
+    """Tokens averaged over."""
+    n_layers: int
+
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.distances, dtype=np.float64)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LayerDistances:
+        return cls(data["distances"], int(data["n_tokens"]), int(data["n_layers"]))

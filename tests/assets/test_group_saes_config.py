@@ -7,7 +7,7 @@ import torch
 
 from assets.saes import GroupSaesConfig, group_saes
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
-from sae_core.activation_store import ActivationStoreWriter
+from sae_core.activation_store import ActivationStoreWriter, StoreRef
 from sae_core.groups import LayerGrouping
 from sae_core.massive_activations import find_massive_tokens
 from sae_core.release import load_release
@@ -55,7 +55,7 @@ def run_group_saes(tmp_path, store, **overrides):
     output = group_saes(
         context=dagster.build_asset_context(),
         config=config,
-        activation_corpus={"folder": str(store.folder)},
+        activation_corpus=StoreRef.of(store, str(store.folder)),
         massive_activations=find_massive_tokens(store.token_norms()),
         layer_groups=LayerGrouping({1: [[0]]}, {1: 0.0}, 1, [[0, 1]], True, 0.2),
         compute=ComputeResource(device="cpu"),

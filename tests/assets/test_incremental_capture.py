@@ -77,7 +77,7 @@ def test_one_new_filing_costs_one_model_pass_over_its_own_text_only(tmp_path, in
     TOKENS_SEEN.clear()
     first, first_metadata = materialize_day(FIRST, "2017-01-02", tmp_path, instance)
     assert first_metadata["texts_captured"] == 2 and first_metadata["texts_reused"] == 0
-    before = ActivationStore(tmp_path / first["folder"])
+    before = ActivationStore(tmp_path / first.folder)
     old_index, old_layer = before.index, before.layer(1)
     first_day = ActivationStore(tmp_path / "artifacts" / "llm_activations" / "2017-01-02").manifest["store_id"]
 
@@ -92,7 +92,7 @@ def test_one_new_filing_costs_one_model_pass_over_its_own_text_only(tmp_path, in
     # The day before is a partition of its own, not rewritten.
     assert ActivationStore(tmp_path / "artifacts" / "llm_activations" / "2017-01-02").manifest["store_id"] == first_day
 
-    after = ActivationStore(tmp_path / second["folder"])
+    after = ActivationStore(tmp_path / second.folder)
     index = after.index
     assert set(index.document) == set(grown.text_id)
     assert [part["folder"].split("/")[-1] for part in after.manifest["parts"]] == ["2017-01-02", "2018-03-01"]

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from sae_core.activation_store import ActivationStore, ActivationStoreWriter, combine_stores
+from sae_core.activation_store import ActivationStore, ActivationStoreWriter, StoreRef, combine_stores
 
 N_LAYERS, D_MODEL = 3, 8
 
@@ -289,3 +289,13 @@ def test_stores_of_different_models_or_holding_one_document_twice_are_not_combin
     with pytest.raises(ValueError, match="held by more than one"):
         combine_stores([first, again], tmp_path / "corpus")
     assert not (tmp_path / "corpus").exists()
+
+
+def test_a_store_reference_names_its_folder_and_shape_and_round_trips_through_json(tmp_path, three_batches):
+    store = write_store(tmp_path / "store", three_batches, model="m")
+    ref = StoreRef.of(store, "artifacts/x/store")
+    assert (ref.folder, ref.model, ref.n_layers, ref.d_model, ref.n_tokens, ref.n_documents) == (
+        "artifacts/x/store", "m", N_LAYERS, D_MODEL, 10, 3
+    )
+    assert StoreRef.from_dict(json.loads(json.dumps(ref.to_dict()))) == ref
+    assert StoreRef.of(write_store(tmp_path / "store", three_batches, model="m"), ref.folder).store_id != ref.store_id
