@@ -9,19 +9,34 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from dagster import AssetCheckResult, AssetExecutionContext, AssetIn, BackfillPolicy, Config, MetadataValue, Output, asset, asset_check
+from dagster import (
+    AllPartitionMapping,
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    BackfillPolicy,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
 from pydantic import Field
 
 from assets.features import dense_features, features_of_texts
 from assets.metadata import figure_markdown, markdown_table, plt
-from assets.partitions import CLUSTERING_DATES, NEW_PARTITION, partitions_value
+from assets.partitions import CLUSTERING_DATES, NEW_PARTITION, TEXT_DATES, partitions_value
 from peerlens.similarity.clustering import cosine_distance_matrix
 from peerlens.similarity.embeddings import minilm_embeddings, reduced_cosine_distances, tfidf_matrix
 from peerlens.similarity.methods import ClusteringConfig
 from peerlens.similarity.point_in_time import PointInTimeClusters, point_in_time_clusterings
 from peerlens.sources.sample_2017 import members_on
+from peerlens.sources.texts import texts_known_on
 
 _DEFAULTS = ClusteringConfig()
+EMBEDDING_COLUMNS = [f"e{i}" for i in range(384)]
+"""text_embeddings' columns beside text_id: the 384 dimensions of all-MiniLM-L6-v2."""
 
 
 class CompanyClustersConfig(Config):
@@ -44,7 +59,8 @@ class _ClusteringInputs(NamedTuple):
 
     texts: pd.DataFrame
     sae_features: object
-    embeddings: dict[str, np.ndarray]
+    embeddings: pd.DataFrame
+    """text_id → its MiniLM embedding (text_embeddings, one row per text)."""
     codes: pd.DataFrame
     membership: pd.DataFrame
     listed: pd.Series
@@ -55,15 +71,11 @@ def _clusterings(config: CompanyClustersConfig, inputs: _ClusteringInputs, dates
     """Every method's clusters on each of `dates` (see company_clusters)."""
 
     def distances_of(universe: pd.DataFrame) -> dict[str, np.ndarray]:
-        # MiniLM is embedded once per text and run, and only for texts some date's universe holds.
-        todo = [t for t in universe.text_id if t not in inputs.embeddings]
-        descriptions = universe.set_index("text_id").description
-        inputs.embeddings.update(zip(todo, minilm_embeddings(descriptions.loc[todo].tolist()) if todo else []))
         return {
             "sae": reduced_cosine_distances(
                 features_of_texts(inputs.sae_features, universe.text_id.tolist()), n_components=config.pca_components
             ),
-            "minilm": cosine_distance_matrix(np.stack([inputs.embeddings[t] for t in universe.text_id])),
+            "minilm": cosine_distance_matrix(inputs.embeddings.loc[universe.text_id].to_numpy()),
             "tfidf": reduced_cosine_distances(
                 tfidf_matrix(universe.description.tolist()), n_components=config.pca_components
             ),
@@ -82,11 +94,11 @@ def _clusterings(config: CompanyClustersConfig, inputs: _ClusteringInputs, dates
     )
 
 
-def _inputs(company_features, company_descriptions, industry_codes, index_membership, daily_prices) -> _ClusteringInputs:
+def _inputs(company_features, text_embeddings, company_descriptions, industry_codes, index_membership, daily_prices):
     return _ClusteringInputs(
         texts=company_descriptions,
         sae_features=dense_features(company_features),  # once: every date's universe is a subset of its rows
-        embeddings={},
+        embeddings=text_embeddings.set_index("text_id")[EMBEDDING_COLUMNS],
         codes=industry_codes.set_index("ticker"),
         membership=index_membership,
         listed=daily_prices.groupby("ticker").date.min(),
@@ -113,15 +125,42 @@ def _metadata(built: PointInTimeClusters) -> dict:
 @asset(
     group_name="similarity",
     kinds={"pandas", "parquet"},
-    partitions_def=CLUSTERING_DATES,
-    # The UI's "materialize all" and a backfill become one run: the SAE matrix and embeddings are made once.
+    partitions_def=TEXT_DATES,
     backfill_policy=BackfillPolicy.single_run(),
+    check_specs=[AssetCheckSpec("every_text_has_one_unit_embedding", asset="text_embeddings", blocking=True)],
+)
+def text_embeddings(context: AssetExecutionContext, daily_texts: pd.DataFrame):
+    """One partition per day of texts: each text's all-MiniLM-L6-v2 embedding (text_id, e0..e383, unit
+    norm), the MiniLM baseline's features. A new filing is embedded once, in its own day."""
+    parts = {}
+    for key in context.partition_keys:
+        texts = texts_known_on(daily_texts, key)
+        vectors = minilm_embeddings(texts.description.tolist())
+        parts[key] = pd.concat([texts[["text_id"]], pd.DataFrame(vectors, columns=EMBEDDING_COLUMNS)], axis=1)
+    yield Output(partitions_value(parts), metadata={"texts": sum(map(len, parts.values())), "days": len(parts)})
+    embedded = pd.concat(parts.values(), ignore_index=True)
+    norms = np.linalg.norm(embedded[EMBEDDING_COLUMNS].to_numpy(dtype=np.float64), axis=1)
+    yield AssetCheckResult(
+        check_name="every_text_has_one_unit_embedding",
+        passed=bool(embedded.text_id.is_unique and np.allclose(norms, 1.0, atol=1e-3)),
+        metadata={"texts": len(embedded), "max_norm_error": float(np.abs(norms - 1).max()) if len(norms) else 0.0},
+    )
+
+
+@asset(
+    group_name="similarity",
+    kinds={"pandas", "parquet"},
+    partitions_def=CLUSTERING_DATES,
+    # The UI's "materialize all" and a backfill become one run: the SAE matrix is made once.
+    backfill_policy=BackfillPolicy.single_run(),
+    ins={"text_embeddings": AssetIn(partition_mapping=AllPartitionMapping())},
     automation_condition=NEW_PARTITION,
 )
 def company_clusters(
     context: AssetExecutionContext,
     config: CompanyClustersConfig,
     company_features: pd.DataFrame,
+    text_embeddings: pd.DataFrame,
     company_descriptions: pd.DataFrame,
     industry_codes: pd.DataFrame,
     index_membership: pd.DataFrame,
@@ -141,7 +180,7 @@ def company_clusters(
     `random`: the reference's labels shuffled, the floor.
     """
     keys = context.partition_keys
-    inputs = _inputs(company_features, company_descriptions, industry_codes, index_membership, daily_prices)
+    inputs = _inputs(company_features, text_embeddings, company_descriptions, industry_codes, index_membership, daily_prices)
     built = _clusterings(config, inputs, [pd.Timestamp(key) for key in keys])
     if not built.summary.empty:
         context.log.info("\n" + built.summary.to_string(index=False))
@@ -157,6 +196,7 @@ def company_clusters(
 def current_company_clusters(
     config: CompanyClustersConfig,
     company_features: pd.DataFrame,
+    text_embeddings: pd.DataFrame,
     company_descriptions: pd.DataFrame,
     industry_codes: pd.DataFrame,
     index_membership: pd.DataFrame,
@@ -167,7 +207,7 @@ def current_company_clusters(
     by default and the explanations describe; scored only as the evaluations' look-ahead reference.
     """
     day = company_descriptions.known_by.max() + pd.Timedelta(days=1)
-    inputs = _inputs(company_features, company_descriptions, industry_codes, index_membership, daily_prices)
+    inputs = _inputs(company_features, text_embeddings, company_descriptions, industry_codes, index_membership, daily_prices)
     built = _clusterings(config, inputs, [day])
     if built.frame.empty:
         raise ValueError(

@@ -57,7 +57,9 @@ def materialize_graph(
 
     upstream = AssetSelection.assets("daily_prices", "company_descriptions", "industry_codes", "index_membership")
     returns = AssetSelection.assets("monthly_returns")
-    texts_by_day, activations = AssetSelection.assets("daily_texts"), AssetSelection.assets("llm_activations")
+    texts_by_day = AssetSelection.assets("daily_texts")
+    per_day = [key for key in ("llm_activations", "text_embeddings") if graph.has(AssetKey(key))]
+    activations = AssetSelection.assets(*per_day)
     results = [
         run(upstream),
         run(returns, tags={PARTITION_RANGE_START: months[0], PARTITION_RANGE_END: months[-1]}),
@@ -71,9 +73,10 @@ def materialize_graph(
     upstream_runs = len(results)
     days = graph.get(AssetKey("llm_activations")).partitions_def.get_partition_keys(dynamic_partitions_store=instance)
     if only_stale:
-        held = stale_or_missing_partitions(instance, graph, AssetKey("llm_activations"), held)
+        outdated_days = {day for key in per_day for day in stale_or_missing_partitions(instance, graph, AssetKey(key), held)}
+        held = [day for day in held if day in outdated_days]
     for first, last in contiguous_ranges(days, held):
-        # One run per run of consecutive days (usually one for them all): the model is loaded once per run.
+        # One run per run of consecutive days (usually one for them all): each model is loaded once per run.
         results.append(run(activations, tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}))
 
     rest = (AssetSelection.all() - upstream - returns - texts_by_day - activations).resolve(graph)

@@ -19,11 +19,14 @@ LINEAGE = {
     "group_saes": {"activation_corpus", "massive_activations", "layer_groups"},
     "company_features": {"activation_corpus", "massive_activations", "group_saes", "company_descriptions"},
     "latent_top_tokens": {"activation_corpus", "massive_activations", "group_saes", "company_descriptions"},
+    "text_embeddings": {"daily_texts"},
     "company_clusters": {
-        "company_features", "company_descriptions", "industry_codes", "index_membership", "daily_prices"
+        "company_features", "text_embeddings", "company_descriptions", "industry_codes", "index_membership",
+        "daily_prices",
     },
     "current_company_clusters": {
-        "company_features", "company_descriptions", "industry_codes", "index_membership", "daily_prices"
+        "company_features", "text_embeddings", "company_descriptions", "industry_codes", "index_membership",
+        "daily_prices",
     },
     "cluster_correlations": {"company_clusters", "current_company_clusters", "monthly_returns"},
     "backtest_daily": {"company_clusters", "daily_prices"},
