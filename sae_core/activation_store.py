@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -143,11 +144,25 @@ class ActivationStoreWriter:
         }
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         replace_folder(self._tmp, self.folder)
-        return ActivationStore(self.folder)
+        return open_published(self.folder)
 
     def abort(self) -> None:
         """Remove what this writer staged (after a failed capture); the store in place is untouched."""
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def open_published(folder: Path, wait_seconds: float = 5.0) -> ActivationStore:
+    """The store just published at `folder`. Another writer replacing it at the same moment leaves the
+    folder absent for the instant between retiring the old store and moving in the new one
+    (`sae_core.io.replace_folder`); that instant is waited out, never reported as a missing store."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return ActivationStore(folder)
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def document_fingerprint(text: str) -> str:
@@ -243,7 +258,7 @@ def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> Act
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ActivationStore(folder)
+    return open_published(folder)
 
 
 def _stored_norms(activations: torch.Tensor) -> torch.Tensor:
