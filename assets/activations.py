@@ -114,7 +114,7 @@ class _PartitionCapture:
 
     def __call__(self, texts: pd.DataFrame, folder, artifacts: ArtifactStorage) -> _CapturedDay:
         language_model, text_ids = self.language_model, texts.text_id.tolist()
-        fingerprints = dict(zip(text_ids, texts.description.map(document_fingerprint)))
+        fingerprints = _fingerprints(texts)
         previous = _reusable_store(folder, language_model)
         reused = documents_held(previous, fingerprints) if previous else set()
         if previous and reused == set(text_ids) and set(previous.index.document.unique()) == reused:
@@ -171,6 +171,11 @@ def _captured_day(store: ActivationStore, artifacts: ArtifactStorage, texts: int
     return _CapturedDay(artifacts.store_ref(store), counts)
 
 
+def _fingerprints(texts: pd.DataFrame) -> dict[str, str]:
+    """text_id → `document_fingerprint` of its description: what a day's store records it was captured from."""
+    return dict(zip(texts.text_id, texts.description.map(document_fingerprint)))
+
+
 def _reusable_store(folder, language_model: LanguageModelResource) -> ActivationStore | None:
     """The partition's store from the last run when it was captured with the same model and truncation,
     else None (also for a store this version cannot read: it is then captured anew, and replaced only on
@@ -202,7 +207,7 @@ def activation_corpus(company_descriptions: pd.DataFrame, artifacts: ArtifactSto
             continue
         texts = texts_known_on(company_descriptions, key)
         held = store.manifest.get(FINGERPRINTS, {})
-        if held != dict(zip(texts.text_id, texts.description.map(document_fingerprint))):
+        if held != _fingerprints(texts):
             stale.append(f"{key} (holds other texts than company_descriptions has for that day)")
         stores.append(store)
     if stale:
