@@ -72,7 +72,7 @@ def llm_activations(
     started = time.perf_counter()
     capture = _PartitionCapture(context, language_model, compute)
     captured = {
-        key: capture(texts_known_on(daily_texts, key), artifacts.folder("llm_activations") / key, artifacts)
+        key: capture(texts_known_on(daily_texts, key), day_folder(artifacts, key), artifacts)
         for key in context.partition_keys
     }
     parts = {key: day.store for key, day in captured.items()}
@@ -176,6 +176,30 @@ def _fingerprints(texts: pd.DataFrame) -> dict[str, str]:
     return dict(zip(texts.text_id, texts.description.map(document_fingerprint)))
 
 
+def day_folder(artifacts: ArtifactStorage, day: str):
+    """Where the llm_activations partition of text date `day` keeps its store."""
+    return artifacts.folder("llm_activations") / day
+
+
+class DayNotCaptured(ValueError):
+    """An llm_activations partition that is missing, or holds other texts than its day has now."""
+
+
+def open_day_store(artifacts: ArtifactStorage, day: str, texts: pd.DataFrame) -> ActivationStore:
+    """The llm_activations store of `day`, which must hold exactly `texts` (that day's texts as they are now).
+
+    Raises:
+        DayNotCaptured: naming the day and what is wrong with its store.
+    """
+    try:
+        store = ActivationStore(day_folder(artifacts, day))
+    except FileNotFoundError:
+        raise DayNotCaptured(f"{day} (not materialized)") from None
+    if store.manifest.get(FINGERPRINTS, {}) != _fingerprints(texts):
+        raise DayNotCaptured(f"{day} (holds other texts than company_descriptions has for that day)")
+    return store
+
+
 def _reusable_store(folder, language_model: LanguageModelResource) -> ActivationStore | None:
     """The partition's store from the last run when it was captured with the same model and truncation,
     else None (also for a store this version cannot read: it is then captured anew, and replaced only on
@@ -199,17 +223,10 @@ def activation_corpus(company_descriptions: pd.DataFrame, artifacts: ArtifactSto
     """
     stores, stale = [], []
     for key in text_days(company_descriptions):
-        folder = artifacts.folder("llm_activations") / key
         try:
-            store = ActivationStore(folder)
-        except FileNotFoundError:
-            stale.append(f"{key} (not materialized)")
-            continue
-        texts = texts_known_on(company_descriptions, key)
-        held = store.manifest.get(FINGERPRINTS, {})
-        if held != _fingerprints(texts):
-            stale.append(f"{key} (holds other texts than company_descriptions has for that day)")
-        stores.append(store)
+            stores.append(open_day_store(artifacts, key, texts_known_on(company_descriptions, key)))
+        except DayNotCaptured as error:
+            stale.append(str(error))
     if stale:
         raise ValueError(f"activation_corpus: materialize llm_activations partitions {', '.join(stale)} first")
     store = combine_stores(stores, artifacts.folder("activation_corpus") / "store")

@@ -153,7 +153,7 @@ def text_embeddings(context: AssetExecutionContext, daily_texts: pd.DataFrame):
     partitions_def=CLUSTERING_DATES,
     # The UI's "materialize all" and a backfill become one run: the SAE matrix is made once.
     backfill_policy=BackfillPolicy.single_run(),
-    ins={"text_embeddings": AssetIn(partition_mapping=AllPartitionMapping())},
+    ins={name: AssetIn(partition_mapping=AllPartitionMapping()) for name in ("company_features", "text_embeddings")},
     automation_condition=NEW_PARTITION,
 )
 def company_clusters(

@@ -15,6 +15,7 @@ from peerlens.sources.texts import latest_texts
 from resources import ArtifactStorage, LanguageModelResource
 from sae_core.activation_store import StoreRef
 from sae_core.capture import load_tokenizer
+from sae_core.features import strongest_tokens
 
 
 def _describe(
@@ -28,13 +29,22 @@ def _describe(
     language_model: LanguageModelResource,
     artifacts: ArtifactStorage,
 ) -> pd.DataFrame:
-    """`describe_latents` of `latents` from their top tokens, at most `hits_per_latent` each (None: all kept)."""
-    top_tokens = latent_top_tokens[latent_top_tokens.latent.isin(latents)]
-    if hits_per_latent is not None:
-        top_tokens = top_tokens[top_tokens["rank"] <= hits_per_latent]
+    """`describe_latents` of `latents` from their strongest tokens in the corpus, at most `hits_per_latent`
+    each (None: as many as each day kept). latent_top_tokens holds every day's; the texts of the corpus now
+    are ranked together, and each hit is found in activation_corpus's index for its context."""
     index = artifacts.store(activation_corpus).index
+    in_corpus = latent_top_tokens[latent_top_tokens.latent.isin(latents) & latent_top_tokens.document.isin(index.document)]
+    kept_per_day = int(latent_top_tokens["rank"].max()) if len(latent_top_tokens) else 1
+    top_tokens = strongest_tokens(in_corpus, hits_per_latent or kept_per_day)
+    rows = index[["document", "position"]].rename_axis("token_index").reset_index()
+    top_tokens = top_tokens.merge(rows, on=["document", "position"], how="left", validate="many_to_one")
+    if top_tokens.token_index.isna().any():
+        raise ValueError(
+            "latent_top_tokens names tokens activation_corpus does not hold: materialize llm_activations and "
+            "company_features for the same texts"
+        )
     return describe_latents(
-        top_tokens[["latent", "rank", "token_index", "activation"]],
+        top_tokens[["latent", "rank", "token_index", "activation"]].astype({"token_index": "int64"}),
         index[["document", "position", "token_id"]],
         load_tokenizer(language_model.name).decode,
         features,

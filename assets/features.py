@@ -1,17 +1,30 @@
 """Company features: each text's SAE latents, pooled over its tokens."""
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import torch
-from dagster import AssetCheckResult, AssetCheckSpec, AssetIn, AssetOut, Config, Output, asset_check, multi_asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    AssetOut,
+    BackfillPolicy,
+    Config,
+    Output,
+    multi_asset,
+)
 from pydantic import Field
 
+from assets.activations import open_day_store
 from assets.metadata import markdown_table
+from assets.partitions import TEXT_DATES, partitions_value
+from peerlens.sources.texts import texts_known_on
 from resources import ArtifactStorage
-from sae_core.activation_store import StoreRef
 from sae_core.features import SparseCodes, encode_tokens, pool_documents, token_shares, top_activating_tokens
 from sae_core.io import load_sae
-from sae_core.massive_activations import MassiveTokens
 from sae_core.sae_set import SaeSet
 
 class CompanyFeaturesConfig(Config):
@@ -40,85 +53,134 @@ def feature_layer(config_layer: int, n_layers: int) -> int:
 
 @multi_asset(
     group_name="similarity",
+    partitions_def=TEXT_DATES,
+    # Every missing day in one run loads the SAE once.
+    backfill_policy=BackfillPolicy.single_run(),
+    # Each day's store is opened by its folder (open_day_store), which checks it holds the day's texts.
+    deps=[AssetDep("llm_activations")],
     outs={
         "company_features": AssetOut(kinds={"pytorch", "parquet"}, description="Each text's pooled SAE latents."),
-        "latent_top_tokens": AssetOut(kinds={"parquet"}, description="Each latent's strongest tokens."),
+        "latent_top_tokens": AssetOut(kinds={"parquet"}, description="Each latent's strongest tokens, per day of texts."),
     },
     check_specs=[
+        AssetCheckSpec("every_text_has_a_finite_feature_vector", asset="company_features", blocking=True),
         AssetCheckSpec("no_company_vector_is_dominated_by_one_token", asset="company_features", blocking=True),
         AssetCheckSpec("every_top_token_is_a_stored_usable_token", asset="latent_top_tokens", blocking=True),
     ],
 )
 def company_features(
+    context: AssetExecutionContext,
     config: CompanyFeaturesConfig,
-    activation_corpus: StoreRef,
-    massive_activations: MassiveTokens,
+    daily_texts: pd.DataFrame,
     group_saes: SaeSet,
-    company_descriptions: pd.DataFrame,
     artifacts: ArtifactStorage,
 ):
-    """Sparse long frame (text_id, ticker, latent, value): the pooled SAE code of each text over its usable
-    tokens (massive ones excluded unless massive_activations keeps them), zeros omitted. One row set per
+    """One partition per text date D: the sparse long frame (text_id, ticker, latent, value) of the pooled
+    SAE code of each text that became known on D, over its usable tokens, zeros omitted. One row set per
     text, not per company: the point-in-time steps choose which of a company's texts stands for it.
 
-    latent_top_tokens (latent, rank, token_index, activation, document, position, token_id): each latent's
-    strongest tokens, for the explanations; token_index is the row in activation_corpus's store.
+    A day is encoded from its own llm_activations store with the current SAE release, and its massive
+    tokens are judged by the release's rule against the medians of the corpus the release was trained on
+    (`group_saes.massive_rule`): a new filing's features cost one pass of one SAE over its own tokens, and
+    no earlier day changes unless the release does.
+
+    latent_top_tokens (latent, rank, activation, document, position, token_id): each latent's strongest
+    tokens of the day; `sae_core.features.strongest_tokens` ranks the days' rows into the corpus's.
     """
-    store = artifacts.store(activation_corpus)
-    layer = feature_layer(config.layer, store.n_layers)
-    entry = group_saes.for_layer(layer)
-    sae = load_sae(artifacts.resolve(entry.path))
-    usable = massive_activations.usable_mask(store.n_tokens)
-    index = store.index
-    text_ids = sorted(index.document.unique())
-    _refuse_texts_without_usable_tokens(index.document, usable, text_ids)
-    rows = torch.nonzero(usable).flatten().numpy()  # store row of each encoded token
-    codes = encode_tokens(sae, store.layer(layer)[usable])
-    document = index.document.iloc[rows].map({t: i for i, t in enumerate(text_ids)}).to_numpy()
-    pooled = pool_documents(codes, document, len(text_ids), sae.cfg.d_sae, config.pooling).numpy()
-    dominance = _largest_token_shares(codes, document, text_ids, index.position.to_numpy()[rows], sae.cfg.d_sae)
-
-    nonzero_rows, latents = np.nonzero(pooled)
-    ticker_of = company_descriptions.set_index("text_id").ticker
-    frame = pd.DataFrame(
-        {
-            "text_id": np.asarray(text_ids)[nonzero_rows],
-            "latent": latents.astype(np.int32),
-            "value": pooled[nonzero_rows, latents],
-        }
-    )
-    frame.insert(1, "ticker", frame.text_id.map(ticker_of))
-    top = top_activating_tokens(codes, n_per_latent=config.top_tokens_per_latent)
-    top["token_index"] = rows[top.token_index.to_numpy()]
-    top = top.join(index[["document", "position", "token_id"]], on="token_index")
-
-    active = (pooled > 0).sum(axis=1)
+    if group_saes.massive_rule is None:
+        raise ValueError(
+            f"group_saes release {group_saes.notes.get('release_version', '?')} records no massive-token rule to "
+            "judge new tokens by: retrain it (group_saes config retrain: true)"
+        )
+    encoder = _DayEncoder(config, group_saes, artifacts)
+    texts = {key: texts_known_on(daily_texts, key) for key in context.partition_keys}
+    days = {key: encoder(key, texts_of_day) for key, texts_of_day in texts.items()}
+    features = pd.concat([day.features for day in days.values()], ignore_index=True)
+    dominance = pd.concat([day.dominance for day in days.values()], ignore_index=True)
+    dominance = dominance.sort_values("max_token_share", ascending=False, ignore_index=True)
     yield Output(
-        frame,
+        partitions_value({key: day.features for key, day in days.items()}),
         output_name="company_features",
         metadata={
-            "layer": layer,
+            "days": len(days),
+            "layer": encoder.layer,
             "sae_release": group_saes.notes.get("release_version", "none"),
-            "sae_layers": str(list(entry.layers)),
+            "sae_layers": str(list(encoder.entry.layers)),
             "pooling": config.pooling,
-            "texts": len(text_ids),
-            "d_sae": sae.cfg.d_sae,
-            "massive_tokens_excluded": int((~usable).sum()),
-            "mean_active_latents_per_company": float(active.mean()),
-            "latents_used_by_any_company": int((pooled > 0).any(axis=0).sum()),
-            "density": float(len(frame) / pooled.size),
+            "texts": int(features.text_id.nunique()),
+            "d_sae": encoder.sae.cfg.d_sae,
+            "massive_tokens_excluded": sum(day.excluded for day in days.values()),
+            "mean_active_latents_per_company": float(features.groupby("text_id").size().mean()),
+            "latents_used_by_any_company": int(features.latent.nunique()),
+            "density": float(len(features) / (features.text_id.nunique() * encoder.sae.cfg.d_sae)),
             "largest_token_shares": markdown_table(dominance.head(10)),
         },
     )
+    yield _finite_check(features, pd.concat(texts.values(), ignore_index=True))
     yield _dominance_check(dominance, config)
-    yield Output(top, output_name="latent_top_tokens", metadata={"latents": int(top.latent.nunique()), "rows": len(top)})
-    outside = top[~top.token_index.isin(rows) | ~(top.activation > 0)]
+    top = pd.concat([day.top_tokens for day in days.values()], ignore_index=True)
+    yield Output(
+        partitions_value({key: day.top_tokens for key, day in days.items()}),
+        output_name="latent_top_tokens",
+        metadata={"latents": int(top.latent.nunique()), "rows": len(top)},
+    )
+    outside = sum(day.top_tokens_not_usable for day in days.values())
     yield AssetCheckResult(
         check_name="every_top_token_is_a_stored_usable_token",
         asset_key="latent_top_tokens",
-        passed=outside.empty,
-        metadata={"rows": len(top), "rows_not_a_usable_stored_token": len(outside)},
+        passed=outside == 0,
+        metadata={"rows": len(top), "rows_not_a_usable_stored_token": outside},
     )
+
+
+class _EncodedDay(NamedTuple):
+    features: pd.DataFrame
+    """text_id, ticker, latent, value."""
+    top_tokens: pd.DataFrame
+    """latent, rank, activation, document, position, token_id."""
+    dominance: pd.DataFrame
+    """`_largest_token_shares` of the day's texts."""
+    excluded: int
+    """Massive tokens left out."""
+    top_tokens_not_usable: int
+    """Top-token rows that are not a usable token of the day's store with a positive activation (0)."""
+
+
+class _DayEncoder:
+    """Encodes one day of texts with the release's SAE at the feature layer; loads the SAE once."""
+
+    def __init__(self, config: CompanyFeaturesConfig, group_saes: SaeSet, artifacts: ArtifactStorage):
+        self.config, self.rule, self.artifacts = config, group_saes.massive_rule, artifacts
+        self.layer = feature_layer(config.layer, len(self.rule.median_norms))
+        self.entry = group_saes.for_layer(self.layer)
+        self.sae = load_sae(artifacts.resolve(self.entry.path))
+
+    def __call__(self, day: str, texts: pd.DataFrame) -> _EncodedDay:
+        store = open_day_store(self.artifacts, day, texts)
+        d_sae, index = self.sae.cfg.d_sae, store.index
+        usable = self.rule.usable_mask(store.token_norms())
+        text_ids = texts.text_id.tolist()
+        _refuse_texts_without_usable_tokens(index.document, usable, text_ids)
+        rows = torch.nonzero(usable).flatten().numpy()  # store row of each encoded token
+        codes = encode_tokens(self.sae, store.layer(self.layer)[usable])
+        document = index.document.iloc[rows].map({t: i for i, t in enumerate(text_ids)}).to_numpy()
+        pooled = pool_documents(codes, document, len(text_ids), d_sae, self.config.pooling).numpy()
+
+        text_row, latents = np.nonzero(pooled)
+        features = pd.DataFrame(
+            {
+                "text_id": np.asarray(text_ids)[text_row],
+                "ticker": texts.ticker.to_numpy()[text_row],
+                "latent": latents.astype(np.int32),
+                "value": pooled[text_row, latents],
+            }
+        )
+        top = top_activating_tokens(codes, n_per_latent=self.config.top_tokens_per_latent)
+        top_rows = rows[top.pop("token_index").to_numpy()]
+        top = top.join(index[["document", "position", "token_id"]].iloc[top_rows].reset_index(drop=True))
+        not_usable = int((~usable.numpy()[top_rows]).sum() + (top.activation <= 0).sum())
+        dominance = _largest_token_shares(codes, document, text_ids, index.position.to_numpy()[rows], d_sae)
+        return _EncodedDay(features, top, dominance, int((~usable).sum()), not_usable)
 
 
 def _refuse_texts_without_usable_tokens(documents: pd.Series, usable: torch.Tensor, text_ids: list[str]) -> None:
@@ -188,14 +250,13 @@ def features_of_texts(dense: tuple[list[str], np.ndarray], text_ids: list[str]) 
     return matrix[position]
 
 
-@asset_check(asset="company_features", blocking=True, additional_ins={"company_descriptions": AssetIn("company_descriptions")})
-def every_text_has_a_finite_feature_vector(
-    company_features: pd.DataFrame, company_descriptions: pd.DataFrame
-) -> AssetCheckResult:
-    """Each text has at least one active latent and no value is NaN or inf."""
-    missing = sorted(set(company_descriptions.text_id) - set(company_features.text_id))
-    non_finite = int((~np.isfinite(company_features.value.to_numpy())).sum())
+def _finite_check(features: pd.DataFrame, texts: pd.DataFrame) -> AssetCheckResult:
+    """Each text of the run's days has at least one active latent, and no value is NaN or inf."""
+    missing = sorted(set(texts.text_id) - set(features.text_id))
+    non_finite = int((~np.isfinite(features.value.to_numpy())).sum())
     return AssetCheckResult(
+        check_name="every_text_has_a_finite_feature_vector",
+        asset_key="company_features",
         passed=not missing and non_finite == 0,
-        metadata={"texts_without_features": ", ".join(missing) or "none", "non_finite_values": non_finite},
+        metadata={"texts_without_features": ", ".join(missing[:20]) or "none", "non_finite_values": non_finite},
     )

@@ -2,8 +2,9 @@
 
 The UI does the same with "Materialize all" (each partitioned asset becomes a backfill); from Python we
 order the runs ourselves: sources, every month of returns in one run over the partition range, each
-day of texts, every day's activations in one run, then what the dated assets need, every clustering
-date in one run, every scored year in one run, then the reports.
+day of texts, every day's activations in one run, the corpus and the SAE release, every day's company
+features in one run, then what the dated assets need, every clustering date in one run, every scored
+year in one run, then the reports.
 """
 
 from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
@@ -15,6 +16,7 @@ from dagster._core.definitions.data_version import (
 from dagster._core.loader import LoadingContext
 
 from assets.metadata import frame_version
+from assets.partitions import TEXT_DATES
 from peerlens.sources.texts import text_days, texts_known_on
 
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
@@ -71,22 +73,35 @@ def materialize_graph(
     for day in changed_days(instance, texts) if only_stale else held:
         results.append(run(texts_by_day, tags={PARTITION_KEY: day}))
     upstream_runs = len(results)
-    days = graph.get(AssetKey("llm_activations")).partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+    days = TEXT_DATES.get_partition_keys(dynamic_partitions_store=instance)
+    to_capture = held
     if only_stale:
-        outdated_days = {day for key in per_day for day in stale_or_missing_partitions(instance, graph, AssetKey(key), held)}
-        held = [day for day in held if day in outdated_days]
-    for first, last in contiguous_ranges(days, held):
+        to_capture = outdated_partitions(instance, graph, [AssetKey(key) for key in per_day], held)
+    for first, last in contiguous_ranges(days, to_capture):
         # One run per run of consecutive days (usually one for them all): each model is loaded once per run.
         results.append(run(activations, tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}))
 
     rest = (AssetSelection.all() - upstream - returns - texts_by_day - activations).resolve(graph)
+    # What is encoded per day (company features) needs the SAE release, built from the corpus of every day:
+    # the release first, then the days whose features are missing or stale (all of them after a retrain).
+    encoded_by_day = {key for key in rest if graph.get(key).partitions_def == TEXT_DATES}
+    release = (AssetSelection.assets(*encoded_by_day).upstream().resolve(graph) & rest) - encoded_by_day
     todo = rest
     if only_stale:
-        outdated = set(stale_or_missing(instance, graph, rest))
+        # Days are judged among the texts held now: a day registered by another universe is not this one's.
+        outdated = set(stale_or_missing(instance, graph, rest - encoded_by_day))
+        outdated |= {key for key in encoded_by_day if outdated_partitions(instance, graph, [key], held)}
         if len(results) > upstream_runs:  # new or changed days of texts: the corpus that combines them is outdated
             outdated.add(AssetKey("activation_corpus"))
         todo = AssetSelection.assets(*outdated).downstream().resolve(graph) & rest
-    for keys, partitions in downstream_stages(graph, rest):
+    if release & todo:
+        results.append(run(AssetSelection.assets(*(release & todo))))
+    if encoded_by_day & todo:
+        feature_days = outdated_partitions(instance, graph, encoded_by_day, held) if only_stale else held
+        for first, last in contiguous_ranges(days, feature_days):
+            results.append(run(AssetSelection.assets(*encoded_by_day), tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}))
+
+    for keys, partitions in downstream_stages(graph, rest - release - encoded_by_day):
         if not keys & todo:
             continue
         if partitions is None:
@@ -175,9 +190,16 @@ def stale_or_missing(instance: DagsterInstance, graph, keys) -> list[AssetKey]:
         partitions = graph.get(key).partitions_def
         if partitions is None:
             return resolver.get_status(key) in _OUTDATED
-        return any(resolver.get_status(key, partition) in _OUTDATED for partition in partitions.get_partition_keys())
+        keys = partitions.get_partition_keys(dynamic_partitions_store=instance)
+        return any(resolver.get_status(key, partition) in _OUTDATED for partition in keys)
 
     return sorted(key for key in keys if is_outdated(key))
+
+
+def outdated_partitions(instance: DagsterInstance, graph, keys, partitions: list[str]) -> list[str]:
+    """The `partitions` (in their order) that some of `keys` never materialized or holds stale."""
+    outdated = {partition for key in keys for partition in stale_or_missing_partitions(instance, graph, key, partitions)}
+    return [partition for partition in partitions if partition in outdated]
 
 
 def stale_or_missing_partitions(instance: DagsterInstance, graph, key: AssetKey, partitions: list[str]) -> list[str]:

@@ -106,8 +106,9 @@ def group_saes(
     old one as stale.
 
     Returns the release's `SaeSet` (notes: release, release_version, corpus_texts); metrics are on the
-    held-out texts' tokens of each layer the SAE serves (`sae_core.token_split`). Massive tokens are left out of training and evaluation unless
-    massive_activations keeps them.
+    held-out texts' tokens of each layer the SAE serves (`sae_core.token_split`). Massive tokens are left
+    out of training and evaluation unless massive_activations keeps them; the release records the rule with
+    its corpus's medians (`massive_rule`), which judges every text encoded with it later.
     """
     device = compute.torch_device()
     store = artifacts.store(activation_corpus)
@@ -117,6 +118,8 @@ def group_saes(
         "sae_config": sae_cfg.to_dict(),
         "train_config": {k: v for k, v in train_cfg.to_dict().items() if k != "device"},
         "holdout_share": config.holdout_share,
+        # The tokens it trains on, and which tokens it encodes later (company_features judges them by the rule).
+        "massive_tokens": {"norm_multiple": massive_activations.norm_multiple, "treatment": massive_activations.treatment},
     }
     releases = artifacts.folder("group_saes") / "releases"
     folder = releases / release_id(recipe)
@@ -204,7 +207,10 @@ def _train_group_saes(
         saes.append(TrainedSae(tuple(layers), f"{published}/{name}", metrics, round(result.seconds, 1), result.tokens_seen))
         context.log.info(f"SAE {number} (layers {layers}) trained in {result.seconds:.1f}s")
     left_out = int((~split.train & ~split.evaluate & split.with_massive).sum())
-    return SaeSet(tuple(saes), sae_cfg, train_cfg, config.holdout_share, {"massive_tokens_left_out_of_training": left_out})
+    return SaeSet(
+        tuple(saes), sae_cfg, train_cfg, config.holdout_share, {"massive_tokens_left_out_of_training": left_out},
+        massive_activations.rule,
+    )
 
 
 @asset_check(asset=group_saes, blocking=True)

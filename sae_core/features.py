@@ -212,3 +212,30 @@ def top_activating_tokens(
             "activation": activation[head].astype(np.float32),
         }
     )
+
+
+def strongest_tokens(top_tokens: pd.DataFrame, n_per_latent: int) -> pd.DataFrame:
+    """Each latent's `n_per_latent` strongest rows among several parts' top tokens, ranked anew.
+
+    The n strongest activations of a latent over a union of token sets are among the n strongest of each
+    set, so the top tokens of a corpus come from its days' top tokens (`top_activating_tokens` per day)
+    without encoding the corpus again. Ties in activation go to the earlier (document, position).
+
+    Args:
+        top_tokens: columns latent, activation, document, position (any others are kept); e.g. every
+            day's rows concatenated.
+        n_per_latent: rows kept per latent.
+
+    Returns:
+        The kept rows with `rank` (1 = strongest) set anew, sorted by latent, then rank; index reset.
+    """
+    missing = [c for c in ("latent", "activation", "document", "position") if c not in top_tokens.columns]
+    if missing:
+        raise ValueError(f"top_tokens lacks columns {missing} (has {list(top_tokens.columns)})")
+    if n_per_latent < 1:
+        raise ValueError(f"n_per_latent must be >= 1, got {n_per_latent}")
+    ordered = top_tokens.assign(_strength=-top_tokens.activation).sort_values(
+        ["latent", "_strength", "document", "position"], kind="stable"
+    )
+    ranked = ordered.assign(rank=ordered.groupby("latent").cumcount() + 1).drop(columns="_strength")
+    return ranked[ranked["rank"] <= n_per_latent].reset_index(drop=True)

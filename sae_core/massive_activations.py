@@ -83,6 +83,53 @@ def norm_ratios(norms: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
+class MassiveRule:
+    """The rule with its reference medians, as an SAE release records it: tokens captured after the release
+    (a new filing's) are judged against the medians of the corpus it was trained on,
+
+        massive(t)  ⇔  max_l n_{t,l} / m_l^ref > norm_multiple,
+
+    so one day's tokens are judged without the rest of the corpus, and a token of the training corpus is
+    judged exactly as `find_massive_tokens` judged it there.
+    """
+
+    norm_multiple: float
+    treatment: str
+    median_norms: tuple[float, ...]
+    """m_l^ref, (L,): the training corpus's median norm of every layer."""
+
+    def __post_init__(self) -> None:
+        if self.treatment not in TREATMENTS:
+            raise ValueError(f"treatment must be one of {TREATMENTS}, got {self.treatment!r}")
+        if not self.norm_multiple > 1:
+            raise ValueError(f"norm_multiple must be > 1 (a multiple of the median norm), got {self.norm_multiple!r}")
+        if not self.median_norms or not all(m > 0 for m in self.median_norms):
+            raise ValueError("median_norms must hold one positive median per layer")
+
+    def massive_mask(self, norms: Tensor) -> Tensor:
+        """(N,) bool: True on the tokens of `norms` (N, L) that the rule finds massive."""
+        if norms.ndim != 2 or norms.shape[1] != len(self.median_norms):
+            raise ValueError(
+                f"norms must be (n_tokens, {len(self.median_norms)} layers) like the rule's medians, "
+                f"got shape {tuple(norms.shape)}"
+            )
+        ratios = norms.float() / torch.tensor(self.median_norms, dtype=torch.float32)
+        return (ratios > self.norm_multiple).any(dim=1)
+
+    def usable_mask(self, norms: Tensor) -> Tensor:
+        """(N,) bool: the tokens whose activations may be read (all of them under "keep")."""
+        massive = self.massive_mask(norms)
+        return torch.ones_like(massive) if self.treatment == "keep" else ~massive
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MassiveRule:
+        return cls(float(data["norm_multiple"]), str(data["treatment"]), tuple(float(m) for m in data["median_norms"]))
+
+
+@dataclass(frozen=True)
 class MassiveTokens:
     """The massive tokens of an activation store, found by the module's rule, and what to do with them."""
 
@@ -104,10 +151,7 @@ class MassiveTokens:
     """The layer where each massive token's ratio peaks, aligned with `rows`."""
 
     def __post_init__(self) -> None:
-        if self.treatment not in TREATMENTS:
-            raise ValueError(f"treatment must be one of {TREATMENTS}, got {self.treatment!r}")
-        if not self.norm_multiple > 1:
-            raise ValueError(f"norm_multiple must be > 1 (a multiple of the median norm), got {self.norm_multiple!r}")
+        self.rule  # building the rule validates norm_multiple, treatment and median_norms
         if not len(self.rows) == len(self.peak_ratios) == len(self.peak_layers):
             raise ValueError("rows, peak_ratios and peak_layers must have one entry per massive token")
         if any(not 0 <= row < self.n_tokens for row in self.rows):
@@ -116,6 +160,11 @@ class MassiveTokens:
     @property
     def n_layers(self) -> int:
         return len(self.median_norms)
+
+    @property
+    def rule(self) -> MassiveRule:
+        """The rule and this store's medians: what judges tokens captured after it."""
+        return MassiveRule(self.norm_multiple, self.treatment, self.median_norms)
 
     def massive_mask(self) -> Tensor:
         """(N,) bool: True on the massive tokens."""

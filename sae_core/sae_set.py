@@ -7,6 +7,8 @@
       train_config    the TrainConfig they were trained with
       holdout_share   the share of texts held out for the metrics (`sae_core.token_split`)
       notes           what a regime adds (transfer: direction, token_fraction; a release: its id)
+      massive_rule    the massive-token rule and reference medians its training tokens were chosen by,
+                      which judges the tokens it encodes later (`sae_core.massive_activations.MassiveRule`)
 
 The JSON form (`to_dict`) is what the IO manager stores and release.json holds: layers as lists, metrics
 keyed by the layer's decimal string (JSON keys are strings).
@@ -17,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from sae_core.config import SaeConfig, TrainConfig
+from sae_core.massive_activations import MassiveRule
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class SaeSet:
     notes: dict = field(default_factory=dict)
     """Scalars a regime adds (JSON values): e.g. direction and token_fraction of transfer SAEs, the
     release and its version for group SAEs, massive tokens left out of training."""
+    massive_rule: MassiveRule | None = None
+    """How the training corpus's massive tokens were found; None for a set that does not record it."""
 
     def __post_init__(self):
         if not self.saes:
@@ -106,6 +111,7 @@ class SaeSet:
             "sae_config": self.sae_config.to_dict(),
             "train_config": self.train_config.to_dict(),
             "holdout_share": self.holdout_share,
+            **({"massive_rule": self.massive_rule.to_dict()} if self.massive_rule else {}),
             **self.notes,
         }
 
@@ -121,4 +127,5 @@ class SaeSet:
             train_config=TrainConfig(**data["train_config"]),
             holdout_share=float(data["holdout_share"]),
             notes={k: v for k, v in data.items() if k not in known},
+            massive_rule=MassiveRule.from_dict(data["massive_rule"]) if data.get("massive_rule") else None,
         )

@@ -4,7 +4,8 @@ Reads what a run of the graph materialized (no Dagster needed), under the storag
 IO manager writes to — `--storage`, else $PEERLENS_HOME, else `.peerlens` in the working folder,
 the same rule as `resources.storage`:
 
-    tables/company_features.parquet        text_id, ticker, latent, value (pooled SAE latents, zeros omitted)
+    tables/company_features/<day>.parquet  text_id, ticker, latent, value (pooled SAE latents, zeros omitted;
+                                           one file per day of texts)
     tables/company_clusters/<date>.parquet as_of, method, ticker, cluster (one file per clustering date)
     tables/current_company_clusters.parquet
                                            the same for today: every company's latest text
@@ -32,7 +33,7 @@ from peerlens.layout import HOME_ENV, storage_root
 from peerlens.sources.texts import texts_known_before
 
 MATERIALIZED_FILES = {
-    "company_features": Path("tables", "company_features.parquet"),
+    "company_features": Path("tables", "company_features"),
     "company_clusters": Path("tables", "company_clusters"),
     "current_company_clusters": Path("tables", "current_company_clusters.parquet"),
     "company_descriptions": Path("tables", "company_descriptions.parquet"),

@@ -17,8 +17,9 @@ LINEAGE = {
     "layer_distances": {"activation_corpus", "massive_activations"},
     "layer_groups": {"layer_distances"},
     "group_saes": {"activation_corpus", "massive_activations", "layer_groups"},
-    "company_features": {"activation_corpus", "massive_activations", "group_saes", "company_descriptions"},
-    "latent_top_tokens": {"activation_corpus", "massive_activations", "group_saes", "company_descriptions"},
+    # Per day of texts: its own activations, with the SAE release (whose massive-token rule judges them).
+    "company_features": {"daily_texts", "llm_activations", "group_saes"},
+    "latent_top_tokens": {"daily_texts", "llm_activations", "group_saes"},
     "text_embeddings": {"daily_texts"},
     "company_clusters": {
         "company_features", "text_embeddings", "company_descriptions", "industry_codes", "index_membership",

@@ -1,11 +1,15 @@
 """materialize_graph(only_stale=True): a second run over unchanged sources and code recomputes nothing
-downstream; a changed source reruns exactly what depends on it, every clustering date in one run."""
+downstream; a changed source reruns exactly what depends on it, every clustering date in one run; a new
+day of texts is encoded alone with the release there is, and a new release re-encodes every day."""
 
 from __future__ import annotations
 
 import pandas as pd
 from dagster import (
+    AllPartitionMapping,
+    AssetIn,
     BackfillPolicy,
+    DataVersion,
     DagsterInstance,
     Definitions,
     MonthlyPartitionsDefinition,
@@ -13,6 +17,7 @@ from dagster import (
     TimeWindowPartitionsDefinition,
     asset,
     map_asset_specs,
+    materialize,
 )
 
 from assets.graph_run import contiguous_ranges, materialize_graph
@@ -25,6 +30,7 @@ MONTHS = MonthlyPartitionsDefinition(start_date="2020-01-01", end_date="2020-03-
 HALF_YEARS = TimeWindowPartitionsDefinition(cron_schedule="0 0 1 1,7 *", start="2019-01-01", end="2020-01-01", fmt="%Y-%m-%d")
 SOURCE = {"texts": pd.DataFrame({"text_id": ["a"], "description": ["x"], "known_by": pd.to_datetime(["2017-05-18"])})}
 RUNS: list[str] = []
+RELEASE = {"version": "r1"}
 
 
 def source(name: str, frame=lambda: pd.DataFrame({"value": [1]})):
@@ -69,12 +75,23 @@ def monthly_returns(context, daily_prices: pd.DataFrame):
 
 
 @asset
-def features(activation_corpus: pd.DataFrame) -> pd.DataFrame:
-    RUNS.append("features")
-    return activation_corpus
+def group_saes(activation_corpus: pd.DataFrame):
+    """As the real one: a release of the recipe is reused (same data version) until it is retrained."""
+    RUNS.append("group_saes")
+    return Output({"release": RELEASE["version"]}, data_version=DataVersion(RELEASE["version"]))
 
 
-@asset(partitions_def=HALF_YEARS, backfill_policy=BackfillPolicy.single_run())
+@asset(partitions_def=TEXT_DATES, backfill_policy=BackfillPolicy.single_run(), deps=[llm_activations])
+def features(context, daily_texts: pd.DataFrame, group_saes: dict):
+    RUNS.append("features " + ",".join(context.partition_keys))
+    return {key: daily_texts for key in context.partition_keys} if len(context.partition_keys) > 1 else daily_texts
+
+
+@asset(
+    partitions_def=HALF_YEARS,
+    backfill_policy=BackfillPolicy.single_run(),
+    ins={"features": AssetIn(partition_mapping=AllPartitionMapping())},
+)
 def company_clusters(context, features: pd.DataFrame):
     RUNS.append("company_clusters " + ",".join(context.partition_keys))
     return {key: features for key in context.partition_keys}
@@ -96,6 +113,7 @@ def definitions() -> Definitions:
         daily_texts,
         llm_activations,
         activation_corpus,
+        group_saes,
         features,
         company_clusters,
         report,
@@ -111,7 +129,8 @@ def test_a_second_run_recomputes_only_what_a_changed_source_makes_stale(tmp_path
         assert all(r.success for r in materialize_graph(defs, instance, resources=resources, log=lambda _: None,
                                                         only_stale=True))
         assert RUNS == [
-            "daily_texts 2017-05-18", "llm_activations 2017-05-18", "activation_corpus", "features", "company_clusters 2019-01-01,2019-07-01", "report"
+            "daily_texts 2017-05-18", "llm_activations 2017-05-18", "activation_corpus", "group_saes",
+            "features 2017-05-18", "company_clusters 2019-01-01,2019-07-01", "report",
         ]
 
         RUNS.clear()
@@ -123,10 +142,19 @@ def test_a_second_run_recomputes_only_what_a_changed_source_makes_stale(tmp_path
             {"text_id": ["a", "b"], "description": ["x", "a new filing"], "known_by": pd.to_datetime(["2017-05-18", "2019-03-01"])}
         )
         materialize_graph(defs, instance, resources=resources, log=lambda _: None, only_stale=True)
-        # The new day of texts is captured alone; the day before it is not run again.
+        # The new day of texts is captured and encoded alone; the day before it is not run again.
         assert RUNS == [
-            "daily_texts 2019-03-01", "llm_activations 2019-03-01", "activation_corpus", "features", "company_clusters 2019-01-01,2019-07-01", "report"
+            "daily_texts 2019-03-01", "llm_activations 2019-03-01", "activation_corpus", "group_saes",
+            "features 2019-03-01", "company_clusters 2019-01-01,2019-07-01", "report",
         ]
+
+        RELEASE["version"] = "r2"  # a deliberate retrain (a launch of group_saes alone)
+        assets = list(defs.assets)
+        assert materialize(assets, selection=[group_saes.key], instance=instance, resources=resources).success
+        RUNS.clear()
+        materialize_graph(defs, instance, resources=resources, log=lambda _: None, only_stale=True)
+        # Every day was encoded with the old release: all are encoded again, in one run.
+        assert RUNS == ["features 2017-05-18,2019-03-01", "company_clusters 2019-01-01,2019-07-01", "report"]
 
 
 def test_contiguous_ranges_split_the_wanted_keys_where_an_unwanted_one_lies_between():

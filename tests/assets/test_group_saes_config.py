@@ -11,6 +11,7 @@ from sae_core.activation_store import ActivationStoreWriter, StoreRef
 from sae_core.groups import LayerGrouping
 from sae_core.massive_activations import find_massive_tokens
 from sae_core.release import load_release
+from sae_core.sae_set import SaeSet
 
 
 def tiny_store(folder, n_layers=2, d_model=8, tokens_per_document=24, documents=10):
@@ -50,13 +51,13 @@ def test_group_saes_train_with_the_configured_optimizer_lr_precision_and_width(t
     assert train_cfg.to_dict() == config.train_config("cpu").to_dict()
 
 
-def run_group_saes(tmp_path, store, **overrides):
+def run_group_saes(tmp_path, store, treatment="exclude", **overrides):
     config = GroupSaesConfig(**{**SETTINGS, **overrides})
     output = group_saes(
         context=dagster.build_asset_context(),
         config=config,
         activation_corpus=StoreRef.of(store, str(store.folder)),
-        massive_activations=find_massive_tokens(store.token_norms()),
+        massive_activations=find_massive_tokens(store.token_norms(), treatment=treatment),
         layer_groups=LayerGrouping({1: [[0]]}, {1: 0.0}, 1, [[0, 1]], True, 0.2),
         compute=ComputeResource(device="cpu"),
         artifacts=ArtifactStorage(root=str(tmp_path / "home")),
@@ -94,3 +95,18 @@ def test_a_release_file_this_version_cannot_read_is_named_not_silently_retrained
     (folder / "release.json").write_text('{"release_id": "x", "trained_at": "t", "recipe": {}, "corpus": [], "trained": {"saes": []}}')
     with pytest.raises(ValueError, match="release.json is not a release this version can read.*retrain: true"):
         load_release(folder)
+
+
+def test_the_release_records_the_massive_token_rule_of_its_training_corpus(tmp_path):
+    store = tiny_store(tmp_path / "store")
+    release, _ = run_group_saes(tmp_path, store)
+    assert release.massive_rule == find_massive_tokens(store.token_norms()).rule
+    assert SaeSet.from_dict(release.to_dict()) == release
+
+    grown = tiny_store(tmp_path / "grown", documents=12)
+    reused, _ = run_group_saes(tmp_path, grown)
+    # New texts are judged against the medians the release was trained with, not the grown corpus's.
+    assert reused.massive_rule == release.massive_rule != find_massive_tokens(grown.token_norms()).rule
+
+    kept, _ = run_group_saes(tmp_path, store, treatment="keep")  # other training tokens: another recipe
+    assert kept.notes["release"] != release.notes["release"] and kept.massive_rule.treatment == "keep"

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from sae_core.config import SaeConfig
-from sae_core.features import SparseCodes, encode_tokens, pool_documents, token_shares, top_activating_tokens
+from sae_core.features import (
+    SparseCodes,
+    encode_tokens,
+    pool_documents,
+    strongest_tokens,
+    token_shares,
+    top_activating_tokens,
+)
 from sae_core.sae import TopKSae
 
 D_SAE = 5
@@ -107,6 +114,30 @@ def test_top_activating_tokens_agrees_with_a_dense_per_latent_sort():
         firing = np.flatnonzero(dense[:, latent] > 0)
         expected = firing[np.argsort(-dense[firing, latent], kind="stable")][:5]
         assert top.loc[top["latent"] == latent, "token_index"].tolist() == expected.tolist()
+
+
+def test_the_strongest_tokens_of_each_day_ranked_together_are_the_strongest_of_the_corpus():
+    generator = torch.Generator().manual_seed(1)
+    sae = TopKSae(SaeConfig(d_in=4, expansion_factor=4, k=3), generator=generator)
+    tokens = torch.randn(300, 4, generator=generator)
+    where = pd.DataFrame({"document": np.repeat([f"T{i:02d}" for i in range(10)], 30), "position": np.tile(range(30), 10)})
+
+    def with_places(top: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+        return top.join(rows.iloc[top.pop("token_index").to_numpy()].reset_index(drop=True))
+
+    corpus = with_places(top_activating_tokens(encode_tokens(sae, tokens), n_per_latent=4), where)
+    days = [slice(0, 120), slice(120, 150), slice(150, 300)]  # three days of 4, 1 and 5 texts
+    per_day = [with_places(top_activating_tokens(encode_tokens(sae, tokens[d]), 4), where.iloc[d]) for d in days]
+    merged = strongest_tokens(pd.concat(per_day, ignore_index=True), n_per_latent=4)
+    columns = ["latent", "rank", "document", "position"]
+    assert merged[columns].values.tolist() == corpus[columns].values.tolist()
+    np.testing.assert_allclose(merged.activation, corpus.activation, rtol=1e-5)
+    assert strongest_tokens(merged, 1)["rank"].eq(1).all() and strongest_tokens(merged, 1).latent.is_unique
+
+
+def test_strongest_tokens_names_a_missing_column():
+    with pytest.raises(ValueError, match=r"lacks columns \['position'\]"):
+        strongest_tokens(pd.DataFrame({"latent": [0], "activation": [1.0], "document": ["A"]}), 3)
 
 
 def test_encode_tokens_in_batches_matches_one_encode_call():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_core.massive_activations import MassiveTokens, find_massive_tokens, norm_ratios
+from sae_core.massive_activations import MassiveRule, MassiveTokens, find_massive_tokens, norm_ratios
 from sae_core.text import checked_text, is_blank
 
 
@@ -61,6 +61,43 @@ def test_the_record_survives_its_json_form():
     norms[42, 3] *= 50
     found = find_massive_tokens(norms)
     assert MassiveTokens.from_dict(found.to_dict()) == found
+
+
+def test_the_rule_judges_the_corpus_it_was_found_in_exactly_as_it_was_found():
+    norms = planted_norms()
+    norms[[7, 120], 2] *= 80
+    for treatment in ("exclude", "keep"):
+        found = find_massive_tokens(norms, treatment=treatment)
+        assert torch.equal(found.rule.massive_mask(norms), found.massive_mask())
+        assert torch.equal(found.rule.usable_mask(norms), found.usable_mask(200))
+    assert MassiveRule.from_dict(found.rule.to_dict()) == found.rule
+
+
+def test_a_later_day_is_judged_against_the_training_corpus_medians_not_its_own():
+    rule = find_massive_tokens(planted_norms()).rule
+    # One short filing whose tokens are mostly sinks: its own median is a sink's, so by its own measure
+    # no token is massive; against the corpus every sink is.
+    day = planted_norms(n_tokens=5, seed=1)
+    day[2:] *= 100
+    assert find_massive_tokens(day).rows == ()
+    assert rule.massive_mask(day).tolist() == [False, False, True, True, True]
+    assert rule.usable_mask(day).tolist() == [True, True, False, False, False]
+    kept = MassiveRule(rule.norm_multiple, "keep", rule.median_norms)
+    assert kept.usable_mask(day).all() and kept.massive_mask(day).sum() == 3
+
+
+@pytest.mark.parametrize(
+    ("norms", "rule", "message"),
+    [
+        (torch.ones(5, 3), {}, r"\(n_tokens, 4 layers\)"),
+        (torch.ones(5, 4), {"median_norms": (1.0, 0.0, 1.0, 1.0)}, "one positive median per layer"),
+        (torch.ones(5, 4), {"treatment": "clip"}, "treatment must be one of"),
+    ],
+)
+def test_a_rule_for_other_layers_or_with_a_bad_field_is_refused(norms, rule, message):
+    reference = find_massive_tokens(planted_norms()).rule.to_dict()
+    with pytest.raises(ValueError, match=message):
+        MassiveRule.from_dict({**reference, **rule}).massive_mask(norms)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -71,7 +72,7 @@ def test_an_unknown_ticker_exits_1_with_one_line_on_stderr(storage, capsys):
 
 
 def test_missing_assets_exit_1_naming_the_asset_and_make_demo(storage, capsys):
-    (storage / MATERIALIZED_FILES["company_features"]).unlink()
+    shutil.rmtree(storage / MATERIALIZED_FILES["company_features"])
     status, out, err = run(capsys, "peers", "JPM", "--storage", str(storage))
     assert status == 1 and out == ""
     assert err.count("\n") == 1

@@ -92,7 +92,8 @@ def write_storage(root: Path) -> Path:
 
 
 def write_table(root: Path, asset: str, frame: pd.DataFrame) -> None:
-    """`frame` where the IO manager puts `asset`: a file, or one file per as_of in a partitioned table's folder."""
+    """`frame` where the IO manager puts `asset`: a file, or in a partitioned table's folder one file per as_of
+    (clusters) or one day's file (company features)."""
     path = root / MATERIALIZED_FILES[asset]
     if path.suffix:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,9 @@ def write_table(root: Path, asset: str, frame: pd.DataFrame) -> None:
         return
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
-    for as_of, part in frame.groupby("as_of"):
+    if "as_of" not in frame.columns:
+        frame.to_parquet(path / "2017-05-18.parquet", index=False)
+    for as_of, part in frame.groupby("as_of") if "as_of" in frame.columns else ():
         part.to_parquet(path / f"{as_of.date()}.parquet", index=False)
 
 
@@ -207,7 +210,7 @@ def test_a_company_with_only_boilerplate_latents_cannot_be_queried(tmp_path):
     path = root / MATERIALIZED_FILES["company_features"]
     features = pd.read_parquet(path)
     # BRK-B keeps only latent 0, which fires everywhere; its insurance latent now fires nowhere.
-    features[(features.ticker != "BRK-B") | (features.latent == 0)].to_parquet(path, index=False)
+    write_table(root, "company_features", features[(features.ticker != "BRK-B") | (features.latent == 0)])
     index = PeerIndex.load(root)
     with pytest.raises(ValueError, match="BRK-B's active latents all fire in every company"):
         index.peers("BRK-B")
@@ -220,7 +223,7 @@ def test_as_of_a_date_each_company_is_its_latest_text_then_and_the_clusters_are_
     features = pd.read_parquet(storage / MATERIALIZED_FILES["company_features"])
     features = features.assign(text_id=features.ticker + "|2017")
     refiled = pd.DataFrame({"ticker": "WFC", "latent": [0, 2], "value": [1.0, 3.0], "text_id": "WFC|2019"})
-    pd.concat([features, refiled.astype({"latent": "int32"})]).to_parquet(storage / MATERIALIZED_FILES["company_features"])
+    write_table(storage, "company_features", pd.concat([features, refiled.astype({"latent": "int32"})]))
     texts = pd.read_parquet(storage / MATERIALIZED_FILES["company_descriptions"])
     texts = texts.assign(text_id=texts.ticker + "|2017", known_by=pd.Timestamp("2017-05-18"), source="2017",
                          company_id=texts.ticker)
