@@ -153,7 +153,7 @@ class _DayEncoder:
         self.config, self.rule, self.artifacts = config, group_saes.massive_rule, artifacts
         self.layer = feature_layer(config.layer, len(self.rule.median_norms))
         self.entry = group_saes.for_layer(self.layer)
-        self.sae = load_sae(artifacts.resolve(self.entry.path))
+        self.sae = load_sae(artifacts.resolve(self.entry.path_for(self.layer)))
 
     def __call__(self, day: str, texts: pd.DataFrame) -> _EncodedDay:
         store = open_day_store(self.artifacts, day, texts)

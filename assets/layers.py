@@ -8,13 +8,18 @@ from pydantic import Field
 from assets.metadata import figure_markdown, plt
 from resources import ArtifactStorage
 from sae_core.activation_store import StoreRef
-from sae_core.distances import AngularDistanceAccumulator, LayerDistances
+from sae_core.distances import LayerDistances, store_distances
 from sae_core.groups import LayerGrouping, choose_layer_groups
 from sae_core.massive_activations import MassiveTokens
 
 
 class LayerDistancesConfig(Config):
     max_tokens: int = Field(default=50_000, description="Tokens averaged over (the first shards of the store).")
+    mean_centred: bool = Field(
+        default=False,
+        description="Subtract each layer's mean residual before the angles, as the Group-SAE authors' code does "
+        "(sae_core.distances); off: the paper's text, raw residuals.",
+    )
 
 
 @asset(group_name="layer_groups", kinds={"pytorch"})
@@ -22,23 +27,18 @@ def layer_distances(
     config: LayerDistancesConfig, activation_corpus: StoreRef, massive_activations: MassiveTokens, artifacts: ArtifactStorage
 ) -> Output[LayerDistances]:
     """D̄ (L × L): d(i, j) = arccos(cos(x_i, x_j)) / π between the residual streams of layers i and j, averaged
-    over the store's usable tokens (massive ones excluded unless massive_activations keeps them)."""
+    over the store's first `max_tokens` usable tokens (massive ones excluded unless massive_activations keeps
+    them), of x − μ (each layer's mean over those tokens) when `mean_centred`."""
     store = artifacts.store(activation_corpus)
     usable = massive_activations.usable_mask(store.n_tokens)
-    accumulator = AngularDistanceAccumulator(store.n_layers)
-    start = 0
-    for shard in store.iter_shards():
-        accumulator.update(shard[usable[start : start + len(shard)]])
-        start += len(shard)
-        if accumulator.n_tokens >= config.max_tokens:
-            break
-    distances = accumulator.mean().numpy()
-    excluded = start - accumulator.n_tokens
+    distances, n_tokens = store_distances(store, usable, config.max_tokens, config.mean_centred)
+    distances = distances.numpy()
     return Output(
-        LayerDistances(distances.round(6).tolist(), accumulator.n_tokens, store.n_layers),
+        LayerDistances(distances.round(6).tolist(), n_tokens, store.n_layers, config.mean_centred),
         metadata={
-            "tokens_averaged": accumulator.n_tokens,
-            "massive_tokens_excluded": excluded,
+            "tokens_averaged": n_tokens,
+            "mean_centred": config.mean_centred,
+            "massive_tokens_excluded": int((~usable).sum()),
             "heatmap": _heatmap(distances),
         },
     )

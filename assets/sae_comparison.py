@@ -99,8 +99,6 @@ def sae_comparison(
     regimes = {"group": group_saes, "per_layer": per_layer_saes, "transfer": transfer_saes}
     check_comparable(regimes)
     check_comparable({"group": group_saes, "per_layer": per_layer_saes}, fields=("train_config",))
-    layers, costs = layer_table(regimes), compute_table(regimes)
-
     device = compute.torch_device()
     store = artifacts.store(activation_corpus)
     usable = massive_activations.usable_mask(store.n_tokens)
@@ -108,6 +106,8 @@ def sae_comparison(
         store, per_layer_saes.holdout_share, config.eval_documents, config.max_tokens_per_document, ~usable
     )
     model = language_model.load(device)
+    layers = layer_table(regimes)
+    costs = compute_table(regimes, [sum(p.numel() for p in layer.parameters()) for layer in model.layers])
     evaluator = SplicedEvaluator(
         model,
         list(documents.token_ids.values()),
@@ -119,7 +119,7 @@ def sae_comparison(
         f"spliced evaluation on {len(documents.token_ids)} held-out companies, {evaluator.n_predictions} predictions"
     )
     paths = {
-        (regime, layer): artifacts.resolve(sae.path) for regime, saes in regimes.items() for sae in saes.saes for layer in sae.layers
+        (regime, layer): artifacts.resolve(sae.path_for(layer)) for regime, saes in regimes.items() for sae in saes.saes for layer in sae.layers
     }
     loaded = {path: load_sae(path).to(device) for path in set(paths.values())}
     spliced = []
@@ -139,7 +139,7 @@ def sae_comparison(
             "spliced_documents": len(documents.token_ids),
             "spliced_positions_left_unpatched": sum(map(len, documents.unpatched.values())),
             "spliced_predictions": evaluator.n_predictions,
-            "compute": markdown_table(costs.assign(flops=costs.flops.map("{:.3g}".format))),
+            "compute": markdown_table(costs.assign(**{c: costs[c].map("{:.3g}".format) for c in ("flops", "capture_flops")})),
             "by_layer": _wide_markdown(table),
             "by_layer_plot": _by_layer_plot(table),
         },
@@ -163,6 +163,7 @@ def _checks(table: pd.DataFrame, summary: dict, n_layers: int):
         passed=bool(saving >= GROUP_SAVING_TARGET and gap <= GROUP_FVU_GAP_TARGET),
         severity=AssetCheckSeverity.WARN,
         metadata={"group_saving_flops": saving, "group_fvu_gap_mean": gap,
+                  "group_saving_flops_with_capture": summary.get("group_saving_flops_with_capture", float("nan")),
                   "target": f"saving >= {GROUP_SAVING_TARGET} at FVU gap <= {GROUP_FVU_GAP_TARGET}"},
     )
     ratio, share = summary["transfer_score_ratio_mean"], summary["transfer_token_share"]

@@ -150,7 +150,7 @@ def transfer_saes(
     scratch_steps = math.ceil(scratch_cfg.total_tokens / scratch_cfg.batch_size)
     fine_tune_tokens = max(math.floor(config.token_fraction * scratch_steps), 1) * scratch_cfg.batch_size
     train_cfg = TrainConfig(**{**scratch_cfg.to_dict(), "total_tokens": fine_tune_tokens, "device": device})
-    sources = {entry.layers[0]: artifacts.resolve(entry.path) for entry in per_layer_saes.saes}
+    sources = {entry.layers[0]: artifacts.resolve(entry.path_for(entry.layers[0])) for entry in per_layer_saes.saes}
     offset = TRANSFER_DIRECTIONS[config.direction]
     root = artifacts.folder("transfer_saes")
     saes = []

@@ -3,6 +3,7 @@
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -27,9 +28,9 @@ from sae_core.groups import LayerGrouping
 from sae_core.io import save_sae
 from sae_core.massive_activations import MassiveTokens
 from sae_core.release import load_release, new_release, publish_release, release_id
-from sae_core.sae_set import SaeSet, TrainedSae
+from sae_core.sae_set import LayerMetrics, SaeSet, TrainedSae
 from sae_core.token_split import layer_metrics, token_split
-from sae_core.train import sample_group_activations
+from sae_core.train import sample_group_activations, unit_scales
 
 
 class SaeQualityThresholds(ConfigurableResource):
@@ -40,9 +41,15 @@ class SaeQualityThresholds(ConfigurableResource):
 
 
 class GroupSaesConfig(Config):
-    architecture: str = Field(default="topk", description="topk (AuxK), batchtopk, or relu (ReLU + L1).")
+    architecture: str = Field(
+        default="topk",
+        description="topk (AuxK), batchtopk, matryoshka_batchtopk, jumprelu (trained to L0 = k) or relu (ReLU + L1); "
+        "benchmarks/sae_architectures.py compares them at equal L0 and tokens.",
+    )
     expansion_factor: int = Field(default=4, description="d_sae = expansion_factor × d_model.")
-    k: int = Field(default=32, description="Active latents per token (topk, batchtopk); ignored for relu.")
+    k: int = Field(
+        default=32, description="Active latents per token: TopK's k, BatchTopK's mean, JumpReLU's target; ignored for relu."
+    )
     l1_coefficient: float = Field(default=TrainConfig.l1_coefficient, description="L1 weight (relu only).")
     total_tokens: int = Field(default=300_000, description="Training tokens per SAE (≈ 3 epochs of the sample).")
     batch_size: int = 1024
@@ -57,6 +64,11 @@ class GroupSaesConfig(Config):
         "a bf16 matmul unit, AVX512-BF16 or AMX, these SAEs train 1.4x faster at the same FVU), or off (fp32).",
     )
     holdout_share: float = Field(default=0.1, description="Share of companies held out for evaluation.")
+    per_layer_scaling: bool = Field(
+        default=False,
+        description="Scale each layer of a group to unit mean squared norm on its own before mixing, and save one "
+        "SAE per layer with its own scale folded in (the Group-SAE authors' way); off: one scale for the group.",
+    )
     seed: int = 0
     retrain: bool = Field(
         default=False,
@@ -118,6 +130,7 @@ def group_saes(
         "sae_config": sae_cfg.to_dict(),
         "train_config": {k: v for k, v in train_cfg.to_dict().items() if k != "device"},
         "holdout_share": config.holdout_share,
+        "per_layer_scaling": config.per_layer_scaling,
         # The tokens it trains on, and which tokens it encodes later (company_features judges them by the rule).
         "massive_tokens": {"norm_multiple": massive_activations.norm_multiple, "treatment": massive_activations.treatment},
     }
@@ -187,30 +200,53 @@ def _train_group_saes(
     for number, layers in enumerate(layer_groups.chosen_groups):
         per_layer = [store.layer(layer, dtype=torch.float16) for layer in layers]
         generator = torch.Generator().manual_seed(config.seed + number)
+        training = [x[split.train] for x in per_layer]
+        scales = unit_scales(training) if config.per_layer_scaling else None
         # Each token contributes its activation from one uniformly random layer of the group,
         # so a group SAE sees as many activations as a per-layer SAE would.
-        train_rows = sample_group_activations([x[split.train] for x in per_layer], generator).float()
+        train_rows = sample_group_activations(training, generator, scales).float()
+        del training
         result = sae_trainer.train(context, train_rows, sae_cfg, train_cfg)
         del train_rows
-        metrics = {layer: layer_metrics(result.sae.to(device), x, split) for layer, x in zip(layers, per_layer)}
         name = f"sae_{number:02d}_layers_{layers[0]}-{layers[-1]}"
-        save_sae(
-            result.sae.cpu(),
-            staging / name,
-            metadata={
-                "model_name": store.manifest["model"],
-                "hook_name": f"blocks.{layers[0]}.hook_resid_post",
-                "hook_layer": layers[0],
-                "layers": layers,
-            },
-        )
-        saes.append(TrainedSae(tuple(layers), f"{published}/{name}", metrics, round(result.seconds, 1), result.tokens_seen))
+        saved = _evaluate_and_save_group_sae(result.sae.to(device), layers, per_layer, scales, split, store, staging / name)
+        paths = {layer: f"{published}/{name}/{folder}" for layer, folder in saved.folders.items()} if scales else None
+        saes.append(TrainedSae(tuple(layers), f"{published}/{name}" + (f"/{saved.folders[layers[0]]}" if scales else ""),
+                               saved.metrics, round(result.seconds, 1), result.tokens_seen, layer_paths=paths))
         context.log.info(f"SAE {number} (layers {layers}) trained in {result.seconds:.1f}s")
     left_out = int((~split.train & ~split.evaluate & split.with_massive).sum())
     return SaeSet(
         tuple(saes), sae_cfg, train_cfg, config.holdout_share, {"massive_tokens_left_out_of_training": left_out},
         massive_activations.rule,
     )
+
+
+class _SavedGroupSae(NamedTuple):
+    metrics: dict[int, LayerMetrics]
+    folders: dict[int, str]
+    """Per layer, its save's folder inside the SAE's (per-layer scaling only)."""
+
+
+def _evaluate_and_save_group_sae(sae, layers, per_layer, scales, split, store, folder: Path) -> _SavedGroupSae:
+    """Held-out metrics of a group SAE on each of its layers, and its save: one folder, or with per-layer scales
+    one subfolder per layer whose input scale is the trained one times that layer's factor (so x_l · s_l · s is
+    what the SAE was trained on; SAELens, which has no input scale, loads each layer's fold of it)."""
+    metadata = {"model_name": store.manifest["model"], "layers": layers}
+
+    def hook(layer: int) -> dict:
+        return {**metadata, "hook_name": f"blocks.{layer}.hook_resid_post", "hook_layer": layer}
+
+    trained_scale = float(sae.input_scale)
+    metrics, folders = {}, {}
+    for position, (layer, x) in enumerate(zip(layers, per_layer)):
+        if scales:
+            sae.input_scale.fill_(trained_scale * scales[position])
+            folders[layer] = f"layer_{layer}"
+            save_sae(sae, folder / folders[layer], metadata=hook(layer))  # save_sae folds a CPU copy
+        metrics[layer] = layer_metrics(sae, x, split)
+    if not scales:
+        save_sae(sae, folder, metadata=hook(layers[0]))
+    return _SavedGroupSae(metrics, folders)
 
 
 @asset_check(asset=group_saes, blocking=True)

@@ -2,7 +2,7 @@
 
 One frozen dataclass per concern, so a config is a value: hashable, comparable and safe to share.
 Both validate themselves on construction and name the offending field in the error.
-The defaults train a usable SAE on the offline sample (SmolLM2-135M, width 576) on a CPU.
+The defaults train a usable SAE on the offline sample (SmolLM2-135M-Instruct Q4_1, width 576) on a CPU.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("topk", "batchtopk", "relu")
-"""Activation schemes: TopK (Gao et al. 2024), BatchTopK (Bussmann et al. 2024), ReLU + L1 (Bricken et al. 2023)."""
-ARCHITECTURES_WITH_K = ("topk", "batchtopk")
+SUPPORTED_ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu", "matryoshka_batchtopk")
+"""Activation schemes: TopK (Gao et al. 2024), BatchTopK (Bussmann et al. 2024), ReLU + L1 (Bricken et al.
+2023), JumpReLU (Rajamanoharan et al. 2024) and Matryoshka BatchTopK (Bussmann et al. 2025)."""
+ARCHITECTURES_WITH_K = ("topk", "batchtopk", "jumprelu", "matryoshka_batchtopk")
 DEFAULT_K = 32
 B_DEC_INITS = ("geometric_median", "mean")
 AUTOCAST_MODES = ("auto", "bf16", "off")
@@ -34,7 +35,8 @@ class SaeConfig:
     """Shape and activation scheme of a sparse autoencoder.
 
     d_sae = d_in * expansion_factor latents. How many may be active per token depends on the
-    architecture: exactly at most `k` (topk), `k` on average over a batch (batchtopk), or as many as
+    architecture: exactly at most `k` (topk), `k` on average over a batch (batchtopk and
+    matryoshka_batchtopk), `k` on average as the target of a sparsity penalty (jumprelu), or as many as
     the L1 penalty allows (relu, which has no `k`).
     """
 
@@ -43,10 +45,10 @@ class SaeConfig:
     expansion_factor: int = 8
     """Number of latents per input dimension: d_sae = d_in * expansion_factor."""
     k: int | None = None
-    """Active latents per token: the TopK k, or BatchTopK's mean k. None: 32 for "topk" and
-    "batchtopk"; must stay None for "relu", whose sparsity comes from TrainConfig.l1_coefficient."""
+    """Active latents per token: the TopK k, BatchTopK's mean k, or JumpReLU's target L0. None: 32 for
+    those; must stay None for "relu", whose sparsity comes from TrainConfig.l1_coefficient."""
     architecture: str = "topk"
-    """"topk", "batchtopk" or "relu" (see sae_core.sae and sae_core.architectures)."""
+    """One of SUPPORTED_ARCHITECTURES (see sae_core.sae and sae_core.architectures)."""
 
     def __post_init__(self) -> None:
         if not _is_int(self.d_in) or self.d_in <= 0:
@@ -115,6 +117,15 @@ class TrainConfig:
     few hundred, and a 100-step memory still held the early model's larger minimum at the end (SmolLM2
     layer 20, k = 32, 98 steps: inference L0 17 at r = 0.01, 30 at r = 0.05). The minimum of k·n kept
     values is a sharp quantile, so the shorter memory adds little noise."""
+    l0_coefficient: float = 1.0
+    """jumprelu: weight λ of the sparsity penalty, loss = fvu + λ · (L0 / k − 1)², L0 the mean number
+    of latents over their thresholds per token (dictionary_learning's target-L0 form)."""
+    jumprelu_bandwidth: float = 0.05
+    """jumprelu: width ε of the rectangle kernel in the thresholds' pseudo-derivatives, on inputs scaled
+    to E‖x‖² = 1. See sae_core.architectures."""
+    matryoshka_prefixes: tuple[float, ...] = (0.125, 0.25, 0.5)
+    """matryoshka_batchtopk: the nested prefixes trained to reconstruct on their own, as fractions of
+    d_sae, increasing, each in (0, 1); the full width is always the last level."""
     dead_tokens_threshold: int = 100_000
     """A latent counts as dead after this many training tokens without firing."""
     b_dec_init: str = "geometric_median"
@@ -161,6 +172,17 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.auxk_alpha must be >= 0, got {self.auxk_alpha!r}")
         if not (math.isfinite(self.l1_coefficient) and self.l1_coefficient >= 0):
             raise ValueError(f"TrainConfig.l1_coefficient must be >= 0, got {self.l1_coefficient!r}")
+        if not (math.isfinite(self.l0_coefficient) and self.l0_coefficient >= 0):
+            raise ValueError(f"TrainConfig.l0_coefficient must be >= 0, got {self.l0_coefficient!r}")
+        if not (math.isfinite(self.jumprelu_bandwidth) and self.jumprelu_bandwidth > 0):
+            raise ValueError(f"TrainConfig.jumprelu_bandwidth must be > 0, got {self.jumprelu_bandwidth!r}")
+        # JSON (a stored release) gives a list; the frozen dataclass must stay hashable.
+        object.__setattr__(self, "matryoshka_prefixes", tuple(self.matryoshka_prefixes))
+        prefixes = self.matryoshka_prefixes
+        if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in prefixes) or list(prefixes) != sorted(set(prefixes)):
+            raise ValueError(
+                f"TrainConfig.matryoshka_prefixes must be increasing fractions in (0, 1), got {prefixes!r}"
+            )
         if not (math.isfinite(self.threshold_ema_rate) and 0 < self.threshold_ema_rate <= 1):
             raise ValueError(
                 f"TrainConfig.threshold_ema_rate must be in (0, 1], got {self.threshold_ema_rate!r}"
@@ -213,6 +235,11 @@ class TrainConfig:
             return 5e-3 * math.sqrt(2**14 / d_sae)
         peak = 8e-3 if self.optimizer == "schedule_free_adam" else 2e-3
         return peak * min(1.0, math.sqrt(2**14 / d_sae))
+
+    def prefix_widths(self, d_sae: int) -> tuple[int, ...]:
+        """matryoshka_batchtopk: the nested prefix widths m_1 < … < m_{G−1} below d_sae (each at least 1)."""
+        widths = sorted({max(1, round(f * d_sae)) for f in self.matryoshka_prefixes} - {d_sae})
+        return tuple(widths)
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine what a run computes: all but device, logging and checkpointing."""

@@ -7,7 +7,8 @@ Given the mean angular distance matrix D̄ (L, L) between layers (see `distances
      clustering as feature vectors, i.e. Euclidean distances between rows; we follow the paper's
      text, so the linkage sees D̄ itself.)
   3. AMAD(G) = (1/G) Σ_groups max_{i,j ∈ group} D̄(i, j)       (a singleton group contributes 0)
-  4. Ĝ = the smallest G with AMAD(G) < threshold (0.2 in the paper).
+  4. Ĝ = the smallest G with AMAD(G) < threshold (0.2 in the paper); or, by quality, the smallest G whose
+     measured mean FVU gap to per-layer SAEs stays within a bound (`smallest_g_within_fvu_gap`).
 """
 
 from __future__ import annotations
@@ -160,3 +161,22 @@ def choose_layer_groups(distances: np.ndarray, threshold: float = 0.2) -> LayerG
         contiguous=is_contiguous(chosen_groups),
         threshold=float(threshold),
     )
+
+
+def smallest_g_within_fvu_gap(fvu_gap_by_g: dict[int, float], bound: float) -> int:
+    """Ĝ chosen by quality instead of by AMAD: the smallest measured G whose mean FVU gap to per-layer SAEs,
+    (1/L) Σ_l FVU_group(l) − FVU_per_layer(l), is at most `bound`.
+
+    `fvu_gap_by_g` maps each G that was trained and scored (e.g. by benchmarks/group_partitions.py) to its
+    mean gap. Raises ValueError when no measured G is within the bound: measure larger G, or loosen it.
+    """
+    if not fvu_gap_by_g:
+        raise ValueError("fvu_gap_by_g is empty: measure the FVU gap of at least one G first")
+    within = sorted(g for g, gap in fvu_gap_by_g.items() if gap <= bound)
+    if not within:
+        best = min(fvu_gap_by_g, key=fvu_gap_by_g.get)
+        raise ValueError(
+            f"no measured G keeps the mean FVU gap within {bound}: the smallest gap is {fvu_gap_by_g[best]:.4f} "
+            f"at G = {best} (measured: {sorted(fvu_gap_by_g)})"
+        )
+    return within[0]

@@ -2,6 +2,7 @@
 
     input_scale s = sqrt(1 / mean_t ‖x_t‖²)      so that E‖x·s‖² = 1, on a random subsample
     b_dec = geometric median (or mean) of x·s      on the same subsample
+    jumprelu: θ_j = the (1 − k/d_sae) quantile of pre_j on a subsample, so that L0 starts at k
     transfer: a trained SAE's weights in canonical form (unit-norm decoder rows, same x ↦ x̂)
 """
 
@@ -12,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from sae_core.architectures import BatchTopKSae, build_sae
+from sae_core.architectures import JumpReluSae, build_sae
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.sae import SparseAutoencoder
 
@@ -67,14 +68,35 @@ def fit_input_scale_and_b_dec(
             sae.b_dec.copy_(centre.to(sae.b_dec))
 
 
+# Rows whose pre-activations place the JumpReLU thresholds: (rows, d_sae) floats must stay small.
+_THRESHOLD_SUBSAMPLE = 4096
+
+
+@torch.no_grad()
+def fit_jumprelu_thresholds(sae: JumpReluSae, data: Tensor, generator: torch.Generator) -> None:
+    """θ_j = the (1 − k/d_sae) quantile of latent j's pre-activations over a random subsample of `data`
+    (after input_scale and b_dec are fitted): each latent then fires on a k/d_sae share of tokens, L0 ≈ k.
+    A latent whose quantile is not positive (it rarely fires at all) gets the smallest positive one."""
+    rows = torch.randperm(len(data), generator=generator)[: min(len(data), _THRESHOLD_SUBSAMPLE)]
+    sample = data[rows].to(sae.W_enc.device, torch.float32)
+    pre_acts = sae._pre_acts(sae._scaled_input(sample))
+    # kthvalue, not quantile: torch.quantile refuses inputs of more than 2**24 values.
+    rank = max(1, round((1 - sae.cfg.k / sae.cfg.d_sae) * len(sample)))
+    quantile = pre_acts.float().kthvalue(rank, dim=0).values
+    positive = quantile[quantile > 0]
+    floor = positive.min() if positive.numel() else pre_acts.new_tensor(1e-3)
+    sae.set_thresholds(torch.where(quantile > 0, quantile, floor))
+
+
 def copy_for_transfer(init: SparseAutoencoder, sae_cfg: SaeConfig) -> SparseAutoencoder:
     """A trainable SAE of `sae_cfg` carrying `init`'s weights in canonical form: unit-norm decoder
     rows, same x ↦ x̂.
 
     An SAE saved by io.save_sae and loaded back has input_scale 1 and decoder rows of norm 1/s;
     undoing that fold (exactly, when all rows share one norm) puts its weights back in the unit-scale
-    space that training works in. The architecture and k may differ from the init's; a BatchTopK
-    threshold is carried over when both are BatchTopK (the pre-activations it applies to are the same).
+    space that training works in. The architecture and k may differ from the init's; thresholds
+    (BatchTopK's, JumpReLU's) are carried over when both have them (the pre-activations they apply to are
+    the same).
     """
     if (init.cfg.d_in, init.cfg.d_sae) != (sae_cfg.d_in, sae_cfg.d_sae):
         raise ValueError(
@@ -88,8 +110,8 @@ def copy_for_transfer(init: SparseAutoencoder, sae_cfg: SaeConfig) -> SparseAuto
         for name in _TRANSFERRED_TENSORS:
             getattr(sae, name).copy_(getattr(init, name).detach().float().cpu())
         sae.input_scale.copy_(init.input_scale.detach().float().cpu())
-        if isinstance(sae, BatchTopKSae) and isinstance(init, BatchTopKSae):
-            sae.threshold.copy_(init.threshold.detach().float().cpu())
+        if sae.thresholds() is not None and init.thresholds() is not None:
+            sae.set_thresholds(init.thresholds().detach().float().cpu())
     mean_row_norm = float(sae.W_dec.detach().norm(dim=1).mean())
     sae.reparametrize_input_scale(float(sae.input_scale) / mean_row_norm)
     sae.set_decoder_norm_to_unit_norm()

@@ -4,7 +4,7 @@ reads SAELens's own saves too, so others' tools open ours and ours open theirs.
 A saved SAE is a folder:
     cfg.json                  SAELens config fields + "metadata" (hook, layers, model: the caller's)
     sae_weights.safetensors   W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_enc (d_sae,), b_dec (d_in,),
-                              and threshold (d_sae,) for BatchTopK
+                              and threshold (d_sae,) for the JumpReLU-inference architectures
 
 Every SAE in it computes, on raw activations x (n, d_in),
 
@@ -18,7 +18,14 @@ inference architecture that computes the same code, and read back as the sae_cor
     batchtopk  "jumprelu"           ReLU(pre) · 1[pre > threshold_j]    SAELens saves its own BatchTopK
                                                                         SAEs this way; cfg carries our
                                                                         k, which SAELens ignores
+    matryoshka "jumprelu"           the same (its inference is BatchTopK's)
+      _batchtopk
+    jumprelu   "jumprelu"           pre · 1[pre > threshold_j]          threshold_j > 0, so the same
+                                                                        formula; k is its target L0
     relu       "standard"           ReLU(pre)
+
+cfg.json also names our architecture ("sae_core_architecture"), which SAELens ignores: three of ours
+share SAELens's "jumprelu", and each loads back as what it was trained as.
 
 SAELens has no input scale, so `save_sae` folds ours into the weights (t = 1/s):
     W_enc' = W_enc·s,  W_dec' = W_dec / s,  b_dec' = b_dec / s,  b_enc' = b_enc,  threshold' = threshold
@@ -37,9 +44,10 @@ activation_fn "topk" and k in activation_fn_kwargs) also undoes what its forward
     time, which no sae_core SAE does: refused. "expected_average_only_in" and
     "covariance_whitening" are folded into the weights by SAELens's trainer and do nothing in its
     forward, so such SAEs load as they are.
-A BatchTopKSae needs k, the mean L0 its training targeted. SAELens's BatchTopK (and Matryoshka
-BatchTopK) saves keep it in metadata.training_architecture_details; a JumpReLU SAE trained as one has
-none and is refused. sae_core also needs d_sae to be a multiple of d_in.
+A SAELens "jumprelu" save without "sae_core_architecture" loads as a BatchTopKSae when it carries k, the
+mean L0 its training targeted (SAELens's BatchTopK and Matryoshka BatchTopK saves keep it in
+metadata.training_architecture_details), and as a JumpReluSae when it has none (a JumpReLU trained as
+one, e.g. Gemma Scope): the same inference either way. sae_core also needs d_sae to be a multiple of d_in.
 """
 
 from __future__ import annotations
@@ -59,17 +67,21 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from sae_core.architectures import build_sae
-from sae_core.config import SaeConfig
+from sae_core.config import DEFAULT_K, SaeConfig
 from sae_core.sae import SparseAutoencoder
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 WEIGHT_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec")
 THRESHOLD_NAME = "threshold"
-SAELENS_ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "relu": "standard"}
+SAELENS_ARCHITECTURES = {
+    "topk": "topk", "batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard",
+}
 """Our architecture → the SAELens inference architecture it is saved as."""
-_FROM_SAELENS_ARCHITECTURE = {theirs: ours for ours, theirs in SAELENS_ARCHITECTURES.items()}
-_ACTIVATION_FNS = {"topk": "topk", "batchtopk": "relu", "relu": "relu"}
+THRESHOLD_ARCHITECTURES = ("batchtopk", "matryoshka_batchtopk", "jumprelu")
+"""Ours whose inference is a JumpReLU: their saves carry `threshold`."""
+SAE_CORE_ARCHITECTURE_KEY = "sae_core_architecture"
+_ACTIVATION_FNS = {"topk": "topk", "relu": "relu", **{name: "relu" for name in THRESHOLD_ARCHITECTURES}}
 """The legacy SAELens (< 6) spelling: activation applied before any threshold."""
 # SAELens normalisations that its SAE.forward does not apply (the trainer folds them into the weights).
 _INERT_SAELENS_NORMALIZATIONS = ("none", "expected_average_only_in", "covariance_whitening")
@@ -78,7 +90,7 @@ _SAELENS_META_KEYS = ("model_name", "hook_name", "hook_layer")
 
 
 def _weight_names(sae_cfg: SaeConfig) -> tuple[str, ...]:
-    return (*WEIGHT_NAMES, THRESHOLD_NAME) if sae_cfg.architecture == "batchtopk" else WEIGHT_NAMES
+    return (*WEIGHT_NAMES, THRESHOLD_NAME) if sae_cfg.architecture in THRESHOLD_ARCHITECTURES else WEIGHT_NAMES
 
 
 def _saelens_cfg(sae: SparseAutoencoder, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +99,7 @@ def _saelens_cfg(sae: SparseAutoencoder, metadata: dict[str, Any]) -> dict[str, 
     architecture, k = sae.cfg.architecture, sae.cfg.k
     cfg = {
         "architecture": SAELENS_ARCHITECTURES[architecture],
+        SAE_CORE_ARCHITECTURE_KEY: architecture,
         "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae,
         "dtype": "float32",
@@ -147,7 +160,9 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any
 
     folded = copy.deepcopy(sae).float().cpu()
     folded.reparametrize_input_scale(1.0)
-    weights = {name: getattr(folded, name).detach().contiguous() for name in _weight_names(sae.cfg)}
+    weights = {name: getattr(folded, name).detach().contiguous() for name in WEIGHT_NAMES}
+    if folded.thresholds() is not None:
+        weights[THRESHOLD_NAME] = folded.thresholds().detach().contiguous()
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -214,10 +229,10 @@ def saelens_format(cfg: dict[str, Any], source: Path | str) -> SaelensFormat:
     activation_kwargs = cfg.get("activation_fn_kwargs") or {}
     if architecture == "standard" and activation_fn == "topk":
         architecture = "topk"
-    if architecture not in _FROM_SAELENS_ARCHITECTURE:
+    if architecture not in set(SAELENS_ARCHITECTURES.values()):
         raise ValueError(
             f"{source}: SAELens architecture {architecture!r} is not supported "
-            f"(sae_core loads {sorted(_FROM_SAELENS_ARCHITECTURE)})"
+            f"(sae_core loads {sorted(set(SAELENS_ARCHITECTURES.values()))})"
         )
     expected_fn = "topk" if architecture == "topk" else "relu"
     if activation_fn not in (None, expected_fn):
@@ -237,6 +252,7 @@ def saelens_format(cfg: dict[str, Any], source: Path | str) -> SaelensFormat:
 
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
     k: Any = None
+    ours = {"topk": "topk", "standard": "relu"}.get(architecture)
     if architecture == "topk":
         k = cfg.get("k", activation_kwargs.get("k"))
         if k is None:
@@ -244,14 +260,13 @@ def saelens_format(cfg: dict[str, Any], source: Path | str) -> SaelensFormat:
     elif architecture == "jumprelu":
         training_details = (cfg.get("metadata") or {}).get("training_architecture_details") or {}
         k = cfg.get("k", training_details.get("k"))
-        if k is None:
-            raise ValueError(
-                f"{source}: a 'jumprelu' SAE loads as a BatchTopK SAE, which needs k (the mean L0 its "
-                "training targeted), but neither 'k' nor metadata.training_architecture_details.k is set"
-            )
-    sae_cfg = checked_sae_config(
-        d_in=d_in, d_sae=d_sae, k=k, architecture=_FROM_SAELENS_ARCHITECTURE[architecture], source=source
-    )
+        ours = cfg.get(SAE_CORE_ARCHITECTURE_KEY) or ("batchtopk" if k is not None else "jumprelu")
+        if ours not in THRESHOLD_ARCHITECTURES:
+            raise ValueError(f"{source}: {SAE_CORE_ARCHITECTURE_KEY} {ours!r} is not one of {THRESHOLD_ARCHITECTURES}")
+        if k is None and isinstance(d_sae, int):
+            # A foreign JumpReLU's target L0 is unknown; k only matters if it is fine-tuned.
+            k = min(DEFAULT_K, d_sae)
+    sae_cfg = checked_sae_config(d_in=d_in, d_sae=d_sae, k=k, architecture=ours, source=source)
     # SAELens reads the flag only into its TopK config; other architectures ignore it, and so do we.
     rescale = architecture == "topk" and bool(cfg.get("rescale_acts_by_decoder_norm", False))
     return SaelensFormat(
@@ -316,7 +331,7 @@ def checked_sae_config(*, d_in: Any, d_sae: Any, k: Any, architecture: str, sour
 
 def sae_from_tensors(sae_cfg: SaeConfig, tensors: dict[str, Tensor], source: Path) -> SparseAutoencoder:
     """A float32 eval-mode SAE of `sae_cfg` holding exactly `tensors`: every parameter (and the
-    BatchTopK threshold) must be there with its shape, and nothing else may be."""
+    threshold of a JumpReLU-inference architecture) must be there with its shape, and nothing else may be."""
     # A throwaway generator keeps the (overwritten) random init from touching the global RNG.
     sae = build_sae(sae_cfg, generator=torch.Generator())
     names = list(_weight_names(sae_cfg))
@@ -329,12 +344,18 @@ def sae_from_tensors(sae_cfg: SaeConfig, tensors: dict[str, Tensor], source: Pat
         )
     with torch.no_grad():
         for name in names:
-            target = getattr(sae, name)
+            target = sae.thresholds() if name == THRESHOLD_NAME else getattr(sae, name)
             if tensors[name].shape != target.shape:
                 raise ValueError(
                     f"{source}: {name} has shape {tuple(tensors[name].shape)}, the config implies {tuple(target.shape)}"
                 )
-            target.copy_(tensors[name].float())
+            if name == THRESHOLD_NAME:
+                try:
+                    sae.set_thresholds(tensors[name].float())
+                except ValueError as error:
+                    raise ValueError(f"{source}: {error}") from None
+            else:
+                target.copy_(tensors[name].float())
     return sae.eval()
 
 

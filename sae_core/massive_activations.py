@@ -4,8 +4,8 @@ Sun et al. (2024, "Massive Activations in Large Language Models") found that LLM
 ~10^3–10^5 times the median into a handful of coordinates of a few tokens, from a middle layer on:
 the first token of a sequence and some delimiters. They act as fixed biases and attention sinks;
 what they carry is the same whatever the token, not the meaning of the text. Capture prepends BOS
-so that the sink falls on BOS, which it drops, but the model does not always agree: in SmolLM2-135M
-on the sample the *first real token* of 19 of 381 descriptions («Amazon», «Microsoft», «Delta», …)
+so that the sink falls on BOS, which it drops, but the model does not always agree: in SmolLM2-135M-Instruct
+(Q4_1) on the sample the *first real token* of 19 of 381 descriptions («Amazon», «Microsoft», «Delta», …)
 turns into a second sink at layer 11, its residual norm peaking at 27–151 times the layer's median
 and staying far above it through layer 27 (still 3–11 times it at layers 28–29, where no ordinary
 token exceeds 3). At layer 19

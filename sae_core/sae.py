@@ -7,8 +7,8 @@ Every architecture computes
     x̂   = (z W_dec + b_dec) / s                              (n, d_in)    reconstruction
 
 and differs only in the activation σ: TopK here (Gao et al. 2024, σ = ReLU ∘ TopK_k per token),
-BatchTopK and ReLU in `sae_core.architectures`. `build_sae` there picks the class from
-`SaeConfig.architecture`.
+BatchTopK, ReLU, JumpReLU and Matryoshka BatchTopK in `sae_core.architectures`. `build_sae` there
+picks the class from `SaeConfig.architecture`.
 
 Parameter names and shapes follow SAELens: W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in),
 b_dec (d_in,). Decoder rows are kept at unit norm during training, for every architecture.
@@ -49,6 +49,18 @@ class EncoderOutput(NamedTuple):
     """Indices (into d_sae) of the kept latents, (n, w) int64, distinct within a row."""
 
 
+class TrainingCode(NamedTuple):
+    """What an architecture's training forward computes from x·s, differentiably."""
+
+    code: EncoderOutput
+    product: Tensor
+    """z W_dec, (n, d_in)."""
+    nested_products: tuple[Tensor, ...] = ()
+    """Matryoshka: z W_dec over each nested prefix of the latents but the full width, each (n, d_in)."""
+    l0_per_token: Tensor | None = None
+    """JumpReLU: Σ_j H(pre_tj − θ_j), (n,), differentiable in θ (straight-through)."""
+
+
 class ForwardOutput(NamedTuple):
     """Everything one training step needs from the SAE."""
 
@@ -64,12 +76,19 @@ class ForwardOutput(NamedTuple):
     fvu: Tensor
     """Fraction of variance unexplained on this batch, Σ‖x−x̂‖² / Σ‖x−x̄‖² (scalar)."""
 
+    nested_fvu: Tensor
+    """The reconstruction term training minimises: fvu, or for Matryoshka the mean over its nested
+    prefixes (the full width included) of each prefix's FVU (scalar)."""
+
     auxk_loss: Tensor
     """AuxK loss on the dead latents, normalised by the same total variance (scalar; 0 if none dead)."""
 
     l1_loss: Tensor
     """Decoder-norm-weighted L1 of the code in the scaled space, (1/n) Σ_t Σ_j z_tj ‖W_dec,j‖ (scalar).
     Computed for every architecture; only "relu" trains on it."""
+
+    l0_loss: Tensor
+    """JumpReLU: (1/n) Σ_t Σ_j H(pre_tj − θ_j), differentiable in θ (straight-through); 0 otherwise."""
 
 
 class SparseAutoencoder(nn.Module, ABC):
@@ -142,9 +161,16 @@ class SparseAutoencoder(nn.Module, ABC):
         z = self._dense_code(pre_acts)
         return sparsify_code(z), z @ self.W_dec
 
-    def _training_code(self, x_scaled: Tensor) -> tuple[EncoderOutput, Tensor]:
+    def _training_code(self, x_scaled: Tensor) -> TrainingCode:
         """The sparse code and z W_dec (n, d_in) of x·s, differentiably, for `forward`."""
-        return self._code_and_product(self._pre_acts(x_scaled))
+        return TrainingCode(*self._code_and_product(self._pre_acts(x_scaled)))
+
+    def thresholds(self) -> Tensor | None:
+        """The per-latent thresholds θ (d_sae,) of an architecture whose inference is a JumpReLU, else None."""
+        return None
+
+    def set_thresholds(self, threshold: Tensor) -> None:
+        raise ValueError(f"a {self.architecture!r} SAE has no thresholds")
 
     def encode(self, x: Tensor) -> EncoderOutput:
         """Sparse code of x (n, d_in); see the module docstring for its width."""
@@ -198,23 +224,31 @@ class SparseAutoencoder(nn.Module, ABC):
         additive share of the whole batch's value, and the shares' gradients sum to its gradient.
         """
         x_scaled = self._scaled_input(x)
-        code, product = self._training_code(x_scaled)
+        code, product, nested_products, l0_per_token = self._training_code(x_scaled)
         recon_scaled = product + self.b_dec
 
         residual = x_scaled - recon_scaled
         if total_variance is None:
             total_variance = (x_scaled - x_scaled.mean(dim=0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
+        nested_fvu = fvu
+        if nested_products:
+            prefix_fvus = [(x_scaled - (p + self.b_dec)).pow(2).sum() / total_variance for p in nested_products]
+            nested_fvu = (sum(prefix_fvus) + fvu) / (len(prefix_fvus) + 1)
         auxk_loss = self._auxk_loss(x_scaled, residual.detach(), dead_mask, total_variance)
         decoder_norms = self.W_dec.norm(dim=1)
-        l1_loss = (code.top_acts * decoder_norms[code.top_indices]).sum() / (n_tokens or len(x_scaled))
+        n = n_tokens or len(x_scaled)
+        l1_loss = (code.top_acts * decoder_norms[code.top_indices]).sum() / n
+        l0_loss = l0_per_token.sum() / n if l0_per_token is not None else x_scaled.new_zeros(())
         return ForwardOutput(
             sae_out=recon_scaled / self.input_scale,
             latent_acts=code.top_acts,
             latent_indices=code.top_indices,
             fvu=fvu,
+            nested_fvu=nested_fvu,
             auxk_loss=auxk_loss,
             l1_loss=l1_loss,
+            l0_loss=l0_loss,
         )
 
     def _auxk_loss(
@@ -326,7 +360,7 @@ class TopKSae(SparseAutoencoder):
         code = self._sparse_code(pre_acts)
         return code, self._sparse_matmul(*code)
 
-    def _training_code(self, x_scaled: Tensor) -> tuple[EncoderOutput, Tensor]:
+    def _training_code(self, x_scaled: Tensor) -> TrainingCode:
         # The encoder and TopK as one autograd Function whose backward touches only the k kept
         # latents per token: see sae_core.kernels. (AuxK computes the dead latents' own product.)
         matmul_dtype = encoder_matmul_dtype(x_scaled)
@@ -335,7 +369,7 @@ class TopKSae(SparseAutoencoder):
             pre_acts_out=self._pre_acts_workspace(len(x_scaled), matmul_dtype, x_scaled.device),
             matmul_dtype=matmul_dtype,
         )
-        return EncoderOutput(top_acts, top_indices), self._sparse_matmul(top_acts, top_indices)
+        return TrainingCode(EncoderOutput(top_acts, top_indices), self._sparse_matmul(top_acts, top_indices))
 
     def _pre_acts_workspace(self, n_tokens: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
         """An (n, d_sae) buffer that every training step of this shape writes its pre-activations into.

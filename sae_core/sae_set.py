@@ -45,6 +45,15 @@ class TrainedSae:
     tokens_seen: int
     initialised_from_layer: int | None = None
     """Transfer SAEs: the layer whose SAE this one was fine-tuned from."""
+    layer_paths: dict[int, str] | None = None
+    """Group SAEs trained with per-layer input scaling: one save per layer served, each with that layer's
+    scale folded in (SAELens layout, relative to the storage root); None: `path` serves every layer."""
+
+    def path_for(self, layer: int) -> str:
+        """The saved SAE to run on `layer`'s activations."""
+        if layer not in self.layers:
+            raise ValueError(f"the SAE at {self.path} serves layers {list(self.layers)}, not {layer}")
+        return self.layer_paths[layer] if self.layer_paths else self.path
 
     def to_dict(self) -> dict:
         value = {
@@ -56,6 +65,8 @@ class TrainedSae:
         }
         if self.initialised_from_layer is not None:
             value["initialised_from_layer"] = self.initialised_from_layer
+        if self.layer_paths:
+            value["layer_paths"] = {str(layer): path for layer, path in self.layer_paths.items()}
         return value
 
     @classmethod
@@ -67,6 +78,7 @@ class TrainedSae:
             train_seconds=float(data["train_seconds"]),
             tokens_seen=int(data["tokens_seen"]),
             initialised_from_layer=data.get("initialised_from_layer"),
+            layer_paths={int(layer): path for layer, path in data["layer_paths"].items()} if data.get("layer_paths") else None,
         )
 
 

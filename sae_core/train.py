@@ -1,10 +1,12 @@
 """Training loop of a sparse autoencoder on a tensor of activations, and the Group-SAE token sampler.
 
 One step, the same for every architecture (Gao et al. 2024, as in sparsify):
-    loss = fvu + auxk_alpha · auxk_loss          topk, batchtopk
-    loss = fvu + l1_coefficient · l1_loss        relu
+    loss = fvu + auxk_alpha · auxk_loss                   topk, batchtopk
+    loss = nested_fvu + auxk_alpha · auxk_loss            matryoshka_batchtopk (mean FVU of its prefixes)
+    loss = fvu + l1_coefficient · l1_loss                 relu
+    loss = fvu + l0_coefficient · (L0 / k − 1)²           jumprelu
     backward → project out the gradient parallel to each decoder row → optimiser step → renormalise rows
-    batchtopk only: θ ← (1 − r) θ + r · (smallest activation the batch kept)
+    batchtopk, matryoshka_batchtopk: θ ← (1 − r) θ + r · (smallest activation the batch kept)
 The optimiser (TrainConfig.optimizer) is schedule-free Adam by default (sae_core.optim): the model
 trains at its interpolated point y, and the average x is what the run returns, its decoder rows
 renormalised. Plain Adam and schedule-free signSGD (sparsify's default) are the alternatives.
@@ -12,8 +14,9 @@ renormalised. Plain Adam and schedule-free signSGD (sparsify's default) are the 
 Before the first step the SAE is fitted to the data's scale and location (sae_core.initialization):
     input_scale s = sqrt(1 / mean_t ‖x_t‖²)          so that E‖x·s‖² = 1
     b_dec = geometric median (or mean) of x·s          on a subsample
+    jumprelu: θ_j = the (1 − k/d_sae) quantile of latent j's pre-activations on the same subsample
 A latent is dead once it has gone `dead_tokens_threshold` training tokens without firing; dead
-latents get the AuxK loss (topk, batchtopk).
+latents get the AuxK loss (topk, batchtopk, matryoshka_batchtopk).
 
 With `TrainConfig.checkpoint_dir` set, the whole state is saved every `checkpoint_every` steps and
 at the end (sae_core.checkpoint); a run that finds a checkpoint of its own configuration and data
@@ -23,7 +26,8 @@ was never interrupted.
 Data parallel (under torchrun; sae_core.distributed). With W processes every rank draws the same
 global batch of n rows and encodes its shard of about n/W. What couples tokens is made global:
     Σ‖x − x̄‖² (FVU's and AuxK's denominator)   x̄ and the sum all-reduced, detached
-    l1_loss's 1/n                               n the global batch size
+    l1_loss's and l0_loss's 1/n                 n the global batch size
+    JumpReLU's (L0 / k − 1)²                    L0 all-reduced, detached, in the gradient's factor
     the dead-latent clock                        fire counts all-reduced, so ranks agree on who is dead
     BatchTopK's θ update                         min over ranks of each shard's smallest kept activation
 Each rank's loss is then its shard's additive share of the single-process loss, so the SUM of the
@@ -45,7 +49,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from sae_core.architectures import BatchTopKSae, build_sae
+from sae_core.architectures import BatchTopKSae, JumpReluSae, MatryoshkaBatchTopKSae, build_sae
 from sae_core.checkpoint import (
     TrainingProgress,
     checkpoint_path,
@@ -64,7 +68,7 @@ from sae_core.distributed import (
     process_group_info,
     shard,
 )
-from sae_core.initialization import copy_for_transfer, fit_input_scale_and_b_dec
+from sae_core.initialization import copy_for_transfer, fit_input_scale_and_b_dec, fit_jumprelu_thresholds
 from sae_core.optim import ScheduleFree
 from sae_core.sae import ForwardOutput, SparseAutoencoder
 
@@ -77,7 +81,8 @@ class TrainResult:
     """The trained SAE, on `TrainConfig.device`, in eval mode."""
     history: list[dict] = field(default_factory=list)
     """One record per log step: step, tokens, fvu, dead_fraction (share of latents dead), and
-    auxk_loss (topk, batchtopk), threshold (batchtopk), l1_loss and l0 (relu)."""
+    auxk_loss (topk, batchtopk, matryoshka_batchtopk), threshold (batchtopk, matryoshka_batchtopk),
+    nested_fvu (matryoshka_batchtopk), l0 (relu, jumprelu) and l1_loss (relu)."""
     tokens_seen: int = 0
     """Training tokens consumed (a whole number of batches, >= TrainConfig.total_tokens)."""
     seconds: float = 0.0
@@ -86,12 +91,22 @@ class TrainResult:
     """The step the run continued from a checkpoint at; 0 for a run from scratch."""
 
 
-def sample_group_activations(per_layer: list[Tensor], generator: torch.Generator) -> Tensor:
+def unit_scales(per_layer: list[Tensor]) -> list[float]:
+    """s_l = sqrt(1 / mean_t ‖x_{t,l}‖²) for each layer's rows x_l (n, d): the factor that gives the layer unit
+    mean squared norm on its own (the Group-SAE authors normalise each layer of a group so, before mixing)."""
+    return [math.sqrt(1.0 / float(x.double().pow(2).sum(dim=1).mean())) for x in per_layer]
+
+
+def sample_group_activations(
+    per_layer: list[Tensor], generator: torch.Generator, layer_scales: list[float] | None = None
+) -> Tensor:
     """Group-SAE training rows: for each token i, row i of one uniformly random layer of the group.
 
     per_layer: G tensors of shape (n, d), the same n tokens read at each layer of the group.
     Returns (n, d). The group SAE thus sees as many activations as a per-layer SAE, each token
     through one of its layers (Group-SAE paper). `generator` is a CPU torch.Generator.
+    `layer_scales` (G,): each layer's rows are multiplied by its factor first (`unit_scales`), so a
+    low-norm layer is not drowned out by the others; the rows then come back in float32.
     """
     if not per_layer:
         raise ValueError("per_layer is empty: a layer group needs at least one layer")
@@ -104,11 +119,14 @@ def sample_group_activations(per_layer: list[Tensor], generator: torch.Generator
                 f"per_layer[{layer}] has shape {tuple(activations.shape)}, per_layer[0] has {tuple(shape)}: "
                 "every layer must hold the same tokens"
             )
+    if layer_scales is not None and len(layer_scales) != len(per_layer):
+        raise ValueError(f"layer_scales has {len(layer_scales)} entries for {len(per_layer)} layers")
     chosen_layer = torch.randint(len(per_layer), (shape[0],), generator=generator)
-    sampled = per_layer[0].clone()
+    sampled = per_layer[0].clone() if layer_scales is None else per_layer[0].float() * layer_scales[0]
     for layer in range(1, len(per_layer)):
         rows = chosen_layer == layer
-        sampled[rows] = per_layer[layer][rows.to(per_layer[layer].device)]
+        picked = per_layer[layer][rows.to(per_layer[layer].device)]
+        sampled[rows] = picked if layer_scales is None else picked.float() * layer_scales[layer]
     return sampled
 
 
@@ -138,10 +156,22 @@ def _next_batch_rows(progress: TrainingProgress, batch_size: int, n_rows: int) -
     return rows
 
 
-def _loss(out: ForwardOutput, sae_cfg: SaeConfig, train_cfg: TrainConfig) -> Tensor:
+def _loss(out: ForwardOutput, sae_cfg: SaeConfig, train_cfg: TrainConfig, group: ProcessGroupInfo) -> Tensor:
     if sae_cfg.architecture == "relu":
         return out.fvu + train_cfg.l1_coefficient * out.l1_loss
-    return out.fvu + train_cfg.auxk_alpha * out.auxk_loss
+    if sae_cfg.architecture == "jumprelu":
+        # d/dθ λ(L0/k − 1)² = λ · 2(L0/k − 1)/k · dL0/dθ. With the factor taken from the whole batch's L0
+        # (detached) and L0 replaced by this rank's additive share, every rank's gradient is its share
+        # of the single-process one; on one process the gradient is exactly that of λ(L0/k − 1)².
+        l0 = all_reduce_sum(out.l0_loss.detach().clone(), group)
+        factor = 2 * (l0 / sae_cfg.k - 1) / sae_cfg.k
+        return out.fvu + train_cfg.l0_coefficient * factor * out.l0_loss
+    return out.nested_fvu + train_cfg.auxk_alpha * out.auxk_loss
+
+
+def _uses_auxk(sae_cfg: SaeConfig) -> bool:
+    """AuxK revives the dead latents of the k-architectures; relu and jumprelu train on their penalties alone."""
+    return sae_cfg.architecture not in ("relu", "jumprelu")
 
 
 def _build_optimizer(sae: SparseAutoencoder, train_cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -201,13 +231,24 @@ def _history_record(
     record = {"step": step, "tokens": step * batch_size, "fvu": fvu}
     if sae.cfg.architecture == "relu":
         record["l1_loss"] = l1_loss
+    if sae.cfg.architecture in ("relu", "jumprelu"):
         record["l0"] = active / batch_size
     else:
         record["auxk_loss"] = auxk_loss
+    if isinstance(sae, MatryoshkaBatchTopKSae):
+        record["nested_fvu"] = float(all_reduce_sum(out.nested_fvu.detach().float().reshape(1), group))
     if isinstance(sae, BatchTopKSae):
         record["threshold"] = float(sae.threshold[0])
     record["dead_fraction"] = dead_fraction
     return record
+
+
+def _apply_training_settings(sae: SparseAutoencoder, train_cfg: TrainConfig) -> None:
+    """Hand the architecture the TrainConfig fields its training forward reads."""
+    if isinstance(sae, MatryoshkaBatchTopKSae):
+        sae.prefix_widths = train_cfg.prefix_widths(sae.cfg.d_sae)
+    if isinstance(sae, JumpReluSae):
+        sae.bandwidth = train_cfg.jumprelu_bandwidth
 
 
 def train_sae(
@@ -252,6 +293,7 @@ def train_sae(
     autocast_dtype = _autocast_dtype(train_cfg, device)
 
     sae = build_sae(sae_cfg, generator=generator) if init is None else copy_for_transfer(init, sae_cfg)
+    _apply_training_settings(sae, train_cfg)
     sae.to(device).train()
     optimizer = _build_optimizer(sae, train_cfg, lr)
 
@@ -261,6 +303,8 @@ def train_sae(
         progress = load_checkpoint(checkpoint, sae, optimizer, identity, n_steps)
     else:
         fit_input_scale_and_b_dec(sae, data, train_cfg, generator, fit_b_dec=init is None)
+        if isinstance(sae, JumpReluSae) and (init is None or init.thresholds() is None):
+            fit_jumprelu_thresholds(sae, data, generator)
         progress = TrainingProgress(
             step=0,
             tokens_since_fired=torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device),
@@ -271,7 +315,7 @@ def train_sae(
     # Every rank ran the same seeded init (or read the same checkpoint); rank 0's copy is the truth.
     broadcast_module_state(sae, group)
     resumed_from_step = progress.step
-    uses_auxk = sae_cfg.architecture != "relu"
+    uses_auxk = _uses_auxk(sae_cfg)
     if log is not None:
         resumed = f", resuming at step {resumed_from_step} from {checkpoint}" if resumed_from_step else ""
         log(
@@ -294,7 +338,7 @@ def train_sae(
         total_variance = _total_variance(batch * sae.input_scale, batch_size, group)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = sae(batch, dead_mask=dead_mask, total_variance=total_variance, n_tokens=batch_size)
-        loss = _loss(out, sae_cfg, train_cfg)
+        loss = _loss(out, sae_cfg, train_cfg, group)
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,4 +1,5 @@
-"""The real graph, end to end: the default SmolLM2-135M from its wheel, on a slice of the sample.
+"""The real graph, end to end: the default model (SmolLM2-135M-Instruct, Q4_1) from its wheel, on a slice of
+the sample.
 
 Slow by design (a few minutes on 2 cores): it is the one test that proves the lineage runs for real.
 """

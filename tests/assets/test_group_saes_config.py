@@ -10,6 +10,7 @@ from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from sae_core.activation_store import ActivationStoreWriter, StoreRef
 from sae_core.groups import LayerGrouping
 from sae_core.massive_activations import find_massive_tokens
+from sae_core.io import load_sae
 from sae_core.release import load_release
 from sae_core.sae_set import SaeSet
 
@@ -110,3 +111,27 @@ def test_the_release_records_the_massive_token_rule_of_its_training_corpus(tmp_p
 
     kept, _ = run_group_saes(tmp_path, store, treatment="keep")  # other training tokens: another recipe
     assert kept.notes["release"] != release.notes["release"] and kept.massive_rule.treatment == "keep"
+
+
+def test_per_layer_scaling_gives_a_low_norm_layer_its_own_scale_and_each_layer_its_own_save(tmp_path):
+    """Layer 1's residuals are 30 times layer 0's. Mixed under one scale, layer 0 is noise beside layer 1;
+    scaled each to unit mean squared norm, both are learned, and each layer's save folds its own scale."""
+    writer = ActivationStoreWriter(tmp_path / "store", 2, 8, metadata={"model": "tiny"})
+    generator = torch.Generator().manual_seed(0)
+    for document in range(10):
+        x = torch.randn(2, 24, 8, generator=generator)
+        x[1] *= 30
+        writer.add(x, [f"CO{document}"] * 24, torch.arange(24), torch.zeros(24, dtype=torch.long))
+    store = writer.close()
+    settings = {"total_tokens": 2048, "holdout_share": 0.5}
+    mixed, _ = run_group_saes(tmp_path / "mixed", store, **settings)
+    scaled, _ = run_group_saes(tmp_path / "scaled", store, per_layer_scaling=True, **settings)
+    assert mixed.saes[0].layer_paths is None
+    assert scaled.saes[0].layer_paths == {layer: f"{scaled.saes[0].path.rsplit('/', 1)[0]}/layer_{layer}" for layer in (0, 1)}
+    assert scaled.saes[0].metrics[0].fvu < mixed.saes[0].metrics[0].fvu - 0.1
+    home = tmp_path / "scaled" / "home"
+    low, high = (load_sae(home / scaled.saes[0].path_for(layer)) for layer in (0, 1))
+    # The fold divides the decoder rows by each layer's scale: layer 1's are ~30 times layer 0's, all alike
+    # (the ratio of the two layers' root mean squared norms on the training tokens).
+    ratio = high.W_dec.norm(dim=1) / low.W_dec.norm(dim=1)
+    assert float(ratio.std()) < 1e-3 * float(ratio.mean()) and float(ratio.mean()) == pytest.approx(30, rel=0.15)

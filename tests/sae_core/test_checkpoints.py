@@ -28,7 +28,7 @@ BATCH_SIZE, N_STEPS, CHECKPOINT_EVERY, KILL_AT_STEP = 64, 12, 4, 7
 
 # Every architecture with the default optimizer, and the other optimizers (whose checkpoints hold
 # other state tensors) on TopK: "<architecture>" or "<architecture>-<optimizer>".
-RUNS = ("topk", "batchtopk", "relu", "topk-adam", "topk-schedule_free_signum")
+RUNS = ("topk", "batchtopk", "relu", "jumprelu", "matryoshka_batchtopk", "topk-adam", "topk-schedule_free_signum")
 
 # The child trains an SAE for each named run on fixed synthetic data (checkpointing into
 # <checkpoint_root>/<run> unless the root is "") and writes each final state and result.

@@ -36,9 +36,12 @@ RUNS = {
     "topk": (SaeConfig(d_in=D_IN, expansion_factor=4, k=4), TRAIN_CFG),
     "relu": (SaeConfig(d_in=D_IN, expansion_factor=4, architecture="relu"), TRAIN_CFG),
     "batchtopk": (SaeConfig(d_in=D_IN, expansion_factor=4, k=4, architecture="batchtopk"), TRAIN_CFG),
+    "jumprelu": (SaeConfig(d_in=D_IN, expansion_factor=4, k=4, architecture="jumprelu"), TRAIN_CFG),
+    "matryoshka_batchtopk": (SaeConfig(d_in=D_IN, expansion_factor=4, k=4, architecture="matryoshka_batchtopk"), TRAIN_CFG),
 }
-EXACT_ARCHITECTURES = ("topk", "relu")
-"""BatchTopK selects per shard under data parallelism (see sae_core.train), so it only matches in distribution."""
+EXACT_ARCHITECTURES = ("topk", "relu", "jumprelu")
+"""BatchTopK (and so Matryoshka BatchTopK) selects per shard under data parallelism (see sae_core.train), so it
+only matches in distribution."""
 
 # Runs inside each torchrun process: the same train_sae call as the single-process reference.
 RANK_SCRIPT = textwrap.dedent(
@@ -155,9 +158,10 @@ def test_reference_run_exercises_auxk_on_dead_latents(single_process_results):
     assert any(record["auxk_loss"] > 0 for record in single_process_results["topk"].history)
 
 
-def test_batchtopk_two_process_training_reaches_single_process_quality(torchrun_results, single_process_results):
-    _, logs = torchrun_results["batchtopk"]
-    single_fvu = single_process_results["batchtopk"].history[-1]["fvu"]
+@pytest.mark.parametrize("name", ["batchtopk", "matryoshka_batchtopk"])
+def test_batchtopk_two_process_training_reaches_single_process_quality(torchrun_results, single_process_results, name):
+    _, logs = torchrun_results[name]
+    single_fvu = single_process_results[name].history[-1]["fvu"]
     assert logs[0]["history"][-1]["fvu"] == pytest.approx(single_fvu, abs=0.05)
     assert logs[0]["history"][-1]["threshold"] > 0
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sae_core.architectures import BatchTopKSae, ReluSae
+from sae_core.architectures import BatchTopKSae, JumpReluSae, ReluSae
 from sae_core.config import SaeConfig
 from sae_core.interop import load_saelens_sae, load_sparsify_sae
 from sae_core.io import save_sae
@@ -149,12 +149,15 @@ def test_saelens_batchtopk_sae_loads_as_batchtopk_with_its_k(tmp_path, sae_lens)
     assert torch.equal(loaded.threshold, torch.full((D_SAE,), 1.5))
 
 
-def test_saelens_jumprelu_sae_without_a_k_is_refused(tmp_path, sae_lens):
+def test_saelens_jumprelu_sae_loads_as_jumprelu_and_computes_its_code(tmp_path, sae_lens):
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 
-    JumpReLUSAE(JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE)).save_model(tmp_path / "sae")
-    with pytest.raises(ValueError, match="needs k"):
-        load_saelens_sae(tmp_path / "sae")
+    theirs = JumpReLUSAE(JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE))
+    randomise_weights(theirs, seed=7, names=("W_enc", "b_enc", "W_dec", "b_dec"))
+    with torch.no_grad():
+        theirs.threshold.copy_(torch.rand(D_SAE, generator=torch.Generator().manual_seed(8)))
+    theirs.save_model(tmp_path / "sae")
+    assert_matches_saelens_folder(sae_lens, tmp_path / "sae", JumpReluSae)
 
 
 def test_saelens_sae_with_per_token_normalisation_is_refused(tmp_path, sae_lens):

@@ -8,13 +8,15 @@ import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 
-from sae_core.distances import AngularDistanceAccumulator, angular_distances
+from sae_core.activation_store import ActivationStoreWriter
+from sae_core.distances import AngularDistanceAccumulator, angular_distances, layer_means, store_distances
 from sae_core.groups import (
     LayerGrouping,
     amad,
     choose_layer_groups,
     complete_linkage_groups,
     is_contiguous,
+    smallest_g_within_fvu_gap,
 )
 
 # ---- angular distances --------------------------------------------------------------------------
@@ -55,6 +57,27 @@ def test_accumulator_over_two_chunks_equals_one_shot():
     accumulator.update(hidden[120:])
     assert accumulator.n_tokens == 300
     torch.testing.assert_close(accumulator.mean(), angular_distances(hidden), rtol=0, atol=1e-6)
+
+
+def test_mean_centring_removes_a_shared_offset_that_hides_how_layers_differ():
+    generator = torch.Generator().manual_seed(0)
+    signal = torch.randn(2000, 16, generator=generator)
+    other = torch.randn(2000, 16, generator=generator)
+    offset = torch.full((16,), 20.0)  # a large direction every layer shares
+    hidden = torch.stack([signal + offset, 2 * signal + offset, other + offset], dim=1)  # (n, 3, d)
+    raw = angular_distances(hidden)
+    centred = angular_distances(hidden, mean_centred=True)
+    assert raw[0, 2] < 0.1  # the offset makes unrelated layers look alike
+    assert centred[0, 1] < 0.02 and centred[0, 2] == pytest.approx(0.5, abs=0.02)
+    explicit = angular_distances(hidden - hidden.mean(dim=0, keepdim=True))
+    torch.testing.assert_close(centred, explicit, atol=1e-4, rtol=0)
+
+
+def test_layer_means_over_shards_equal_the_whole_mean_and_a_centre_of_the_wrong_shape_is_named():
+    hidden = torch.randn(100, 3, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(layer_means([hidden[:30], hidden[30:]]), hidden.mean(dim=0))
+    with pytest.raises(ValueError, match=r"centre must have shape \(n_layers=3, d\)"):
+        AngularDistanceAccumulator(3, centre=torch.zeros(2, 8))
 
 
 def test_half_precision_input_is_computed_in_float32():
@@ -181,3 +204,28 @@ def test_invalid_threshold_and_group_count_raise_value_error():
         choose_layer_groups(planted_blocks(), threshold=0.0)
     with pytest.raises(ValueError, match="n_groups"):
         complete_linkage_groups(planted_blocks(), 11)
+
+
+def test_the_quality_chooser_takes_the_smallest_g_within_the_fvu_gap_bound_and_names_a_miss():
+    gaps = {4: 0.06, 8: 0.025, 12: 0.015, 29: 0.0}
+    assert smallest_g_within_fvu_gap(gaps, 0.02) == 12
+    assert smallest_g_within_fvu_gap(gaps, 0.1) == 4
+    with pytest.raises(ValueError, match="smallest gap is 0.0150 at G = 12"):
+        smallest_g_within_fvu_gap({4: 0.06, 12: 0.015}, 0.01)
+
+
+def test_store_distances_read_the_first_usable_tokens_shard_by_shard(tmp_path):
+    writer = ActivationStoreWriter(tmp_path / "store", 3, 8, metadata={"model": "tiny"}, shard_tokens=40)
+    hidden = torch.randn(3, 200, 8, generator=torch.Generator().manual_seed(2)) + 4.0
+    writer.add(hidden.to(torch.float16), ["A"] * 200, torch.arange(200), torch.zeros(200, dtype=torch.long))
+    store = writer.close()
+    usable = torch.ones(200, dtype=torch.bool)
+    usable[::7] = False
+    for centred in (False, True):
+        distances, n_tokens = store_distances(store, usable, max_tokens=100, mean_centred=centred)
+        # Whole shards are read until 100 usable tokens are in: three shards of 40 here.
+        first = usable.clone()
+        first[120:] = False
+        stacked = torch.stack([store.layer(layer)[first] for layer in range(3)], dim=1)  # (n, L, d)
+        assert n_tokens == int(first.sum())
+        torch.testing.assert_close(distances, angular_distances(stacked, mean_centred=centred), atol=1e-5, rtol=0)

@@ -1,4 +1,5 @@
-"""Specification of the SAE architectures beyond TopK (sae_core.architectures): BatchTopK and ReLU + L1.
+"""Specification of the SAE architectures beyond TopK (sae_core.architectures): BatchTopK, ReLU + L1,
+JumpReLU and Matryoshka BatchTopK.
 
 Each is checked against its formula on a hand-set SAE, trained on low-rank data with a known
 answer (rank 8: k = 8 latents suffice), and saved and loaded in the SAELens layout.
@@ -10,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sae_core.architectures import BatchTopKSae, ReluSae, build_sae
+from sae_core.architectures import BatchTopKSae, JumpReluSae, MatryoshkaBatchTopKSae, ReluSae, build_sae
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae, save_sae
 from sae_core.metrics import evaluate_sae, fvu
@@ -31,8 +32,8 @@ def low_rank_data(n: int = 4096, code_seed: int = 0, offset: float = 3.0) -> tor
 
 
 def sae_config(architecture: str, **kwargs) -> SaeConfig:
-    k = None if architecture == "relu" else K
-    return SaeConfig(d_in=D_IN, expansion_factor=4, k=k, architecture=architecture, **kwargs)
+    kwargs.setdefault("k", None if architecture == "relu" else K)
+    return SaeConfig(d_in=D_IN, expansion_factor=4, architecture=architecture, **kwargs)
 
 
 def hand_set_sae(architecture: str, seed: int = 0):
@@ -43,8 +44,8 @@ def hand_set_sae(architecture: str, seed: int = 0):
         sae.b_enc.copy_(torch.randn(sae.cfg.d_sae, generator=generator) * 0.1)
         sae.b_dec.copy_(torch.randn(D_IN, generator=generator))
         sae.input_scale.fill_(0.05)
-        if isinstance(sae, BatchTopKSae):
-            sae.threshold.fill_(0.5)
+        if sae.thresholds() is not None:
+            sae.set_thresholds(torch.full((sae.cfg.d_sae,), 0.5))
     return sae.eval()
 
 
@@ -63,7 +64,7 @@ def pre_activations(sae, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"d_in": 8, "architecture": "jumprelu"}, "architecture"),
+        ({"d_in": 8, "architecture": "gated"}, "architecture"),
         ({"d_in": 8, "architecture": "relu", "k": 4}, "k"),
         ({"d_in": 8, "expansion_factor": 2, "k": 17, "architecture": "batchtopk"}, "k"),
         ({"d_in": 8, "k": True}, "k"),
@@ -200,10 +201,11 @@ def trained():
     """One 100k-token run per architecture on rank-8 data."""
     data = low_rank_data()
     train_cfg = TrainConfig(batch_size=256, total_tokens=100_000, log_every=50, l1_coefficient=0.03)
-    return data, {arch: train_sae(data, sae_config(arch), train_cfg) for arch in ("batchtopk", "relu")}
+    architectures = ("batchtopk", "relu", "jumprelu", "matryoshka_batchtopk")
+    return data, {arch: train_sae(data, sae_config(arch), train_cfg) for arch in architectures}
 
 
-@pytest.mark.parametrize("architecture", ["batchtopk", "relu"])
+@pytest.mark.parametrize("architecture", ["batchtopk", "relu", "jumprelu", "matryoshka_batchtopk"])
 def test_each_architecture_reaches_low_fvu_on_held_out_low_rank_data(trained, architecture):
     _, results = trained
     result = results[architecture]
@@ -221,6 +223,56 @@ def test_batchtopk_inference_l0_averages_k_and_varies_per_token(trained):
     assert active_per_token.std() > 0.5
     assert float(sae.threshold.min()) == float(sae.threshold.max()) > 0
     assert results["batchtopk"].history[-1]["threshold"] == pytest.approx(float(sae.threshold[0]))
+
+
+def test_jumprelu_learns_its_thresholds_and_holds_l0_near_its_target(trained):
+    _, results = trained
+    result = results["jumprelu"]
+    sae = result.sae
+    held_out = low_rank_data(n=2048, code_seed=1)
+    assert evaluate_sae(sae, held_out).l0 == pytest.approx(K, rel=0.3)
+    assert float(sae.thresholds().std()) > 0  # one threshold per latent, each learned
+    assert set(result.history[-1]) == {"step", "tokens", "fvu", "l0", "dead_fraction"}
+    z = sae.dense_latents(held_out)
+    pre = pre_activations(sae, held_out)
+    torch.testing.assert_close(z, pre * (pre > sae.thresholds()))
+
+
+def test_jumprelu_threshold_gradients_are_the_rectangle_pseudo_derivatives():
+    sae = build_sae(sae_config("jumprelu"), generator=torch.Generator().manual_seed(0))
+    sae.bandwidth = 0.5
+    with torch.no_grad():
+        sae.set_thresholds(torch.full((sae.cfg.d_sae,), 1.0))
+    x = random_x(n=16) * 0.05
+    out = sae(x)
+    out.l0_loss.backward()
+    pre = pre_activations(sae, x).detach()
+    near = ((pre - 1.0).abs() < 0.25).float()  # K((pre − θ)/ε) with θ = 1, ε = 0.5
+    # L0 = (1/n) Σ H(pre − θ): ∂/∂θ_j = −(1/ε)(1/n) Σ_t K, and θ = exp(log θ) adds a factor θ = 1.
+    torch.testing.assert_close(sae.log_threshold.grad, -(near.sum(dim=0) / 0.5) / len(x))
+    assert out.l0_loss.item() == pytest.approx(float((pre > 1.0).float().sum(dim=1).mean()))
+
+
+def test_a_lower_target_l0_gives_a_sparser_jumprelu():
+    data, held_out = low_rank_data(n=2048), low_rank_data(n=1024, code_seed=1)
+    train_cfg = TrainConfig(batch_size=256, total_tokens=40_000)
+    l0s = [evaluate_sae(train_sae(data, sae_config("jumprelu", k=k), train_cfg).sae, held_out).l0 for k in (4, 16)]
+    assert l0s[0] < 0.6 * l0s[1]
+
+
+def test_matryoshka_prefixes_reconstruct_on_their_own_where_batchtopks_do_not(trained):
+    _, results = trained
+    held_out = low_rank_data(n=2048, code_seed=1)
+    first = TrainConfig().prefix_widths(4 * D_IN)[0]  # 16 of 128 latents
+
+    def prefix_fvu(sae):
+        z = sae.dense_latents(held_out)
+        z[:, first:] = 0
+        x_hat = (z @ sae.W_dec + sae.b_dec) / sae.input_scale
+        return fvu(held_out, x_hat)
+
+    assert prefix_fvu(results["matryoshka_batchtopk"].sae) < 0.5 * prefix_fvu(results["batchtopk"].sae)
+    assert "nested_fvu" in results["matryoshka_batchtopk"].history[-1]
 
 
 def test_relu_history_reports_l1_and_l0_and_no_auxk(trained):
@@ -263,7 +315,9 @@ def test_transfer_from_a_topk_sae_into_batchtopk_copies_the_weights(trained):
 
 
 @pytest.mark.parametrize(
-    ("architecture", "saelens_architecture"), [("topk", "topk"), ("batchtopk", "jumprelu"), ("relu", "standard")]
+    ("architecture", "saelens_architecture"),
+    [("topk", "topk"), ("batchtopk", "jumprelu"), ("relu", "standard"), ("jumprelu", "jumprelu"),
+     ("matryoshka_batchtopk", "jumprelu")],
 )
 def test_save_load_round_trip_reproduces_codes_and_reconstructions(tmp_path, architecture, saelens_architecture):
     sae, x = hand_set_sae(architecture), random_x()
@@ -276,14 +330,14 @@ def test_save_load_round_trip_reproduces_codes_and_reconstructions(tmp_path, arc
     torch.testing.assert_close(loaded(x).sae_out, sae(x).sae_out, rtol=1e-5, atol=1e-5 * x.abs().max().item())
 
 
-@pytest.mark.parametrize("architecture", ["batchtopk", "relu"])
+@pytest.mark.parametrize("architecture", ["batchtopk", "relu", "jumprelu", "matryoshka_batchtopk"])
 def test_saved_weights_reconstruct_with_the_plain_saelens_formula(tmp_path, architecture):
     """A loader that knows nothing of input scales or BatchTopK: pre = (x − b_dec) W_enc + b_enc,
     z = ReLU(pre) · 1[pre > threshold] (JumpReLU) or ReLU(pre) (standard), x̂ = z W_dec + b_dec."""
     sae, x = hand_set_sae(architecture), random_x()
     weights = load_file(save_sae(sae, tmp_path / "sae") / "sae_weights.safetensors")
     pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
-    if architecture == "batchtopk":
+    if architecture != "relu":
         assert set(weights) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
         torch.testing.assert_close(weights["threshold"], torch.full((sae.cfg.d_sae,), 0.5))
         z = pre.relu() * (pre > weights["threshold"])
@@ -301,13 +355,18 @@ def test_cfg_json_of_batchtopk_keeps_k_and_relu_has_none(tmp_path):
     assert "k" not in relu and relu["activation_fn"] == "relu"
 
 
-def test_a_jumprelu_sae_without_k_is_refused_naming_k(tmp_path):
-    folder = save_sae(hand_set_sae("batchtopk"), tmp_path / "sae")
+def test_a_foreign_jumprelu_save_loads_as_batchtopk_with_a_k_and_as_jumprelu_without(tmp_path):
+    sae, x = hand_set_sae("batchtopk"), random_x()
+    folder = save_sae(sae, tmp_path / "sae")
     cfg = json.loads((folder / "cfg.json").read_text())
+    del cfg["sae_core_architecture"]  # as SAELens writes it
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    assert isinstance(load_sae(folder), BatchTopKSae)
     del cfg["k"]
     (folder / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="needs k"):
-        load_sae(folder)
+    loaded = load_sae(folder)
+    assert isinstance(loaded, JumpReluSae)
+    torch.testing.assert_close(loaded.dense_latents(x), sae.dense_latents(x))
 
 
 def test_a_batchtopk_folder_without_its_threshold_is_refused(tmp_path):
@@ -316,6 +375,7 @@ def test_a_batchtopk_folder_without_its_threshold_is_refused(tmp_path):
     cfg = json.loads((folder / "cfg.json").read_text())
     cfg["architecture"] = "jumprelu"
     cfg["activation_fn"] = "relu"
+    del cfg["sae_core_architecture"]
     (folder / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="threshold"):
         load_sae(folder)

@@ -55,6 +55,26 @@ def test_the_summary_measures_the_saving_of_groups_and_their_fvu_cost():
     assert summary["transfer_score_ratio_mean"] == pytest.approx(0.94 / 0.95)
 
 
+def test_capture_flops_run_every_sae_s_tokens_through_the_model_up_to_its_deepest_layer():
+    layer_parameters = [10, 20, 30]  # decoder layers 0, 1, 2
+    costs = compute_table(regimes(), layer_parameters).set_index("regime")
+    # per layer: 1000 tokens each up to layer 0, 1 and 2; the group: 1000 tokens up to layer 2, once.
+    assert costs.loc["per_layer", "capture_flops"] == 2 * 1000 * (10 + 30 + 60)
+    assert costs.loc["group", "capture_flops"] == 2 * 1000 * 60
+    summary = comparison_summary(layer_table(regimes()), compute_table(regimes(), layer_parameters))
+    total = costs.flops + costs.capture_flops
+    assert summary["group_saving_flops_with_capture"] == pytest.approx(1 - total["group"] / total["per_layer"])
+    assert "group_saving_flops_with_capture" not in comparison_summary(layer_table(regimes()), compute_table(regimes()))
+
+
+def test_a_group_sae_with_per_layer_saves_names_each_layers_own_and_keeps_it_through_json():
+    scaled = replace(entry([0, 1], [0.2, 0.3]), layer_paths={0: "saes/0/layer_0", 1: "saes/0/layer_1"})
+    assert scaled.path_for(1) == "saes/0/layer_1" and entry([0, 1], [0.2, 0.3]).path_for(1) == "saes/0"
+    assert TrainedSae.from_dict(scaled.to_dict()) == scaled
+    with pytest.raises(ValueError, match="serves layers \\[0, 1\\], not 2"):
+        scaled.path_for(2)
+
+
 def test_regimes_with_different_saes_or_holdouts_refuse_to_be_compared():
     different = regimes()
     different["group"] = replace(different["group"], sae_config=SaeConfig(d_in=4, expansion_factor=4, k=2))
