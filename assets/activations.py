@@ -27,17 +27,19 @@ from assets.partitions import TEXT_DATES, partitions_value
 from peerlens.sources.texts import text_days, texts_known_on
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource
 from sae_core.activation_store import (
+    CAPTURE,
     FINGERPRINTS,
     STORE_DTYPE,
     ActivationStore,
     ActivationStoreWriter,
     StoreRef,
+    capture_identity,
     combine_stores,
     copy_documents,
     document_fingerprint,
     documents_held,
 )
-from sae_core.capture import capture_documents, load_tokenizer, tokenize
+from sae_core.capture import CaptureCost, capture_documents, load_tokenizer, tokenize
 from sae_core.massive_activations import (
     DEFAULT_NORM_MULTIPLE,
     MassiveTokens,
@@ -65,8 +67,10 @@ def llm_activations(
     stream for the texts that became known on D, with a token index, under artifacts/llm_activations/D/.
 
     One document per text (its text_id), not per company. A new filing is a new partition: capturing it
-    runs the model over its text and nothing else. Texts the partition's previous store already holds
-    (same id, content, model and truncation) are copied from it, not captured again. The value of each
+    runs the model over its text and nothing else. A text is read whole, in overlapping windows when it is
+    longer than one (`LanguageModelResource.window`, `stride`; `sae_core.capture.document_windows`), each token
+    stored once at its position in the text. Texts the partition's previous store already holds (same id,
+    content, model and window settings) are copied from it, not captured again. The value of each
     partition is a `StoreRef` (folder, model, shapes); the tensors stay on disk.
     """
     started = time.perf_counter()
@@ -82,6 +86,7 @@ def llm_activations(
         partitions_value(parts),
         metadata={
             "model": language_model.name,
+            "capture": MetadataValue.json(capture.windows.settings()),
             "partitions": len(parts),
             **{name: int(value) for name, value in totals.items()},
             "capture_tokens_per_second": round(float(totals["tokens_through_the_model"]) / seconds, 1) if seconds else 0.0,
@@ -102,7 +107,8 @@ class _CapturedDay(NamedTuple):
     store: StoreRef
     """The partition's value."""
     counts: dict
-    """texts, texts_captured, texts_reused, tokens, tokens_through_the_model, truncated_descriptions."""
+    """texts, texts_captured, texts_reused, tokens, tokens_through_the_model, windows, texts_read_in_windows,
+    texts_cut_at_max_document_tokens, non_finite_values."""
 
 
 class _PartitionCapture:
@@ -110,34 +116,29 @@ class _PartitionCapture:
 
     def __init__(self, context, language_model: LanguageModelResource, compute: ComputeResource):
         self.context, self.language_model, self.device = context, language_model, compute.torch_device()
+        self.windows = language_model.capture_windows()  # a bad window, stride or cap fails before any work
         self.model, self.capture_seconds = None, 0.0
 
     def __call__(self, texts: pd.DataFrame, folder, artifacts: ArtifactStorage) -> _CapturedDay:
-        language_model, text_ids = self.language_model, texts.text_id.tolist()
-        fingerprints = _fingerprints(texts)
-        previous = _reusable_store(folder, language_model)
-        reused = documents_held(previous, fingerprints) if previous else set()
+        text_ids = texts.text_id.tolist()
+        metadata = {
+            "model": self.language_model.name, CAPTURE: self.windows.settings(), FINGERPRINTS: _fingerprints(texts)
+        }
+        previous = _reusable_store(folder, metadata)
+        reused = documents_held(previous, metadata[FINGERPRINTS]) if previous else set()
         if previous and reused == set(text_ids) and set(previous.index.document.unique()) == reused:
-            return _captured_day(previous, artifacts, texts=len(text_ids), captured=0, reused=len(reused), tokens=0)
+            return _captured_day(previous, artifacts, texts=len(text_ids), captured=0, reused=len(reused))
         new = [i for i, text_id in enumerate(text_ids) if text_id not in reused]
-        token_ids = []
-        if new:
-            self._load_model()
-            token_ids = tokenize(
-                self.model.tokenizer,
-                [texts.description.iloc[i] for i in new],
-                language_model.max_tokens,
-                names=[text_ids[i] for i in new],
-            )
+        token_ids = self._tokenize([texts.description.iloc[i] for i in new], [text_ids[i] for i in new])
         n_layers, d_model = (self.model.n_layers, self.model.d_model) if self.model else (previous.n_layers, previous.d_model)
-        metadata = {"model": language_model.name, "max_tokens": language_model.max_tokens, FINGERPRINTS: fingerprints}
         writer = ActivationStoreWriter(folder, n_layers, d_model, metadata=metadata)
         started = time.perf_counter()
         try:
-            reused_tokens = copy_documents(previous, reused, writer) if reused else 0
+            if reused:
+                copy_documents(previous, reused, writer)
             for batch, captured in capture_documents(
-                self.model, token_ids, batch_tokens=language_model.batch_tokens, device=self.device,
-                log=self.context.log.info, dtype=STORE_DTYPE,
+                self.model, token_ids, batch_tokens=self.language_model.batch_tokens, device=self.device,
+                log=self.context.log.info, dtype=STORE_DTYPE, windows=self.windows,
             ) if new else ():
                 documents = [text_ids[new[batch[i]]] for i in captured.document.tolist()]
                 writer.add(captured.activations.cpu(), documents, captured.position.cpu(), captured.token_id.cpu())
@@ -148,9 +149,15 @@ class _PartitionCapture:
         self.capture_seconds += time.perf_counter() - started
         return _captured_day(
             store, artifacts, texts=len(text_ids), captured=len(new), reused=len(reused),
-            tokens=store.n_tokens - reused_tokens,
-            truncated=sum(len(ids) == language_model.max_tokens for ids in token_ids),
+            cost=self.windows.cost([len(ids) for ids in token_ids]),
         )
+
+    def _tokenize(self, descriptions: list[str], names: list[str]) -> list[list[int]]:
+        """Whole texts (the windows apply the cap), tokenized by the model loaded on the first call."""
+        if not descriptions:
+            return []
+        self._load_model()
+        return tokenize(self.model.tokenizer, descriptions, None, names=names)
 
     def _load_model(self) -> None:
         if self.model is None:
@@ -161,11 +168,12 @@ class _PartitionCapture:
 
 
 def _captured_day(store: ActivationStore, artifacts: ArtifactStorage, texts: int, captured: int, reused: int,
-              tokens: int, truncated: int = 0) -> _CapturedDay:
-    """A captured day: what refers to its store, and what it cost."""
+                  cost: CaptureCost = CaptureCost(0, 0, 0, 0, 0, 0)) -> _CapturedDay:
+    """A captured day: what refers to its store, and what running the model over its new texts cost."""
     counts = {
         "texts": texts, "texts_captured": captured, "texts_reused": reused, "tokens": store.n_tokens,
-        "tokens_through_the_model": tokens, "truncated_descriptions": truncated,
+        "tokens_through_the_model": cost.tokens_run, "windows": cost.windows,
+        "texts_read_in_windows": cost.documents_windowed, "texts_cut_at_max_document_tokens": cost.documents_cut,
         "non_finite_values": int(store.manifest["non_finite_values"]),
     }
     return _CapturedDay(artifacts.store_ref(store), counts)
@@ -200,16 +208,15 @@ def open_day_store(artifacts: ArtifactStorage, day: str, texts: pd.DataFrame) ->
     return store
 
 
-def _reusable_store(folder, language_model: LanguageModelResource) -> ActivationStore | None:
-    """The partition's store from the last run when it was captured with the same model and truncation,
-    else None (also for a store this version cannot read: it is then captured anew, and replaced only on
-    success)."""
+def _reusable_store(folder, metadata: dict) -> ActivationStore | None:
+    """The partition's store from the last run when it was captured as `metadata` (its model, window, stride and
+    cap) would capture it now (`capture_identity`), else None (also for a store this version cannot read: it is
+    then captured anew, and replaced only on success)."""
     try:
         store = ActivationStore(folder)
     except (FileNotFoundError, KeyError, ValueError):
         return None
-    same = store.manifest.get("model") == language_model.name and store.manifest.get("max_tokens") == language_model.max_tokens
-    return store if same else None
+    return store if capture_identity(store.manifest) == capture_identity(metadata) else None
 
 
 @asset(group_name="activations", kinds={"pytorch", "safetensors"}, deps=[llm_activations])

@@ -2,7 +2,8 @@
 
 Layout of a store folder:
 
-    store.json                 manifest: model, n_layers, d_model, n_tokens, dtype, shards
+    store.json                 manifest: model, capture (window, stride, cap), n_layers, d_model, n_tokens,
+                               dtype, shards
     index.parquet              one row per token: document, position, token_id, shard, row
     shard_00000.safetensors    tensor "activations" of shape (n_layers, shard_tokens, d_model), fp16
     token_norms.safetensors    tensor "norms" of shape (n_tokens, n_layers), fp32: ‖x‖ of every stored
@@ -40,6 +41,11 @@ INDEX = "index.parquet"
 TOKEN_NORMS = "token_norms.safetensors"
 FINGERPRINTS = "document_fingerprints"
 """Manifest key: document name → `document_fingerprint` of the text it was captured from."""
+CAPTURE = "capture"
+"""Manifest key: how the documents were read (`sae_core.capture.CaptureWindows.settings()`: window, stride,
+max_document_tokens)."""
+_CAPTURE_IDENTITY = ("model", CAPTURE, "max_tokens")
+# "max_tokens": all a store captured before windows records of how it read its documents (one truncated pass).
 STORE_DTYPE = torch.float16
 """What shards hold; capturing straight into it (capture.capture_documents' dtype) skips a conversion."""
 
@@ -202,6 +208,13 @@ def copy_documents(store: ActivationStore, documents: set[str], writer: Activati
     return len(wanted)
 
 
+def capture_identity(manifest: dict) -> dict:
+    """What two stores must share for the tokens of one to stand in for or sit beside the other's: the model
+    and how it read the documents (`CAPTURE`). A day's store is reused, and day stores are combined into one
+    corpus, only under this rule; the same token read in a window of other length is another activation."""
+    return {key: manifest.get(key) for key in _CAPTURE_IDENTITY}
+
+
 def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> ActivationStore:
     """A store at `folder` that is `stores` one after another, without copying a shard.
 
@@ -215,11 +228,11 @@ def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> Act
     if not stores:
         raise ValueError(f"{folder}: no activation store to combine")
     first = stores[0]
-    shape = lambda store: (store.manifest.get("model"), store.manifest.get("max_tokens"), store.n_layers, store.d_model)  # noqa: E731
+    shape = lambda store: (capture_identity(store.manifest), store.n_layers, store.d_model)  # noqa: E731
     for store in stores[1:]:
         if shape(store) != shape(first):
             raise ValueError(
-                f"cannot combine {store.folder} (model, max_tokens, layers, width {shape(store)}) with "
+                f"cannot combine {store.folder} (capture, layers, width {shape(store)}) with "
                 f"{first.folder} ({shape(first)})"
             )
     indexes, shards, parts = [], [], []
@@ -239,8 +252,7 @@ def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> Act
         index.to_parquet(staging / INDEX, index=False)
         save_file({"norms": torch.cat([store.token_norms() for store in stores])}, str(staging / TOKEN_NORMS))
         manifest = {
-            "model": first.manifest.get("model"),
-            "max_tokens": first.manifest.get("max_tokens"),
+            **{key: value for key, value in capture_identity(first.manifest).items() if value is not None},
             "n_layers": first.n_layers,
             "d_model": first.d_model,
             "n_tokens": len(index),

