@@ -103,8 +103,9 @@ def main() -> None:
     for seed in args.seeds:
         for architecture in architectures:
             scores = train_and_score(architecture, seed, train_rows, held_out, args)
-            scores["fvu_over_topk"] = scores["fvu"] / runs[ANCHOR][-1]["fvu"] if runs[ANCHOR] else 1.0
             runs[architecture].append(scores)
+            # The anchor runs first for every seed, so its last run is this seed's.
+            scores["fvu_over_topk"] = scores["fvu"] / runs[ANCHOR][-1]["fvu"]
             print(f"seed {seed} {architecture}: {json.dumps({k: round(v, 4) for k, v in scores.items()})}", file=sys.stderr)
     defaults = GroupSaesConfig()
     print(json.dumps({
