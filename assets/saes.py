@@ -210,9 +210,9 @@ def _train_group_saes(
         del train_rows
         name = f"sae_{number:02d}_layers_{layers[0]}-{layers[-1]}"
         saved = _evaluate_and_save_group_sae(result.sae.to(device), layers, per_layer, scales, split, store, staging / name)
-        paths = {layer: f"{published}/{name}/{folder}" for layer, folder in saved.folders.items()} if scales else None
-        saes.append(TrainedSae(tuple(layers), f"{published}/{name}" + (f"/{saved.folders[layers[0]]}" if scales else ""),
-                               saved.metrics, round(result.seconds, 1), result.tokens_seen, layer_paths=paths))
+        paths = {layer: f"{published}/{name}/{folder}" for layer, folder in saved.folders.items()} or None
+        path = paths[layers[0]] if paths else f"{published}/{name}"
+        saes.append(TrainedSae(tuple(layers), path, saved.metrics, round(result.seconds, 1), result.tokens_seen, layer_paths=paths))
         context.log.info(f"SAE {number} (layers {layers}) trained in {result.seconds:.1f}s")
     left_out = int((~split.train & ~split.evaluate & split.with_massive).sum())
     return SaeSet(
