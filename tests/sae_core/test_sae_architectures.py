@@ -271,6 +271,7 @@ def test_matryoshka_prefixes_reconstruct_on_their_own_where_batchtopks_do_not(tr
         x_hat = (z @ sae.W_dec + sae.b_dec) / sae.input_scale
         return fvu(held_out, x_hat)
 
+    assert isinstance(results["matryoshka_batchtopk"].sae, MatryoshkaBatchTopKSae)
     assert prefix_fvu(results["matryoshka_batchtopk"].sae) < 0.5 * prefix_fvu(results["batchtopk"].sae)
     assert "nested_fvu" in results["matryoshka_batchtopk"].history[-1]
 
