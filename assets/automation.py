@@ -60,6 +60,10 @@ DATED = AssetSelection.assets("company_clusters", "backtest_daily", "backtest_pa
 """What is partitioned by time: a filing made today changes no clustering dated before it, no window
 traded with one, and no year scored with one (their look-ahead reference rows are refreshed by a backfill)."""
 
+RELEASE_GROUPING = AssetSelection.assets("layer_distances", "layer_groups")
+"""The layer grouping the SAE release was trained with: part of the release, which a filing never retrains. A
+filing's tokens would not even enter it (D̄ reads the corpus's first tokens); a deliberate retrain recomputes it."""
+
 filings_refresh_job = define_asset_job(
     "filings_refresh",
     # One run per filing day: that day's texts and activations (a TEXT_DATES partition) and everything
@@ -67,9 +71,11 @@ filings_refresh_job = define_asset_job(
     partitions_def=TEXT_DATES,
     # The regime study (30 per-layer SAEs and more) is research, rerun on demand, not on every filing. The
     # filing enters current_company_clusters now and the next clustering date when it comes.
-    selection=AssetSelection.assets("company_descriptions").downstream() - AssetSelection.groups("sae_regimes") - DATED,
+    selection=AssetSelection.assets("company_descriptions").downstream()
+    - AssetSelection.groups("sae_regimes") - DATED - RELEASE_GROUPING,
     description="New 10-K text for the changed companies, then everything built from descriptions except what "
-    "is dated before it (clusterings, trading windows, scored years), which a filing made today cannot change.",
+    "is dated before it (clusterings, trading windows, scored years), which a filing made today cannot change, "
+    "and the layer grouping of the SAE release, which it does not retrain.",
 )
 
 FILINGS_BATCH = 100

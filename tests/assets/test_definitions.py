@@ -97,6 +97,9 @@ def test_schedule_sensor_and_jobs_are_registered():
     # A filing made today cannot change a clustering dated before it: no dated partition is rerun.
     assert "company_clusters" not in selected and "current_company_clusters" in selected
     assert "backtest_windows" not in selected and "pairs_backtest" in selected  # the windows are dated too
+    # The release is reused, not retrained: the grouping it was trained with is not recomputed either.
+    assert "group_saes" in selected and "company_features" in selected
+    assert "layer_distances" not in selected and "layer_groups" not in selected
 
 
 def test_what_is_dated_follows_new_partitions_and_new_prices_by_declarative_automation():
