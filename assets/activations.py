@@ -39,13 +39,14 @@ from sae_core.activation_store import (
     document_fingerprint,
     documents_held,
 )
-from sae_core.capture import CaptureCost, capture_documents, load_tokenizer, tokenize
+from sae_core.capture import capture_documents, load_tokenizer, tokenize
 from sae_core.massive_activations import (
     DEFAULT_NORM_MULTIPLE,
     MassiveTokens,
     find_massive_tokens,
     norm_ratios,
 )
+from sae_core.windows import CaptureCost
 
 
 @asset(

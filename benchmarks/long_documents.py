@@ -24,7 +24,8 @@ from peerlens.sources.edgar import extract_item1_business
 from peerlens.sources.sample import default_sample_dir
 from resources import LanguageModelResource
 from sae_core.activation_store import STORE_DTYPE, ActivationStoreWriter
-from sae_core.capture import CaptureWindows, capture_documents, load_model, tokenize
+from sae_core.capture import capture_documents, load_model, tokenize
+from sae_core.windows import CaptureWindows
 
 ANCHOR_TOKENS = 512
 

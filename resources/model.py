@@ -6,7 +6,8 @@ import torch
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from sae_core.capture import DEFAULT_MODEL, CaptureWindows, LoadedModel, load_model
+from sae_core.capture import DEFAULT_MODEL, LoadedModel, load_model
+from sae_core.windows import CaptureWindows
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

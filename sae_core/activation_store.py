@@ -42,7 +42,7 @@ TOKEN_NORMS = "token_norms.safetensors"
 FINGERPRINTS = "document_fingerprints"
 """Manifest key: document name → `document_fingerprint` of the text it was captured from."""
 CAPTURE = "capture"
-"""Manifest key: how the documents were read (`sae_core.capture.CaptureWindows.settings()`: window, stride,
+"""Manifest key: how the documents were read (`sae_core.windows.CaptureWindows.settings()`: window, stride,
 max_document_tokens)."""
 _CAPTURE_IDENTITY = ("model", CAPTURE, "max_tokens")
 # "max_tokens": all a store captured before windows records of how it read its documents (one truncated pass).

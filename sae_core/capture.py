@@ -1,6 +1,6 @@
 """Residual-stream capture: load a causal LM and record the hidden state after every decoder layer.
 
-A document longer than one window is read in overlapping windows (`CaptureWindows`), each run as a
+A document longer than one window is read in overlapping windows (`sae_core.windows`), each run as a
 sequence of its own behind BOS; every token is stored once, by the window that first reaches it, at its
 position in the whole document. Pooling a document's tokens then pools across its windows.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from sae_core.text import checked_text
+from sae_core.windows import CaptureWindows, Window
 
 DEFAULT_MODEL = "smollm2-135m"
 """Name of the default model: SmolLM2-135M-Instruct quantised to Q4_1 (not the base SmolLM2-135M), the GGUF
@@ -203,111 +204,6 @@ def tokenize(
         list(texts), add_special_tokens=False, truncation=max_tokens is not None, max_length=max_tokens, verbose=False
     )
     return [list(ids) for ids in encoded["input_ids"]]
-
-
-class Window(NamedTuple):
-    """One forward pass over a stretch of a document, in positions of the whole document."""
-
-    start: int
-    """Position of the window's first token."""
-    stop: int
-    """One past its last token: the pass runs tokens[start:stop], behind BOS."""
-    kept_from: int
-    """Position of the first token it stores; tokens[start:kept_from] are run as left context only."""
-
-
-def check_window_settings(window: int, stride: int, max_document_tokens: int | None = None) -> None:
-    """ValueError naming the setting when windows of `window` tokens advancing by `stride` cannot read a document."""
-    if window < 2:
-        raise ValueError(
-            f"window must be at least 2 tokens (a window of 1 reads every token without its text), got {window}"
-        )
-    if stride < 1:
-        raise ValueError(f"stride must be at least 1 token, got {stride}")
-    if stride > window:
-        raise ValueError(
-            f"stride ({stride}) must not exceed window ({window}): the {stride - window} tokens between two "
-            "windows would never be read"
-        )
-    if max_document_tokens is not None and max_document_tokens < 1:
-        raise ValueError(
-            f"max_document_tokens must be positive or None (the whole document), got {max_document_tokens}"
-        )
-
-
-def document_windows(n_tokens: int, window: int, stride: int) -> list[Window]:
-    """Overlapping windows over a document of `n_tokens` tokens that store each token exactly once.
-
-    Window k runs tokens [k·stride, min(k·stride + window, n)), k = 0..K-1 with
-    K = 1 + ⌈max(n - window, 0) / stride⌉ (none when n = 0). Window 0 stores all its tokens; window
-    k ≥ 1 stores only those no earlier window ran, [(k-1)·stride + window, stop): its last `stride`
-    (fewer at the end). So each stored token after the first window sees at least window - stride
-    tokens before it, and the model runs Σ (stop - start) ≈ n · window / stride tokens for n ≫ window.
-    """
-    check_window_settings(window, stride)
-    if n_tokens < 0:
-        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
-    windows, start, covered = [], 0, 0
-    while covered < n_tokens:
-        stop = min(start + window, n_tokens)
-        windows.append(Window(start, stop, covered))
-        start, covered = start + stride, stop
-    return windows
-
-
-class CaptureCost(NamedTuple):
-    """What reading documents in windows costs, counted before any model pass."""
-
-    documents: int
-    tokens: int
-    """Document tokens stored: Σ min(n, max_document_tokens)."""
-    tokens_run: int
-    """Tokens run through the model, BOS not counted: Σ over windows of (stop - start) ≥ tokens."""
-    windows: int
-    """Forward sequences, one per window (each behind its own BOS)."""
-    documents_windowed: int
-    """Documents read in more than one window (longer than `window` after the cap)."""
-    documents_cut: int
-    """Documents longer than max_document_tokens: their tokens beyond it are never read."""
-
-
-@dataclass(frozen=True)
-class CaptureWindows:
-    """How a document is read: windows of `window` tokens advancing by `stride` (`document_windows`),
-    over its first `max_document_tokens` tokens (None: the whole document).
-
-    The one-pass truncation of before is `CaptureWindows(window=512, stride=512, max_document_tokens=512)`.
-    With stride < window the first tokens of every later window are context only, so a second attention
-    sink forming there (see `capture_batch`) is never stored; with stride = window it may be.
-    """
-
-    window: int
-    stride: int
-    max_document_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        check_window_settings(self.window, self.stride, self.max_document_tokens)
-
-    def of(self, n_tokens: int) -> list[Window]:
-        """The windows over a document of `n_tokens` tokens, after the cap."""
-        cap = self.max_document_tokens
-        return document_windows(n_tokens if cap is None else min(n_tokens, cap), self.window, self.stride)
-
-    def settings(self) -> dict:
-        """window, stride, max_document_tokens: what an activation store records it was captured with."""
-        return asdict(self)
-
-    def cost(self, lengths: Sequence[int]) -> CaptureCost:
-        """The cost of reading documents of `lengths` tokens."""
-        windows = [self.of(n) for n in lengths]
-        return CaptureCost(
-            documents=len(lengths),
-            tokens=sum(w[-1].stop for w in windows if w),
-            tokens_run=sum(stop - start for w in windows for start, stop, _ in w),
-            windows=sum(map(len, windows)),
-            documents_windowed=sum(len(w) > 1 for w in windows),
-            documents_cut=sum(self.max_document_tokens is not None and n > self.max_document_tokens for n in lengths),
-        )
 
 
 class PaddedBatch(NamedTuple):

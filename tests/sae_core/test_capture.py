@@ -18,18 +18,16 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from peerlens.sources.edgar import extract_item1_business
 from sae_core.capture import (
-    CaptureWindows,
     LoadedModel,
-    Window,
     capture_batch,
     capture_documents,
-    document_windows,
     length_sorted_batches,
     load_model,
     smollm2_gguf_path,
     tokenize,
     wrap_model,
 )
+from sae_core.windows import CaptureWindows, Window, document_windows
 from tests.peerlens.sources.test_edgar import TEN_K_DIR, read_10k
 from tests.tiny_models import D_MODEL, N_LAYERS, tiny_llama_config
 
