@@ -31,20 +31,13 @@ import torch
 
 from assets.clusters import EMBEDDING_COLUMNS
 from assets.features import dense_features, feature_layer, features_of_texts
+from peerlens.layout import read_table
 from peerlens.similarity.probing import sparse_probe_accuracy
 from peerlens.sources.texts import latest_texts
 from sae_core.activation_store import ActivationStore
 from sae_core.sae_set import SaeSet
 
 LABELS = {"sic_division": "sic_division", "gics_sector": "gics_sector"}
-
-
-def read_table(tables: Path, name: str) -> pd.DataFrame:
-    """An asset's table: its file, or its partitions' files concatenated."""
-    folder = tables / name
-    if folder.is_dir():
-        return pd.concat([pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))], ignore_index=True)
-    return pd.read_parquet(tables / f"{name}.parquet")
 
 
 def mean_residuals(store: ActivationStore, layer: int, usable: torch.Tensor, text_ids: list[str]) -> np.ndarray:
@@ -63,18 +56,18 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("PEERLENS_HOME", ".peerlens"))
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16, 64, 100_000])
     args = parser.parse_args()
-    tables = Path(args.home) / "tables"
-    texts = latest_texts(read_table(tables, "company_descriptions"))
-    codes = read_table(tables, "industry_codes").drop_duplicates("ticker").set_index("ticker")
+    home, tables = args.home, Path(args.home) / "tables"
+    texts = latest_texts(read_table(home, "company_descriptions"))
+    codes = read_table(home, "industry_codes").drop_duplicates("ticker").set_index("ticker")
     release = SaeSet.from_dict(json.loads((tables / "group_saes.json").read_text()))
     store = ActivationStore(Path(args.home) / json.loads((tables / "activation_corpus.json").read_text())["folder"])
     layer = feature_layer(-1, store.n_layers)
     text_ids = texts.text_id.tolist()
 
     representations = {
-        "sae_latents": features_of_texts(dense_features(read_table(tables, "company_features")), text_ids),
+        "sae_latents": features_of_texts(dense_features(read_table(home, "company_features")), text_ids),
         "raw_residual": mean_residuals(store, layer, release.massive_rule.usable_mask(store.token_norms()), text_ids),
-        "minilm": read_table(tables, "text_embeddings").set_index("text_id").loc[text_ids, EMBEDDING_COLUMNS].to_numpy(),
+        "minilm": read_table(home, "text_embeddings").set_index("text_id").loc[text_ids, EMBEDDING_COLUMNS].to_numpy(),
     }
     report = {"layer": layer, "companies": len(text_ids), "anchor": "raw_residual (the same layer, the same tokens)"}
     for label, column in LABELS.items():

@@ -36,6 +36,29 @@ def table_path(root: str | os.PathLike | None, asset: str, suffix: str = ".parqu
     return storage_root(root) / "tables" / f"{asset}{suffix}"
 
 
+def table_files(root: str | os.PathLike | None, asset: str) -> list[Path]:
+    """The parquet files of a table asset: its one file, or its partitions' files in key order; [] when absent."""
+    folder = storage_root(root) / "tables" / asset
+    if folder.is_dir():
+        return sorted(folder.glob("*.parquet"))
+    path = table_path(root, asset)
+    return [path] if path.is_file() else []
+
+
+def concat_partitions(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Partitions' frames as one. An empty partition (a date with nothing to score) has untyped columns that
+    would turn every column it shares with the others into objects, so it counts only when all are empty."""
+    return pd.concat([part for part in parts if len(part)] or parts[:1], ignore_index=True)
+
+
+def read_table(root: str | os.PathLike | None, asset: str) -> pd.DataFrame:
+    """A table asset as a reader gets it: its file, or its partitions concatenated (`concat_partitions`)."""
+    files = table_files(root, asset)
+    if not files:
+        raise FileNotFoundError(f"{asset} is not materialized under {storage_root(root)}")
+    return concat_partitions([pd.read_parquet(file) for file in files])
+
+
 def artifact_folder(root: str | os.PathLike | None, asset: str) -> Path:
     return storage_root(root) / "artifacts" / asset
 

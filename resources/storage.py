@@ -22,7 +22,13 @@ import pandas as pd
 from dagster import ConfigurableIOManager, ConfigurableResource, DagsterInvariantViolationError, InputContext, OutputContext
 from pydantic import Field
 
-from peerlens.layout import artifact_folder, storage_root, write_json_atomically, write_parquet_atomically
+from peerlens.layout import (
+    artifact_folder,
+    concat_partitions,
+    storage_root,
+    write_json_atomically,
+    write_parquet_atomically,
+)
 from sae_core.activation_store import ActivationStore, StoreRef
 
 
@@ -108,10 +114,7 @@ class TableIOManager(ConfigurableIOManager):
                 raise FileNotFoundError(
                     f"{context.asset_key.to_user_string()}: partitions {missing[:5]} are not materialized under {base}"
                 )
-            parts = [pd.read_parquet(base / f"{k}.parquet") for k in keys]
-            # An empty partition (a date with nothing to score) has untyped columns: it would turn every
-            # column it shares with the others into objects.
-            return pd.concat([part for part in parts if len(part)] or parts[:1], ignore_index=True)
+            return concat_partitions([pd.read_parquet(base / f"{k}.parquet") for k in keys])
         parquet, js = base.with_name(base.name + ".parquet"), base.with_name(base.name + ".json")
         if parquet.exists():
             return pd.read_parquet(parquet)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from peerlens.similarity.company_latents import company_profiles
-from peerlens.layout import HOME_ENV, storage_root
+from peerlens.layout import HOME_ENV, read_table, storage_root, table_files
 from peerlens.sources.texts import texts_known_before
 
 MATERIALIZED_FILES = {
@@ -155,22 +155,17 @@ class PairExplanation:
 
 
 def _read_materialized(root: Path) -> dict[str, pd.DataFrame]:
-    missing = [name for name, path in MATERIALIZED_FILES.items() if not _parquet_files(root / path)]
+    missing = [name for name in MATERIALIZED_FILES if not table_files(root, name)]
     if missing:
         raise AssetsNotMaterializedError(root, missing)
     frames = {}
     for name, path in MATERIALIZED_FILES.items():
-        frame = pd.concat([pd.read_parquet(file) for file in _parquet_files(root / path)], ignore_index=True)
+        frame = read_table(root, name)
         absent = [column for column in _REQUIRED_COLUMNS[name] if column not in frame.columns]
         if absent:
             raise ValueError(f"{root / path} lacks columns {absent}: was it written by another PeerLens version?")
         frames[name] = frame
     return frames
-
-
-def _parquet_files(path: Path) -> list[Path]:
-    """`path` itself, or the partition files of a partitioned table's folder (none when it is absent)."""
-    return sorted(path.glob("*.parquet")) if path.is_dir() else [path] if path.is_file() else []
 
 
 def _as_of(

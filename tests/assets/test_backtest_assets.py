@@ -10,6 +10,7 @@ from dagster import BackfillPolicy, DagsterInstance, asset, materialize
 
 from assets.evaluation import both_timings_trade_every_method_on_the_same_days, pairs_backtest, trade_windows
 from assets.partitions import CLUSTERING_DATES
+from peerlens.layout import read_table
 from resources import TableIOManager
 from tests.peerlens.similarity.test_point_in_time import SECTORS, daily_prices, sector_of
 
@@ -68,15 +69,9 @@ def materialized(tmp_path_factory):
         yield root, windows, summary
 
 
-def read(root, name) -> pd.DataFrame:
-    """A partitioned table as a reader gets it: its non-empty partitions."""
-    parts = [pd.read_parquet(p) for p in sorted((root / "tables" / name).glob("*.parquet"))]
-    return pd.concat([part for part in parts if len(part)], ignore_index=True)
-
-
 def test_each_clustering_date_is_a_window_traded_with_its_own_clusters_after_its_formation(materialized):
     root, windows_run, _ = materialized
-    windows = read(root, "backtest_windows")
+    windows = read_table(root, "backtest_windows")
     # Every other date has no clustering: empty partitions.
     assert sorted(windows.window.unique()) == list(DATED)
     assert (pd.to_datetime(windows.clusters_as_of) == pd.to_datetime(windows.window)).all()
@@ -85,7 +80,7 @@ def test_each_clustering_date_is_a_window_traded_with_its_own_clusters_after_its
     # A window ends before the next clustering date: the half-years tile without overlap.
     ends = windows.groupby("window").trading_end.first()
     assert all(pd.Timestamp(end) < pd.Timestamp(key) + pd.DateOffset(months=6) for key, end in ends.items())
-    daily = read(root, "backtest_daily")
+    daily = read_table(root, "backtest_daily")
     assert np.isfinite(daily.daily_return).all() and daily.groupby(["method", "date"]).size().max() == 1
     checks = windows_run.get_asset_check_evaluations()
     assert len(checks) == 3 and all(check.passed for check in checks)

@@ -12,6 +12,7 @@ from dagster import AssetCheckSeverity, DagsterEventType, DagsterInstance
 from assets.graph_run import materialize_graph
 from assets.saes import SaeQualityThresholds
 from definitions import defs, resources_from_environment
+from peerlens.layout import read_table
 from resources import ArtifactStorage, TableIOManager
 from sae_core.io import load_sae
 
@@ -50,15 +51,6 @@ def materialized(tmp_path_factory):
         yield root, results
 
 
-def read(root, name):
-    """An asset's table: its file, or its partitions' files concatenated."""
-    folder = root / "tables" / name
-    if folder.is_dir():
-        parts = [pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))]
-        return pd.concat([part for part in parts if len(part)], ignore_index=True)
-    return pd.read_parquet(root / "tables" / f"{name}.parquet")
-
-
 def materialization_of(results, name):
     return next(m for result in results for m in result.asset_materializations_for_node(name))
 
@@ -79,7 +71,7 @@ def test_every_run_succeeds_and_every_check_passes(materialized):
 
 def test_a_company_without_prices_is_excluded_and_reported(materialized):
     root, results = materialized
-    descriptions = read(root, "company_descriptions")
+    descriptions = read_table(root, "company_descriptions")
     assert NO_PRICES not in set(descriptions.ticker)
     assert len(descriptions) == len(SLICE) - 1 and descriptions.source.eq("yf@sp500_2017").all()
     materialization = materialization_of(results, "company_descriptions")
@@ -128,9 +120,9 @@ def test_every_method_clusters_every_company_on_every_date_and_is_scored_out_of_
     methods = {"sae", "minilm", "tfidf", "sic4", "sic2", "sic_division", "gics_sector", "gics_sub_industry", "random"}
     assert set(clusters.method) == methods
     assert all((part.as_of == pd.Timestamp(key)).all() for key, part in partitions.items())
-    assert set(read(root, "current_company_clusters").as_of) == {pd.Timestamp("2017-05-19")}
+    assert set(read_table(root, "current_company_clusters").as_of) == {pd.Timestamp("2017-05-19")}
     assert (clusters.groupby(["as_of", "method"]).ticker.nunique() == len(SLICE) - 1).all()
-    correlations = read(root, "cluster_correlations")
+    correlations = read_table(root, "cluster_correlations")
     rolling = {f"{m} (rolling θ)" for m in ("sae", "minilm", "tfidf")}
     headline = correlations[correlations.timing == "point in time"]
     assert methods | rolling <= set(headline.method)
@@ -139,10 +131,10 @@ def test_every_method_clusters_every_company_on_every_date_and_is_scored_out_of_
     for measure in ("mc_cluster", "mc_pair", "mc_matched"):
         scored = correlations[measure].dropna()
         assert len(scored) and scored.between(-1, 1).all(), measure
-    comparisons = read(root, "mc_comparisons")
+    comparisons = read_table(root, "mc_comparisons")
     assert {"diff", "ci_low", "ci_high"} <= set(comparisons.columns) and len(comparisons)
     assert set(comparisons.timing) == {"point in time"}
-    backtest = read(root, "pairs_backtest")
+    backtest = read_table(root, "pairs_backtest")
     assert set(backtest.method) == methods and np.isfinite(backtest.n_pairs).all()
     assert set(backtest.timing) == {"point in time", "look-ahead reference"}
     assert (backtest.turnover_annual >= 0).all()
@@ -154,20 +146,20 @@ def test_every_method_clusters_every_company_on_every_date_and_is_scored_out_of_
 
 def test_most_banks_share_an_sae_cluster_and_it_is_explained(materialized):
     root, _ = materialized
-    clusters = read(root, "current_company_clusters")
+    clusters = read_table(root, "current_company_clusters")
     sae = clusters[clusters.method == "sae"].set_index("ticker").cluster
     banks = sae.loc[["JPM", "BAC", "C", "WFC", "USB"]]
     # An SAE trained on 30k tokens is weak: on the May-2017 texts JPM, BAC and WFC group, C and USB do not.
     bank_cluster, members = banks.value_counts().index[0], banks.value_counts().iloc[0]
     assert members >= 3
-    explanations = read(root, "cluster_explanations")
+    explanations = read_table(root, "cluster_explanations")
     bank_rows = explanations[explanations.cluster == bank_cluster]
     assert len(bank_rows) > 0 and bank_rows.top_tokens.str.len().gt(0).all()
 
 
 def test_the_three_training_regimes_are_compared_at_every_layer(materialized):
     root, _ = materialized
-    comparison = read(root, "sae_comparison")
+    comparison = read_table(root, "sae_comparison")
     assert set(comparison.regime) == {"group", "per_layer", "transfer"}
     for regime, n_layers in (("group", 30), ("per_layer", 30), ("transfer", 29)):
         rows = comparison[comparison.regime == regime]
@@ -185,7 +177,7 @@ def test_the_peer_query_reads_the_materialized_assets(materialized, capsys):
     assert any(bank in capsys.readouterr().out for bank in ("BAC", "C", "WFC", "USB"))
     assert main(["explain", "XOM", "CVX", "--storage", str(root)]) == 0
     assert "CVX" in capsys.readouterr().out
-    top = read(root, "company_top_latents")
+    top = read_table(root, "company_top_latents")
     assert set(top.ticker) == set(SLICE) - {NO_PRICES}
     assert main(["peers", "JPM", "--as-of", "2017-05-18", "--storage", str(root)]) == 1  # nothing known yet
     assert "empty as of 2017-05-18" in capsys.readouterr().err
@@ -203,7 +195,7 @@ def test_the_slices_massive_first_tokens_are_found_and_kept_out_of_every_company
         root / json.loads((root / "tables" / "activation_corpus.json").read_text())["folder"] / "index.parquet"
     )
     massive = index.iloc[found["rows"]]
-    texts = read(root, "company_descriptions").set_index("text_id")
+    texts = read_table(root, "company_descriptions").set_index("text_id")
     assert sorted(texts.ticker[massive.document]) == ["C", "MRK", "MSFT"] and (massive.position == 0).all()
     materialization = materialization_of(results, "company_features")
     assert materialization.metadata["massive_tokens_excluded"].value == 3
