@@ -57,6 +57,13 @@ def materialize_graph(
             assets, selection=selection, instance=instance, resources=resources, run_config=config, tags=tags
         )
 
+    def run_range(selection: AssetSelection, first: str, last: str):
+        return run(selection, tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last})
+
+    def run_days(selection: AssetSelection, wanted: list[str]) -> list:
+        # One run per stretch of consecutive days (usually one for them all): each model is loaded once per run.
+        return [run_range(selection, first, last) for first, last in contiguous_ranges(days, wanted)]
+
     upstream = AssetSelection.assets("daily_prices", "company_descriptions", "industry_codes", "index_membership")
     returns = AssetSelection.assets("monthly_returns")
     texts_by_day = AssetSelection.assets("daily_texts")
@@ -64,7 +71,7 @@ def materialize_graph(
     activations = AssetSelection.assets(*per_day)
     results = [
         run(upstream),
-        run(returns, tags={PARTITION_RANGE_START: months[0], PARTITION_RANGE_END: months[-1]}),
+        run_range(returns, months[0], months[-1]),
     ]
     # The days of texts, one run each (a partition's data version hashes its own rows): only days whose
     # texts are new or changed are run, and only they leave their activations stale.
@@ -77,9 +84,7 @@ def materialize_graph(
     to_capture = held
     if only_stale:
         to_capture = outdated_partitions(instance, graph, [AssetKey(key) for key in per_day], held)
-    for first, last in contiguous_ranges(days, to_capture):
-        # One run per run of consecutive days (usually one for them all): each model is loaded once per run.
-        results.append(run(activations, tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}))
+    results += run_days(activations, to_capture)
 
     rest = (AssetSelection.all() - upstream - returns - texts_by_day - activations).resolve(graph)
     # What is encoded per day (company features) needs the SAE release, built from the corpus of every day:
@@ -88,18 +93,12 @@ def materialize_graph(
     release = (AssetSelection.assets(*encoded_by_day).upstream().resolve(graph) & rest) - encoded_by_day
     todo = rest
     if only_stale:
-        # Days are judged among the texts held now: a day registered by another universe is not this one's.
-        outdated = set(stale_or_missing(instance, graph, rest - encoded_by_day))
-        outdated |= {key for key in encoded_by_day if outdated_partitions(instance, graph, [key], held)}
-        if len(results) > upstream_runs:  # new or changed days of texts: the corpus that combines them is outdated
-            outdated.add(AssetKey("activation_corpus"))
-        todo = AssetSelection.assets(*outdated).downstream().resolve(graph) & rest
+        todo = _outdated_downstream(instance, graph, rest, encoded_by_day, held, texts_changed=len(results) > upstream_runs)
     if release & todo:
         results.append(run(AssetSelection.assets(*(release & todo))))
     if encoded_by_day & todo:
         feature_days = outdated_partitions(instance, graph, encoded_by_day, held) if only_stale else held
-        for first, last in contiguous_ranges(days, feature_days):
-            results.append(run(AssetSelection.assets(*encoded_by_day), tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}))
+        results += run_days(AssetSelection.assets(*encoded_by_day), feature_days)
 
     for keys, partitions in downstream_stages(graph, rest - release - encoded_by_day):
         if not keys & todo:
@@ -109,11 +108,21 @@ def materialize_graph(
         else:
             # Every partition in one run (the assets' single-run backfill policy): what a date or a year needs
             # is loaded once. A multi-asset's outputs run together.
-            first, last = partitions[0], partitions[-1]
-            results.append(run(AssetSelection.assets(*keys), tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}))
+            results.append(run_range(AssetSelection.assets(*keys), partitions[0], partitions[-1]))
     if len(results) == upstream_runs:
         log("nothing downstream of the sources is missing or stale: nothing to recompute")
     return results
+
+
+def _outdated_downstream(instance, graph, rest: set, encoded_by_day: set, held: list[str], texts_changed: bool) -> set:
+    """What of `rest` is missing or stale, with everything downstream of it. Per-day assets are judged on the
+    days the texts hold now (a day registered by another universe is not this one's); new or changed days of
+    texts outdate the corpus that combines them."""
+    outdated = set(stale_or_missing(instance, graph, rest - encoded_by_day))
+    outdated |= {key for key in encoded_by_day if outdated_partitions(instance, graph, [key], held)}
+    if texts_changed:
+        outdated.add(AssetKey("activation_corpus"))
+    return AssetSelection.assets(*outdated).downstream().resolve(graph) & rest
 
 
 def downstream_stages(graph, keys: set[AssetKey]) -> list[tuple[set[AssetKey], list[str] | None]]:
