@@ -17,13 +17,17 @@ from assets import (
     explanations,
     features,
     layers,
+    representation_study,
     sae_comparison,
     sae_regimes,
     saes,
     sources,
 )
 
-STAGES = [sources, activations, layers, saes, sae_regimes, sae_comparison, features, clusters, correlations, evaluation, explanations]
+STAGES = [
+    sources, activations, layers, saes, sae_regimes, sae_comparison, features, clusters, correlations, evaluation,
+    explanations, representation_study,
+]
 
 
 def _with_code_version(module):

@@ -39,7 +39,7 @@ class TransferSaesConfig(Config):
     )
 
 
-def _train_and_save(
+def train_layer_sae(
     context: AssetExecutionContext,
     trainer: SaeTrainer,
     store: ActivationStore,
@@ -113,7 +113,7 @@ def per_layer_saes(
     saes = []
     for layer in range(store.n_layers):
         folder = root / f"layer_{layer:02d}"
-        saes.append(_train_and_save(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder, artifacts))
+        saes.append(train_layer_sae(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder, artifacts))
         context.log.info(f"layer {layer}: fvu {saes[-1].metrics[layer].fvu:.4f} in {saes[-1].train_seconds}s")
     value = SaeSet(tuple(saes), sae_cfg, train_cfg, config.holdout_share)
     return Output(value, metadata=_regime_metadata(value))
@@ -158,7 +158,7 @@ def transfer_saes(
         source = layer + offset
         if source not in sources:
             continue
-        entry = _train_and_save(
+        entry = train_layer_sae(
             context,
             sae_trainer,
             store,

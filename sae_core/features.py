@@ -100,32 +100,15 @@ def pool_documents(
     Returns:
         (n_docs, d_sae) float32 tensor on the CPU.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    _check_pooling(pooling)
     _check_codes(codes)
     n_tokens, k = codes.top_acts.shape
-    document = np.asarray(document)
-    if document.shape != (n_tokens,):
-        raise ValueError(f"document must have shape (n_tokens={n_tokens},), got {document.shape}")
-    if n_tokens and not np.issubdtype(document.dtype, np.integer):
-        raise ValueError(f"document must hold integer ids 0..n_docs-1, got dtype {document.dtype}")
-    if n_docs < 1 or d_sae < 1:
-        raise ValueError(f"n_docs and d_sae must be >= 1, got n_docs={n_docs}, d_sae={d_sae}")
-    if n_tokens and (document.min() < 0 or document.max() >= n_docs):
-        raise ValueError(
-            f"document ids must lie in 0..{n_docs - 1}, got range {document.min()}..{document.max()}"
-        )
+    if d_sae < 1:
+        raise ValueError(f"d_sae must be >= 1, got {d_sae}")
+    doc, tokens_per_doc = _document_ids(document, n_tokens, n_docs)
     indices = codes.top_indices.cpu().long()
     if n_tokens and (int(indices.min()) < 0 or int(indices.max()) >= d_sae):
         raise ValueError(f"codes.top_indices must lie in 0..{d_sae - 1} (d_sae={d_sae})")
-
-    doc = torch.tensor(document, dtype=torch.long)  # a copy: the ids often come read-only from Arrow
-    tokens_per_doc = torch.bincount(doc, minlength=n_docs)
-    empty = torch.nonzero(tokens_per_doc == 0).flatten()
-    if empty.numel():
-        raise ValueError(
-            f"{empty.numel()} of {n_docs} documents have no tokens (first ids: {empty[:10].tolist()})"
-        )
 
     flat_index = (doc[:, None] * d_sae + indices).flatten()  # (n·k,)
     # Accumulate sums in float64: a document may have thousands of tokens.
@@ -140,6 +123,63 @@ def pool_documents(
         pooled /= tokens_per_doc[:, None].to(torch.float64)
     return pooled.float()
 
+
+def pool_dense_documents(tokens: Tensor, document: np.ndarray, n_docs: int, pooling: str = "mean") -> Tensor:
+    """Pool dense token vectors (the raw residual stream, say) into one vector per document.
+
+    The same rules as `pool_documents` with z_t replaced by the token's vector x_t ∈ R^d (which may be
+    negative, so max is taken over the document's tokens only).
+
+    Args:
+        tokens: (n_tokens, d) vectors, any float dtype.
+        document, n_docs, pooling: as `pool_documents`.
+
+    Returns:
+        (n_docs, d) float32 tensor on the CPU.
+    """
+    _check_pooling(pooling)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be (n_tokens, d), got shape {tuple(tokens.shape)}")
+    doc, tokens_per_doc = _document_ids(document, tokens.shape[0], n_docs)
+    x = tokens.cpu().to(torch.float64)
+    index = doc[:, None].expand_as(x)
+    if pooling == "max":
+        pooled = torch.full((n_docs, x.shape[1]), -torch.inf, dtype=torch.float64)
+        pooled.scatter_reduce_(0, index, x, reduce="amax", include_self=True)
+    else:
+        pooled = torch.zeros(n_docs, x.shape[1], dtype=torch.float64).index_add_(0, doc, x)
+    if pooling == "mean":
+        pooled /= tokens_per_doc[:, None].to(torch.float64)
+    return pooled.float()
+
+
+def _check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def _document_ids(document: np.ndarray, n_tokens: int, n_docs: int) -> tuple[Tensor, Tensor]:
+    """(n_tokens,) int64 document id per token and (n_docs,) tokens per document, after checking that the
+    ids are integers in 0..n_docs−1 and that every document has a token."""
+    document = np.asarray(document)
+    if document.shape != (n_tokens,):
+        raise ValueError(f"document must have shape (n_tokens={n_tokens},), got {document.shape}")
+    if n_tokens and not np.issubdtype(document.dtype, np.integer):
+        raise ValueError(f"document must hold integer ids 0..n_docs-1, got dtype {document.dtype}")
+    if n_docs < 1:
+        raise ValueError(f"n_docs must be >= 1, got {n_docs}")
+    if n_tokens and (document.min() < 0 or document.max() >= n_docs):
+        raise ValueError(
+            f"document ids must lie in 0..{n_docs - 1}, got range {document.min()}..{document.max()}"
+        )
+    doc = torch.tensor(document, dtype=torch.long)  # a copy: the ids often come read-only from Arrow
+    tokens_per_doc = torch.bincount(doc, minlength=n_docs)
+    empty = torch.nonzero(tokens_per_doc == 0).flatten()
+    if empty.numel():
+        raise ValueError(
+            f"{empty.numel()} of {n_docs} documents have no tokens (first ids: {empty[:10].tolist()})"
+        )
+    return doc, tokens_per_doc
 
 def token_shares(codes: SparseCodes, document: np.ndarray, n_docs: int, d_sae: int) -> Tensor:
     """How much of its document's pooled vector each token makes up.

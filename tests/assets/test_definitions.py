@@ -41,6 +41,10 @@ LINEAGE = {
     "per_layer_saes": {"activation_corpus", "massive_activations"},
     "transfer_saes": {"activation_corpus", "massive_activations", "per_layer_saes"},
     "sae_comparison": {"activation_corpus", "massive_activations", "group_saes", "per_layer_saes", "transfer_saes"},
+    "representation_study": {
+        "activation_corpus", "massive_activations", "group_saes", "text_embeddings", "company_descriptions",
+        "industry_codes", "index_membership", "daily_prices", "monthly_returns",
+    },
 }
 
 

@@ -169,6 +169,20 @@ def test_the_three_training_regimes_are_compared_at_every_layer(materialized):
     assert (comparison.kl_sae >= 0).all()
 
 
+def test_the_representation_study_scores_every_representation_out_of_sample(materialized):
+    root, results = materialized
+    table = read_table(root, "representation_study").set_index("representation")
+    assert {"sae", "raw_residual", "minilm", "tfidf", "industry code", "random"} == set(table.family)
+    for layer in (5, 12, 19, 26):
+        assert {f"sae@{layer} {p}" for p in ("mean", "max", "sum", "specificity")} <= set(table.index)
+        assert {f"raw@{layer} {p}" for p in ("mean", "max", "sum")} <= set(table.index)
+    # three seeds at the release width, two more widths: every single-layer SAE has a row
+    assert len(table[table.index.str.contains("single") & (table.pooling == "mean")]) == 5
+    assert table[["mc_matched", "mc_pair", "agreement_gics_sector"]].drop(["gics_sub_industry", "random"]).notna().all().all()
+    metadata = materialization_of(results, "representation_study").metadata
+    assert metadata["scored_years"].value == "[2018, 2019, 2020]"
+
+
 def test_the_peer_query_reads_the_materialized_assets(materialized, capsys):
     from peerlens.query.cli import main
 

@@ -11,6 +11,7 @@ from sae_core.config import SaeConfig
 from sae_core.features import (
     SparseCodes,
     encode_tokens,
+    pool_dense_documents,
     pool_documents,
     strongest_tokens,
     token_shares,
@@ -80,6 +81,23 @@ def test_pool_documents_rejects_out_of_range_ids():
         pool_documents(hand_codes(), np.array([0, 0, 0, 2]), n_docs=2, d_sae=D_SAE)
     with pytest.raises(ValueError, match="top_indices"):
         pool_documents(hand_codes(), DOCUMENT, n_docs=2, d_sae=4)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "sum"])
+def test_pool_dense_documents_matches_a_per_document_reduction_of_signed_vectors(pooling):
+    tokens = torch.tensor([[1.0, -2.0], [-3.0, -1.0], [0.5, 4.0], [-6.0, -7.0]])
+    document = np.array([1, 0, 1, 1])
+    reduce = {"mean": lambda x: x.mean(0), "max": lambda x: x.max(0).values, "sum": lambda x: x.sum(0)}[pooling]
+    expected = torch.stack([reduce(tokens[torch.from_numpy(document == d)]) for d in (0, 1)])
+    # max over negative values stays negative: the pool starts from -inf, not from 0.
+    torch.testing.assert_close(pool_dense_documents(tokens, document, 2, pooling), expected)
+
+
+def test_pool_dense_documents_rejects_a_document_without_tokens_and_a_bad_shape():
+    with pytest.raises(ValueError, match="have no tokens"):
+        pool_dense_documents(torch.ones(2, 3), np.array([0, 0]), 2)
+    with pytest.raises(ValueError, match=r"\(n_tokens, d\)"):
+        pool_dense_documents(torch.ones(3), np.array([0, 0, 0]), 1)
 
 
 def test_top_activating_tokens_ranks_each_latent_strongest_first():
