@@ -69,10 +69,10 @@ filings_refresh_job = define_asset_job(
     # One run per filing day: that day's texts and activations (a TEXT_DATES partition) and everything
     # built from the corpus.
     partitions_def=TEXT_DATES,
-    # The regime study (30 per-layer SAEs and more) is research, rerun on demand, not on every filing. The
-    # filing enters current_company_clusters now and the next clustering date when it comes.
+    # The regime and representation studies (30 per-layer SAEs and more) are research, rerun on demand, not on
+    # every filing. The filing enters current_company_clusters now and the next clustering date when it comes.
     selection=AssetSelection.assets("company_descriptions").downstream()
-    - AssetSelection.groups("sae_regimes") - DATED - RELEASE_GROUPING,
+    - AssetSelection.groups("sae_regimes") - AssetSelection.assets("representation_study") - DATED - RELEASE_GROUPING,
     description="New 10-K text for the changed companies, then everything built from descriptions except what "
     "is dated before it (clusterings, trading windows, scored years), which a filing made today cannot change, "
     "and the layer grouping of the SAE release, which it does not retrain.",

@@ -1,6 +1,7 @@
 """The representation study: which representation of a company's text finds co-moving peers, point in time."""
 
 import pandas as pd
+import torch
 from dagster import (
     AllPartitionMapping,
     AssetCheckResult,
@@ -41,7 +42,7 @@ from sae_core.io import load_sae
 from sae_core.massive_activations import MassiveTokens
 from sae_core.release import load_release
 from sae_core.sae_set import SaeSet
-from sae_core.token_split import token_split
+from sae_core.token_split import TokenSplit, token_split
 
 _DEFAULTS = RepresentationStudyConfig()
 
@@ -95,17 +96,20 @@ def representation_study(
     year's returns (`peerlens.similarity.representation_study`): MC at the reference's cluster sizes and per
     pair, with cluster-bootstrap intervals against the anchor, and k-NN agreement with the industry labels.
 
-    Point in time: a year is scored only when every text any of the SAEs was trained on was known before its
-    1 January (the others are skipped and named); each universe holds only texts known before its date.
+    Point in time: a year is scored only when every text any of the SAEs was trained on (the release's corpus,
+    which the study's own SAEs train on too) was known before its 1 January (the others are named); each
+    universe holds only texts known before its date. Research, like the regime study: a filing does not rerun it.
     """
     store = artifacts.store(activation_corpus)
     texts = company_descriptions[company_descriptions.text_id.isin(set(store.index.document))]
-    sae_texts_known_by = _newest_training_text(group_saes, artifacts, company_descriptions, texts)
+    training_texts = _release_corpus(group_saes, artifacts, texts)
+    sae_texts_known_by = pd.Timestamp(training_texts.known_by.max())
     dates = [pd.Timestamp(key) for key in YEARS.get_partition_keys() if pd.Timestamp(key) > sae_texts_known_by]
     skipped = [key for key in YEARS.get_partition_keys() if pd.Timestamp(key) <= sae_texts_known_by]
     tokens = text_tokens(store.index, group_saes.massive_rule.usable_mask(store.token_norms()), texts.text_id.tolist())
-    representations, study_saes = _store_representations(context, config, store, tokens, group_saes, massive_activations,
-                                                         compute, artifacts, sae_trainer)
+    split = _training_split(store, group_saes, massive_activations, set(training_texts.text_id))
+    representations, study_saes = _store_representations(context, config, store, tokens, split, group_saes, compute,
+                                                         artifacts, sae_trainer)
     embeddings = text_embeddings.set_index("text_id").loc[tokens.text_ids, EMBEDDING_COLUMNS].to_numpy()
     representations += [
         Representation("minilm", "minilm", width=len(EMBEDDING_COLUMNS), features=(tokens.text_ids, embeddings)),
@@ -132,18 +136,22 @@ def representation_study(
     )
 
 
-def _newest_training_text(
-    group_saes: SaeSet, artifacts: ArtifactStorage, history: pd.DataFrame, store_texts: pd.DataFrame
-) -> pd.Timestamp:
-    """When the newest text any SAE of the study learned from was known: the release's training corpus (all of
-    the history when the release is not found) and the store's texts, which the study's own SAEs train on."""
+def _release_corpus(group_saes: SaeSet, artifacts: ArtifactStorage, store_texts: pd.DataFrame) -> pd.DataFrame:
+    """The texts the SAE release was trained on (all of the store's when its record is not found): the study's
+    own SAEs train on them too, so the newest of them bounds what any SAE of the study has read."""
     release = load_release(artifacts.folder("group_saes") / "releases" / group_saes.notes.get("release", ""))
-    corpus = history[history.text_id.isin(set(release.corpus))] if release else history
-    return pd.Timestamp(max(corpus.known_by.max(), store_texts.known_by.max()))
+    return store_texts[store_texts.text_id.isin(set(release.corpus))] if release else store_texts
 
 
-def _store_representations(context, config, store: ActivationStore, tokens: TextTokens, group_saes: SaeSet,
-                           massive: MassiveTokens, compute, artifacts, trainer) -> tuple[list[Representation], pd.DataFrame]:
+def _training_split(store: ActivationStore, group_saes: SaeSet, massive: MassiveTokens, corpus: set[str]) -> TokenSplit:
+    """The release's token split (same held-out companies, massive tokens out), kept to the release's texts."""
+    split = token_split(store.index.document, group_saes.holdout_share, massive)
+    in_corpus = torch.from_numpy(store.index.document.isin(corpus).to_numpy(copy=True))
+    return TokenSplit(*(mask & in_corpus for mask in split))
+
+
+def _store_representations(context, config, store: ActivationStore, tokens: TextTokens, split: TokenSplit,
+                           group_saes: SaeSet, compute, artifacts, trainer) -> tuple[list[Representation], pd.DataFrame]:
     """The raw residual and the release's SAE latents at each configured layer, then the width and seed SAEs
     trained at the feature layer; returns them with the trained SAEs' held-out metrics."""
     representations = []
@@ -156,7 +164,6 @@ def _store_representations(context, config, store: ActivationStore, tokens: Text
         representations += sae_representations(sae, x, tokens, layer, config.poolings)
     layer = feature_layer(config.feature_layer, store.n_layers)
     x = selected_layer(store, layer, tokens)
-    split = token_split(store.index.document, group_saes.holdout_share, massive)
     release_width = group_saes.sae_config.expansion_factor
     variants = sorted({(factor, 0) for factor in config.expansion_factors} | {(release_width, s) for s in config.seeds})
     rows = []
@@ -178,26 +185,27 @@ def _store_representations(context, config, store: ActivationStore, tokens: Text
 
 
 def _metadata(study: RepresentationStudy, study_saes: pd.DataFrame, skipped: list[str], known_by) -> dict:
-    table = study.table
-    seeds = table[table.representation.str.contains(" seed ") & (table.pooling == "mean")]
-    same_width = seeds[seeds.width == seeds.width.mode().iloc[0]] if len(seeds) else seeds
-    winner = winner_margin(study)
     return {
-        "winner": MetadataValue.json(winner),
+        "winner": MetadataValue.json(winner_margin(study)),
         "scored_years": str(sorted(study.yearly.year.unique().tolist())),
         "years_not_scored_sae_texts_not_yet_known": ", ".join(skipped) or "none",
         "sae_training_texts_known_by": str(pd.Timestamp(known_by).date()),
         "companies_per_date": markdown_table(study.universes.astype(str)),
-        "study": markdown_table(table.drop(columns=["mc_cluster", "n_years"]).round(3)),
-        "plot": _plot(table),
+        "study": markdown_table(study.table.drop(columns=["mc_cluster", "n_years"]).round(3)),
+        "plot": _plot(study.table),
         "study_saes": markdown_table(study_saes, floatfmt=".4f"),
-        "seed_spread": MetadataValue.json({
-            "seeds": int(len(same_width)),
-            "fvu_std": float(study_saes.loc[study_saes.d_sae == study_saes.d_sae.mode().iloc[0], "fvu"].std()),
-            "mc_matched_std": float(same_width.mc_matched.std()),
-            "mc_pair_std": float(same_width.mc_pair.std()),
-        }),
+        "seed_spread": MetadataValue.json(_seed_spread(study.table, study_saes)),
     }
+
+
+def _seed_spread(table: pd.DataFrame, study_saes: pd.DataFrame) -> dict:
+    """Standard deviation over the seeds of the single-layer SAEs at the width most seeds were trained at: of
+    their held-out FVU, and of the MC of their mean-pooled latents (what a difference must exceed to count)."""
+    width = study_saes.d_sae.mode().iloc[0]
+    seeds = study_saes[study_saes.d_sae == width]
+    scores = table.set_index("representation").loc[seeds.sae + " mean"]
+    return {"d_sae": int(width), "seeds": len(seeds), "fvu_std": float(seeds.fvu.std()),
+            "mc_matched_std": float(scores.mc_matched.std()), "mc_pair_std": float(scores.mc_pair.std())}
 
 
 def _plot(table: pd.DataFrame) -> MetadataValue:
