@@ -59,7 +59,7 @@ def residual_representations(
     """
     return [
         Representation(
-            f"raw@{layer} {pooling}", "raw_residual", layer, pooling, int(layer_tokens.shape[1]),
+            residual_name(layer, pooling), "raw_residual", layer, pooling, int(layer_tokens.shape[1]),
             features=(tokens.text_ids, pool_dense_documents(layer_tokens, tokens.document, len(tokens.text_ids), pooling).numpy()),
         )
         for pooling in poolings
@@ -71,7 +71,8 @@ def sae_representations(
     sae: SparseAutoencoder, layer_tokens: Tensor, tokens: TextTokens, layer: int, poolings: Sequence[str],
     label: str = "", seed: int | None = None,
 ) -> list[Representation]:
-    """`sae`'s latents at `layer`, one representation per pooling, named "sae@<layer>[ <label>] <pooling>".
+    """`sae`'s latents at `layer`, one representation per pooling, named "sae@<layer>[ <label>] <pooling>", each
+    compared with the raw residual at its layer pooled alike (the specificity pooling: with the mean).
 
     Args:
         layer_tokens: as `residual_representations`; encoded by `sae` once for every pooling.
@@ -85,9 +86,14 @@ def sae_representations(
         return pool_documents(codes, tokens.document, len(tokens.text_ids), d_sae, basis).numpy()
 
     return [
-        Representation(prefix + pooling, "sae", layer, pooling, d_sae, seed, features=(tokens.text_ids, pooled(pooling)))
+        Representation(prefix + pooling, "sae", layer, pooling, d_sae, seed, features=(tokens.text_ids, pooled(pooling)),
+                       counterpart=residual_name(layer, "mean" if pooling == SPECIFICITY else pooling))
         for pooling in poolings
     ]
+
+
+def residual_name(layer: int, pooling: str) -> str:
+    return f"raw@{layer} {pooling}"
 
 
 def selected_layer(store, layer: int, tokens: TextTokens) -> Tensor:

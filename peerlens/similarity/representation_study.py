@@ -49,7 +49,8 @@ TABLE_COLUMNS = [
     "representation", "family", "layer", "pooling", "width", "seed", "mc_matched", "mc_pair", "mc_cluster",
     "matched_vs_anchor", "matched_vs_anchor_low", "matched_vs_anchor_high",
     "pair_vs_anchor", "pair_vs_anchor_low", "pair_vs_anchor_high",
-    "matched_vs_reference", "matched_vs_reference_low", "matched_vs_reference_high", "n_years",
+    "matched_vs_reference", "matched_vs_reference_low", "matched_vs_reference_high",
+    "counterpart", "matched_vs_counterpart", "matched_vs_counterpart_low", "matched_vs_counterpart_high", "n_years",
 ]
 
 
@@ -72,6 +73,9 @@ class Representation:
     features: tuple[list[str], np.ndarray] | None = field(default=None, repr=False)
     reduced: bool = True
     """Standardise → PCA before the cosine; False: the plain cosine of the rows (company_clusters' MiniLM)."""
+    counterpart: str | None = None
+    """The representation this one is built from (an SAE's: the raw residual at its layer, pooled alike), if
+    scored too: the table gives the difference to it."""
 
     def distances(self, universe: pd.DataFrame, pca_components: int) -> np.ndarray:
         """(n, n) distances between the universe's texts (rows of `universe`, in order)."""
@@ -218,9 +222,10 @@ def score_representations(
 
 def _table(representations, yearly, comparisons, agreement, config: RepresentationStudyConfig) -> pd.DataFrame:
     """One row per representation and yardstick: mean MC over the scored years, differences with intervals."""
+    names = {r.name for r in representations}
     described = pd.DataFrame(
         [{"representation": r.name, "family": r.family, "layer": r.layer, "pooling": r.pooling, "width": r.width,
-          "seed": r.seed} for r in representations]
+          "seed": r.seed, "counterpart": r.counterpart if r.counterpart in names else None} for r in representations]
         + [{"representation": config.reference, "family": "industry code"}, {"representation": RANDOM, "family": RANDOM}]
     )
     means = yearly.groupby("method")[["mc_matched", "mc_pair", "mc_cluster"]].mean()
@@ -232,6 +237,11 @@ def _table(representations, yearly, comparisons, agreement, config: Representati
         rows = comparisons[(comparisons.baseline == baseline) & (comparisons.measure == measure)].set_index("method")
         for suffix, source in (("", "diff"), ("_low", "ci_low"), ("_high", "ci_high")):
             table[column + suffix] = table.representation.map(rows[source]).where(table.representation != baseline, 0.0)
+    matched = comparisons[comparisons.measure == "mc_matched"].set_index(["method", "baseline"])
+    for suffix, source in (("", "diff"), ("_low", "ci_low"), ("_high", "ci_high")):
+        table["matched_vs_counterpart" + suffix] = [
+            matched[source].get((name, counterpart), np.nan) for name, counterpart in zip(table.representation, table.counterpart)
+        ]
     per_label = agreement.groupby(["representation", "label"]).agreement.mean().unstack("label")
     table = table[TABLE_COLUMNS].join(per_label.add_prefix("agreement_"), on="representation")
     return table.sort_values("mc_matched", ascending=False, ignore_index=True)

@@ -34,7 +34,7 @@ def sector_features(texts: pd.DataFrame, noise: float, seed: int = 0) -> tuple[l
 
 def representations(texts: pd.DataFrame) -> list[Representation]:
     return [
-        Representation("sectors", "sae", 1, "mean", 3, features=sector_features(texts, 0.05)),
+        Representation("sectors", "sae", 1, "mean", 3, features=sector_features(texts, 0.05), counterpart="noise"),
         Representation("sectors specificity", "sae", 1, "specificity", 3, features=sector_features(texts, 0.05)),
         Representation("noise", "raw_residual", 1, "mean", 3, features=sector_features(texts, 50.0, seed=1)),
         Representation("tfidf", "tfidf"),
@@ -75,6 +75,9 @@ def test_a_representation_that_knows_the_sectors_beats_noise_on_every_measure(re
         assert table.loc[name, "agreement_gics_sector"] == pytest.approx(1.0)
     assert table.loc["noise", "agreement_gics_sector"] < 0.7
     assert table.loc["noise", "matched_vs_anchor"] == 0.0
+    # "sectors" is scored against what it was "built from": the same difference as against the anchor here
+    assert table.loc["sectors", "matched_vs_counterpart"] == table.loc["sectors", "matched_vs_anchor"] > 0
+    assert table.counterpart.dropna().tolist() == ["noise"]
     assert {"gics_sub_industry", "random"} <= set(table.index)
     assert winner_margin(result)["winner"] in {"sectors", "sectors specificity", "tfidf"}
 
