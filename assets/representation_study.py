@@ -30,6 +30,7 @@ from peerlens.similarity.layer_representations import (
 from peerlens.similarity.representation_study import (
     Representation,
     RepresentationStudy,
+    TABLE_COLUMNS,
     RepresentationStudyConfig,
     score_representations,
     winner_margin,
@@ -106,6 +107,14 @@ def representation_study(
     sae_texts_known_by = pd.Timestamp(training_texts.known_by.max())
     dates = [pd.Timestamp(key) for key in YEARS.get_partition_keys() if pd.Timestamp(key) > sae_texts_known_by]
     skipped = [key for key in YEARS.get_partition_keys() if pd.Timestamp(key) <= sae_texts_known_by]
+    if not dates:
+        # The 2024 vintage: every text is newer than every year of returns, so nothing can be scored honestly.
+        context.log.warning(f"no year of returns starts after {sae_texts_known_by.date()}, the newest SAE training text")
+        yield Output(pd.DataFrame(columns=TABLE_COLUMNS), metadata={"scored_years": "[]", "reason": "every text is newer "
+                     f"than every year of returns (newest SAE training text {sae_texts_known_by.date()})"})
+        yield AssetCheckResult(check_name="representations_use_only_what_was_known_before_each_date", passed=True,
+                               metadata={"scoring_dates": 0})
+        return
     tokens = text_tokens(store.index, group_saes.massive_rule.usable_mask(store.token_norms()), texts.text_id.tolist())
     split = _training_split(store, group_saes, massive_activations, set(training_texts.text_id))
     representations, study_saes = _store_representations(context, config, store, tokens, split, group_saes, compute,
