@@ -6,6 +6,9 @@ import torch
 from dagster import ConfigurableResource
 from pydantic import Field
 
+GPU_POOL = "gpu"
+"""The Dagster pool of the steps that use the accelerator; the instance's limit for it is how many share one GPU."""
+
 
 class ComputeResource(ConfigurableResource):
     """CUDA when present (or when asked for), the CPU otherwise.
