@@ -197,10 +197,11 @@ def score_representations(
         day_codes = codes.reindex(universe.ticker)
         reference = labels_from_codes(day_codes[config.reference].reset_index(drop=True))
         labels = {config.reference: reference, RANDOM: random_clusters_like(reference, seed=config.random_seed)}
+        n_clusters = len(np.unique(reference))
         for representation in representations:
             distances = representation.distances(universe, config.pca_components)
             tree = minimum_spanning_tree_z(distances)
-            labels[representation.name] = cut_spanning_tree(tree, theta_for_cluster_count_on_tree(tree, int(reference.max()) + 1))
+            labels[representation.name] = cut_spanning_tree(tree, theta_for_cluster_count_on_tree(tree, n_clusters))
             for label in config.agreement_labels:
                 shares = nearest_neighbour_agreement(distances, day_codes[label].to_numpy(), config.neighbours)
                 agreement.append({"as_of": day, "representation": representation.name, "label": label,
