@@ -3,7 +3,7 @@
 * the executor's config (deploy/k8s_run_config.yaml) against dagster-k8s's own config schema, and the
   Kubernetes Job dagster-k8s builds from it for each step: the `gpu` pool's steps, and only they,
   get one `nvidia.com/gpu`;
-* the k8s code location (deploy/k8s_definitions.py) runs every job on that executor, so a run with
+* the k8s code location (k8s_definitions.py) runs every job on that executor, so a run with
   no run config (a schedule's, a sensor's, automation's) carries the same per-step config;
 * the Dockerfile's pip steps are the Makefile's (same torch spec, same packages, same order), plus the
   cluster's dagster libraries at the release matching the dagster pin;
@@ -93,7 +93,7 @@ def test_a_broken_executor_config_is_refused(dagster_k8s, breakage):
 
 @pytest.fixture(scope="module")
 def k8s_location(dagster_k8s):
-    spec = importlib.util.spec_from_file_location("peerlens_k8s_definitions", DEPLOY / "k8s_definitions.py")
+    spec = importlib.util.spec_from_file_location("peerlens_k8s_definitions", ROOT / "k8s_definitions.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.defs
@@ -338,7 +338,7 @@ def helm_problems(values: dict, readme: str, dockerfile: str, pyproject: dict) -
     workdir = re.search(r"^WORKDIR (\S+)$", dockerfile, re.MULTILINE).group(1)
     flag = next((flag for flag in ("--python-file", "-f") if flag in args[:-1]), None)
     code = args[args.index(flag) + 1] if flag else ""
-    if code != f"{workdir}/deploy/k8s_definitions.py" or not (DEPLOY / "k8s_definitions.py").is_file():
+    if code != f"{workdir}/k8s_definitions.py" or not (ROOT / "k8s_definitions.py").is_file():
         problems.append(f"the code server loads {code!r}, not the k8s code location in the image's {workdir}")
     if values.get("runLauncher", {}).get("type") != "K8sRunLauncher":
         problems.append("the run launcher is not the K8sRunLauncher")

@@ -2,7 +2,7 @@
 
 `definitions.py` leaves the executor to Dagster's default (every step a process of the run); a run
 config can configure an executor but not choose it, so the cluster loads this file instead
-(deploy/helm/values.yaml: `dagster api grpc -f deploy/k8s_definitions.py`). Its executor is
+(deploy/helm/values.yaml: `dagster api grpc -f k8s_definitions.py`). Its executor is
 `k8s_job_executor` configured from deploy/k8s_run_config.yaml, so that every run — launched by
 hand, by a schedule, a sensor or declarative automation — gives each GPU step its GPU. A run's own
 `execution.config` replaces the file's keys it names (top level) and keeps the others.
@@ -19,7 +19,7 @@ from dagster_k8s import k8s_job_executor
 
 from definitions import defs as peerlens_defs
 
-RUN_CONFIG = Path(__file__).with_name("k8s_run_config.yaml")
+RUN_CONFIG = Path(__file__).parent / "deploy" / "k8s_run_config.yaml"
 
 
 def executor_config(path: Path = RUN_CONFIG) -> dict[str, Any]:
