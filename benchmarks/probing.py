@@ -25,30 +25,16 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-
 from assets.clusters import EMBEDDING_COLUMNS
 from assets.features import dense_features, feature_layer, features_of_texts
 from peerlens.layout import read_table
+from peerlens.similarity.layer_representations import residual_representations, selected_layer, text_tokens
 from peerlens.similarity.probing import sparse_probe_accuracy
 from peerlens.sources.texts import latest_texts
 from sae_core.activation_store import ActivationStore
 from sae_core.sae_set import SaeSet
 
 LABELS = {"sic_division": "sic_division", "gics_sector": "gics_sector"}
-
-
-def mean_residuals(store: ActivationStore, layer: int, usable: torch.Tensor, text_ids: list[str]) -> np.ndarray:
-    """(len(text_ids), d_model): each text's mean usable residual vector at `layer`."""
-    index = store.index
-    rows = torch.from_numpy(index.document.isin(text_ids).to_numpy(copy=True)) & usable
-    x = store.layer(layer)[rows].double()
-    position = pd.Index(text_ids).get_indexer(index.document[rows.numpy()])
-    sums = torch.zeros(len(text_ids), x.shape[1], dtype=torch.float64).index_add_(0, torch.as_tensor(position), x)
-    counts = torch.bincount(torch.as_tensor(position), minlength=len(text_ids)).clamp_min(1)
-    return (sums / counts[:, None]).numpy()
 
 
 def main() -> None:
@@ -63,10 +49,11 @@ def main() -> None:
     store = ActivationStore(Path(args.home) / json.loads((tables / "activation_corpus.json").read_text())["folder"])
     layer = feature_layer(-1, store.n_layers)
     text_ids = texts.text_id.tolist()
+    tokens = text_tokens(store.index, release.massive_rule.usable_mask(store.token_norms()), text_ids)
 
     representations = {
         "sae_latents": features_of_texts(dense_features(read_table(home, "company_features")), text_ids),
-        "raw_residual": mean_residuals(store, layer, release.massive_rule.usable_mask(store.token_norms()), text_ids),
+        "raw_residual": residual_representations(selected_layer(store, layer, tokens), tokens, layer, ["mean"])[0].features[1],
         "minilm": read_table(home, "text_embeddings").set_index("text_id").loc[text_ids, EMBEDDING_COLUMNS].to_numpy(),
     }
     report = {"layer": layer, "companies": len(text_ids), "anchor": "raw_residual (the same layer, the same tokens)"}
