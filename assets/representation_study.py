@@ -37,7 +37,7 @@ from peerlens.similarity.representation_study import (
 )
 from peerlens.sources.sample_2017 import members_on
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
-from resources.compute import GPU_POOL
+from resources.compute import GPU_STEP
 from sae_core.activation_store import ActivationStore, StoreRef
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae
@@ -75,7 +75,7 @@ class RepresentationStudyAssetConfig(Config):
     ins={name: AssetIn(partition_mapping=AllPartitionMapping()) for name in ("text_embeddings", "monthly_returns")},
     check_specs=[AssetCheckSpec("representations_use_only_what_was_known_before_each_date", asset="representation_study",
                                 blocking=True)],
-    pool=GPU_POOL,
+    **GPU_STEP,
 )
 def representation_study(
     context: AssetExecutionContext,

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from assets.metadata import figure_markdown, markdown_table, plt
 from resources import ArtifactStorage, ComputeResource, LanguageModelResource
-from resources.compute import GPU_POOL
+from resources.compute import GPU_STEP
 from sae_core.activation_store import ActivationStore, StoreRef
 from sae_core.comparison import check_comparable, comparison_summary, compute_table, layer_table
 from sae_core.io import load_sae
@@ -77,7 +77,7 @@ def heldout_documents(
         AssetCheckSpec("group_saes_save_half_the_compute_within_0_01_fvu", asset="sae_comparison"),
         AssetCheckSpec("transfer_reaches_99pct_of_scratch_score_on_10pct_of_tokens", asset="sae_comparison"),
     ],
-    pool=GPU_POOL,
+    **GPU_STEP,
 )
 def sae_comparison(
     context: AssetExecutionContext,

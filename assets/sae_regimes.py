@@ -16,7 +16,7 @@ from pydantic import Field
 
 from assets.saes import GroupSaesConfig, SaeQualityThresholds, sae_quality_result
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
-from resources.compute import GPU_POOL
+from resources.compute import GPU_STEP
 from sae_core.activation_store import ActivationStore, StoreRef
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae, save_sae
@@ -91,7 +91,7 @@ def _regime_metadata(saes: SaeSet) -> dict:
     }
 
 
-@asset(group_name="sae_regimes", kinds={"pytorch", "safetensors"}, pool=GPU_POOL)
+@asset(group_name="sae_regimes", kinds={"pytorch", "safetensors"}, **GPU_STEP)
 def per_layer_saes(
     context: AssetExecutionContext,
     config: PerLayerSaesConfig,
@@ -120,7 +120,7 @@ def per_layer_saes(
     return Output(value, metadata=_regime_metadata(value))
 
 
-@asset(group_name="sae_regimes", kinds={"pytorch", "safetensors"}, pool=GPU_POOL)
+@asset(group_name="sae_regimes", kinds={"pytorch", "safetensors"}, **GPU_STEP)
 def transfer_saes(
     context: AssetExecutionContext,
     config: TransferSaesConfig,

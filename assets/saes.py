@@ -22,7 +22,7 @@ from pydantic import Field
 
 from peerlens.layout import staging_path
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
-from resources.compute import GPU_POOL
+from resources.compute import GPU_STEP
 from sae_core.activation_store import ActivationStore, StoreRef
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.groups import LayerGrouping
@@ -98,7 +98,7 @@ class GroupSaesConfig(Config):
         )
 
 
-@asset(group_name="saes", kinds={"pytorch", "safetensors"}, pool=GPU_POOL)
+@asset(group_name="saes", kinds={"pytorch", "safetensors"}, **GPU_STEP)
 def group_saes(
     context: AssetExecutionContext,
     config: GroupSaesConfig,

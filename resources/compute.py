@@ -8,6 +8,14 @@ from pydantic import Field
 
 GPU_POOL = "gpu"
 """The Dagster pool of the steps that use the accelerator; the instance's limit for it is how many share one GPU."""
+GPU_QUEUE = "gpu"
+"""The celery queue of those steps: only workers started with `-q gpu` (on a GPU machine) take them."""
+CELERY_QUEUE_TAG = "dagster-celery/queue"
+# dagster_celery.tags.DAGSTER_CELERY_QUEUE_TAG, spelt out so that a laptop without the cluster extra loads the
+# assets; tests/deploy/test_celery_cluster.py checks the two agree.
+GPU_STEP = {"pool": GPU_POOL, "op_tags": {CELERY_QUEUE_TAG: GPU_QUEUE}}
+"""The decorator arguments of every asset that puts the model or an SAE on the compute device (`@asset(**GPU_STEP)`):
+its pool (how many such steps share a GPU, per instance) and its celery queue (which workers may run it)."""
 
 
 class ComputeResource(ConfigurableResource):

@@ -10,7 +10,6 @@ import pytest
 from dagster import AssetCheckSeverity, DagsterEventType, DagsterInstance
 
 from assets.graph_run import materialize_graph
-from assets.saes import SaeQualityThresholds
 from definitions import defs, resources_from_environment
 from peerlens.layout import read_table
 from resources import ArtifactStorage, TableIOManager
@@ -24,6 +23,22 @@ pytestmark = pytest.mark.e2e
 SLICE = "JPM BAC C WFC USB XOM CVX COP EOG MSFT ORCL ADBE CRM DUK SO AEP PFE MRK LLY BMY CELG".split()
 NO_PRICES = "CELG"
 
+# ~6k training tokens cannot give a production-quality SAE; the thresholds are loosened, not skipped.
+LOOSE_SAE_QUALITY = {"max_fvu": 0.9, "max_dead_fraction": 0.95}
+RUN_CONFIG = {
+    "ops": {
+        "company_descriptions": {"config": {"tickers": SLICE}},
+        # Held out by name hash: 10% of 20 texts can be none; 25% holds out EOG, MSFT and CRM.
+        "group_saes": {"config": {"total_tokens": 30_000, "expansion_factor": 2, "holdout_share": 0.25}},
+        "per_layer_saes": {"config": {"total_tokens": 30_000, "expansion_factor": 2, "holdout_share": 0.25}},
+        # 10% of 30 steps is 3 fresh-Adam steps, which can wreck an init as easily as improve it.
+        "transfer_saes": {"config": {"token_fraction": 0.5}},
+        "sae_comparison": {"config": {"eval_documents": 2, "max_tokens_per_document": 32}},
+    },
+    "resources": {"sae_quality": {"config": LOOSE_SAE_QUALITY}},
+}
+"""The slice's config: what each asset reads and how long SAEs train (tests/deploy/test_celery_cluster.py runs it too)."""
+
 
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory):
@@ -32,22 +47,9 @@ def materialized(tmp_path_factory):
         **resources_from_environment(),
         "io_manager": TableIOManager(root=str(root)),
         "artifacts": ArtifactStorage(root=str(root)),
-        # ~6k training tokens cannot give a production-quality SAE; the thresholds are loosened, not skipped.
-        "sae_quality": SaeQualityThresholds(max_fvu=0.9, max_dead_fraction=0.95),
-    }
-    run_config = {
-        "ops": {
-            "company_descriptions": {"config": {"tickers": SLICE}},
-            # Held out by name hash: 10% of 20 texts can be none; 25% holds out EOG, MSFT and CRM.
-            "group_saes": {"config": {"total_tokens": 30_000, "expansion_factor": 2, "holdout_share": 0.25}},
-            "per_layer_saes": {"config": {"total_tokens": 30_000, "expansion_factor": 2, "holdout_share": 0.25}},
-            # 10% of 30 steps is 3 fresh-Adam steps, which can wreck an init as easily as improve it.
-            "transfer_saes": {"config": {"token_fraction": 0.5}},
-            "sae_comparison": {"config": {"eval_documents": 2, "max_tokens_per_document": 32}},
-        }
     }
     with DagsterInstance.ephemeral() as instance:
-        results = materialize_graph(defs, instance, run_config, resources=resources, log=lambda _: None)
+        results = materialize_graph(defs, instance, RUN_CONFIG, resources=resources, log=lambda _: None)
         yield root, results
 
 

