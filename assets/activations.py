@@ -35,8 +35,6 @@ from sae_core.activation_store import (
     ActivationStoreWriter,
     StoreRef,
     capture_identity,
-    combine_stores,
-    copy_documents,
     document_fingerprint,
     documents_held,
 )
@@ -47,7 +45,26 @@ from sae_core.massive_activations import (
     find_massive_tokens,
     norm_ratios,
 )
+from sae_core.store_combine import combine_stores, copy_documents
+from sae_core.store_selection import SELECTION, StoreSelection
 from sae_core.windows import CaptureCost
+
+
+class LlmActivationsConfig(Config):
+    keep_layers: list[int] = Field(
+        default_factory=list,
+        description="Store only these layers' activations (e.g. the layers a release encodes with); empty: every "
+        "layer. Layer distances, SAE training and features then refuse a layer not kept.",
+    )
+    token_share: float = Field(
+        default=1.0,
+        description="Store a hashed Bernoulli sample of this share of the tokens (a training reservoir that combines "
+        "across days; sae_core.store_selection); 1: every token. Company features need every token.",
+    )
+    sample_seed: int = Field(default=0, description="Seed of the token sample.")
+
+    def selection(self) -> StoreSelection:
+        return StoreSelection(tuple(self.keep_layers) or None, self.token_share, self.sample_seed)
 
 
 @asset(
@@ -61,6 +78,7 @@ from sae_core.windows import CaptureCost
 )
 def llm_activations(
     context: AssetExecutionContext,
+    config: LlmActivationsConfig,
     daily_texts: pd.DataFrame,
     language_model: LanguageModelResource,
     compute: ComputeResource,
@@ -74,10 +92,11 @@ def llm_activations(
     longer than one (`LanguageModelResource.window`, `stride`; `sae_core.capture.document_windows`), each token
     stored once at its position in the text. Texts the partition's previous store already holds (same id,
     content, model and window settings) are copied from it, not captured again. The value of each
-    partition is a `StoreRef` (folder, model, shapes); the tensors stay on disk.
+    partition is a `StoreRef` (folder, model, shapes); the tensors stay on disk. The config can keep fewer
+    layers or a sample of the tokens (`LlmActivationsConfig`); the metadata says what a stored token costs.
     """
     started = time.perf_counter()
-    capture = _PartitionCapture(context, language_model, compute)
+    capture = _PartitionCapture(context, language_model, compute, config.selection())
     captured = {
         key: capture(texts_known_on(daily_texts, key), day_folder(artifacts, key), artifacts)
         for key in context.partition_keys
@@ -93,6 +112,8 @@ def llm_activations(
             "partitions": len(parts),
             **{name: int(value) for name, value in totals.items()},
             "capture_tokens_per_second": round(float(totals["tokens_through_the_model"]) / seconds, 1) if seconds else 0.0,
+            "bytes_per_token": MetadataValue.json(next(iter(captured.values())).bytes_per_token),
+            "kept": MetadataValue.json(capture.keep.to_manifest()),
             "seconds_total": round(time.perf_counter() - started, 1),
             "device": capture.device,
         },
@@ -112,20 +133,25 @@ class _CapturedDay(NamedTuple):
     counts: dict
     """texts, texts_captured, texts_reused, tokens, tokens_through_the_model, windows, texts_read_in_windows,
     texts_cut_at_max_document_tokens, non_finite_values."""
+    bytes_per_token: dict
+    """What a stored token costs (`ActivationStore.bytes_per_token`): activations, norms, total."""
 
 
 class _PartitionCapture:
     """Captures one partition's texts into its store; loads the model on the first text that needs it."""
 
-    def __init__(self, context, language_model: LanguageModelResource, compute: ComputeResource):
+    def __init__(self, context, language_model: LanguageModelResource, compute: ComputeResource,
+                 keep: StoreSelection = StoreSelection()):
         self.context, self.language_model, self.device = context, language_model, compute.torch_device()
+        self.keep = keep
         self.windows = language_model.capture_windows()  # a bad window, stride or cap fails before any work
         self.model, self.capture_seconds = None, 0.0
 
     def __call__(self, texts: pd.DataFrame, folder, artifacts: ArtifactStorage) -> _CapturedDay:
         text_ids = texts.text_id.tolist()
         metadata = {
-            "model": self.language_model.name, CAPTURE: self.windows.settings(), FINGERPRINTS: _fingerprints(texts)
+            "model": self.language_model.name, CAPTURE: self.windows.settings(), FINGERPRINTS: _fingerprints(texts),
+            **({} if self.keep.keeps_everything else {SELECTION: self.keep.to_manifest()}),
         }
         previous = _reusable_store(folder, metadata)
         reused = documents_held(previous, metadata[FINGERPRINTS]) if previous else set()
@@ -134,7 +160,7 @@ class _PartitionCapture:
         new = [i for i, text_id in enumerate(text_ids) if text_id not in reused]
         token_ids = self._tokenize([texts.description.iloc[i] for i in new], [text_ids[i] for i in new])
         n_layers, d_model = (self.model.n_layers, self.model.d_model) if self.model else (previous.n_layers, previous.d_model)
-        writer = ActivationStoreWriter(folder, n_layers, d_model, metadata=metadata)
+        writer = ActivationStoreWriter(folder, n_layers, d_model, metadata=metadata, keep=self.keep)
         started = time.perf_counter()
         try:
             if reused:
@@ -179,7 +205,7 @@ def _captured_day(store: ActivationStore, artifacts: ArtifactStorage, texts: int
         "texts_read_in_windows": cost.documents_windowed, "texts_cut_at_max_document_tokens": cost.documents_cut,
         "non_finite_values": int(store.manifest["non_finite_values"]),
     }
-    return _CapturedDay(artifacts.store_ref(store), counts)
+    return _CapturedDay(artifacts.store_ref(store), counts, store.bytes_per_token)
 
 
 def _fingerprints(texts: pd.DataFrame) -> dict[str, str]:
@@ -225,7 +251,7 @@ def _reusable_store(folder, metadata: dict) -> ActivationStore | None:
 @asset(group_name="activations", kinds={"pytorch", "safetensors"}, deps=[llm_activations])
 def activation_corpus(company_descriptions: pd.DataFrame, artifacts: ArtifactStorage) -> Output[StoreRef]:
     """Every text of the history in one activation store: the llm_activations partitions of its text dates,
-    combined (`sae_core.activation_store.combine_stores`: one index and one norms file; no shard is copied).
+    combined (`sae_core.store_combine.combine_stores`: one index and one norms file; no shard is copied).
 
     What everything downstream reads: layer distances, SAE training and evaluation, company features.
     The value is a `StoreRef` to the combined store (folder relative to the storage root, model, shapes).

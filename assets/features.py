@@ -23,7 +23,8 @@ from assets.metadata import markdown_table
 from assets.partitions import TEXT_DATES, partitions_value
 from peerlens.sources.texts import texts_known_on
 from resources import ArtifactStorage
-from sae_core.features import SparseCodes, encode_tokens, pool_documents, token_shares, top_activating_tokens
+from sae_core.activation_stream import masked_layer_chunks, rebatch
+from sae_core.features import SparseCodes, encode_batches, pool_documents, token_shares, top_activating_tokens
 from sae_core.io import load_sae
 from sae_core.sae_set import SaeSet
 
@@ -157,12 +158,18 @@ class _DayEncoder:
 
     def __call__(self, day: str, texts: pd.DataFrame) -> _EncodedDay:
         store = open_day_store(self.artifacts, day, texts)
+        if store.selection.token_share < 1:
+            raise ValueError(
+                f"{store.folder} keeps a {store.selection.token_share:.0%} sample of its tokens (a training reservoir): "
+                "a text's features pool all of its tokens, so capture the day with every token"
+            )
         d_sae, index = self.sae.cfg.d_sae, store.index
         usable = self.rule.usable_mask(store.token_norms())
         text_ids = texts.text_id.tolist()
         _refuse_texts_without_usable_tokens(index.document, usable, text_ids)
         rows = torch.nonzero(usable).flatten().numpy()  # store row of each encoded token
-        codes = encode_tokens(self.sae, store.layer(self.layer)[usable])
+        # The layer is read one shard at a time; only the day's sparse codes (k per token) are kept.
+        codes = encode_batches(self.sae, rebatch(masked_layer_chunks(store, self.layer, usable), 8192))
         document = index.document.iloc[rows].map({t: i for i, t in enumerate(text_ids)}).to_numpy()
         pooled = pool_documents(codes, document, len(text_ids), d_sae, self.config.pooling).numpy()
 

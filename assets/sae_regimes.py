@@ -10,7 +10,6 @@ so `sae_comparison` reads the three regimes the same way.
 import math
 from dataclasses import asdict
 
-import torch
 from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
@@ -18,12 +17,13 @@ from assets.saes import GroupSaesConfig, SaeQualityThresholds, sae_quality_resul
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from resources.compute import GPU_STEP
 from sae_core.activation_store import ActivationStore, StoreRef
+from sae_core.activation_stream import StoreRows
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae, save_sae
 from sae_core.massive_activations import MassiveTokens
 from sae_core.sae import SparseAutoencoder
 from sae_core.sae_set import SaeSet, TrainedSae
-from sae_core.token_split import TokenSplit, layer_metrics, token_split
+from sae_core.token_split import TokenSplit, store_layer_metrics, token_split
 
 TRANSFER_DIRECTIONS = {"forward": -1, "backward": +1}
 """Where layer l's initialisation comes from: layer l − 1 (forward) or layer l + 1 (backward)."""
@@ -52,12 +52,15 @@ def train_layer_sae(
     artifacts: ArtifactStorage,
     init: SparseAutoencoder | None = None,
     initialised_from_layer: int | None = None,
+    loading: GroupSaesConfig | None = None,
 ) -> TrainedSae:
     """Train one SAE on `layer`'s training tokens, score it on its held-out tokens, save it; return its entry
-    (its path relative to the storage root)."""
-    activations = store.layer(layer, dtype=torch.float16)
-    result = trainer.train(context, activations[split.train].float(), sae_cfg, train_cfg, init=init)
-    metrics = layer_metrics(result.sae, activations, split)
+    (its path relative to the storage root). The layer is read shard by shard, trained on in memory or streamed
+    as `loading` (its data_loading, memory_budget_gib, shuffle_buffer_tokens; default: GroupSaesConfig's) says."""
+    loading = loading or GroupSaesConfig()
+    rows = StoreRows(store, [layer], split.train, buffer_rows=loading.shuffle_buffer_tokens)
+    result = trainer.train(context, loading.training_rows(rows), sae_cfg, train_cfg, init=init)
+    metrics = store_layer_metrics(result.sae, store, layer, split)
     path = save_sae(
         result.sae.cpu(),
         folder,
@@ -114,7 +117,8 @@ def per_layer_saes(
     saes = []
     for layer in range(store.n_layers):
         folder = root / f"layer_{layer:02d}"
-        saes.append(train_layer_sae(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder, artifacts))
+        saes.append(train_layer_sae(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder, artifacts,
+                                    loading=config))
         context.log.info(f"layer {layer}: fvu {saes[-1].metrics[layer].fvu:.4f} in {saes[-1].train_seconds}s")
     value = SaeSet(tuple(saes), sae_cfg, train_cfg, config.holdout_share)
     return Output(value, metadata=_regime_metadata(value))

@@ -24,14 +24,16 @@ from peerlens.layout import staging_path
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from resources.compute import GPU_STEP
 from sae_core.activation_store import ActivationStore, StoreRef
+from sae_core.activation_stream import DEFAULT_BUFFER_ROWS, StoreRows, store_unit_scales
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.groups import LayerGrouping
 from sae_core.io import save_sae
 from sae_core.massive_activations import MassiveTokens
 from sae_core.release import load_release, new_release, publish_release, release_id
 from sae_core.sae_set import LayerMetrics, SaeSet, TrainedSae
-from sae_core.token_split import layer_metrics, token_split
-from sae_core.train import sample_group_activations, unit_scales
+from sae_core.token_split import store_layer_metrics, token_split
+
+DATA_LOADING = ("auto", "memory", "stream")
 
 
 class SaeQualityThresholds(ConfigurableResource):
@@ -71,10 +73,30 @@ class GroupSaesConfig(Config):
         "SAE per layer with its own scale folded in (the Group-SAE authors' way); off: one scale for the group.",
     )
     seed: int = 0
+    data_loading: str = Field(
+        default="auto",
+        description="How an SAE's training rows reach it: memory (all its rows in RAM, gathered shard by shard), "
+        "stream (from the shards through a shuffle buffer: memory bounded whatever the corpus; another batch order, "
+        "so another draw of the same recipe) or auto (stream when the rows exceed memory_budget_gib).",
+    )
+    memory_budget_gib: float = Field(default=4.0, description="auto streams an SAE whose training rows exceed this.")
+    shuffle_buffer_tokens: int = Field(
+        default=DEFAULT_BUFFER_ROWS, description="Rows the streaming shuffle buffer holds (d_model × 4 bytes each)."
+    )
     retrain: bool = Field(
         default=False,
         description="Train a new release even though one of this recipe exists (new texts alone never retrain).",
     )
+
+    def training_rows(self, rows: StoreRows) -> torch.Tensor | StoreRows:
+        """`rows` in memory or as a stream, as `data_loading` says (module docstring of sae_core.activation_stream)."""
+        if self.data_loading not in DATA_LOADING:
+            raise ValueError(f"data_loading must be one of {DATA_LOADING}, got {self.data_loading!r}")
+        resident_bytes = rows.shape[0] * rows.shape[1] * 4
+        stream = self.data_loading == "stream" or (
+            self.data_loading == "auto" and resident_bytes > self.memory_budget_gib * 2**30
+        )
+        return rows if stream else rows.materialize()
 
     def sae_config(self, d_in: int) -> SaeConfig:
         return SaeConfig(
@@ -174,6 +196,7 @@ def group_saes(
             "mean_fvu_with_massive": float(table.fvu_with_massive.mean()),
             "max_fvu": float(table.fvu.max()),
             "massive_tokens_left_out_of_training": trained.notes.get("massive_tokens_left_out_of_training", 0),
+            "training_rows": trained.notes.get("training_rows", "memory"),
             "max_dead_fraction": float(table.dead_fraction.max()),
             "train_seconds_total": round(sum(s.train_seconds for s in trained.saes), 1),
             "per_layer": MetadataValue.md(table.to_markdown(index=False, floatfmt=".4f")),
@@ -197,29 +220,26 @@ def _train_group_saes(
     (`published`: the release folder relative to the storage root)."""
     split = token_split(store.index.document, config.holdout_share, massive_activations)
     device = train_cfg.device
-    saes = []
+    saes, loading = [], set()
     for number, layers in enumerate(layer_groups.chosen_groups):
-        per_layer = [store.layer(layer, dtype=torch.float16) for layer in layers]
         generator = torch.Generator().manual_seed(config.seed + number)
-        training = [x[split.train] for x in per_layer]
-        scales = unit_scales(training) if config.per_layer_scaling else None
+        scales = store_unit_scales(store, layers, split.train) if config.per_layer_scaling else None
         # Each token contributes its activation from one uniformly random layer of the group,
-        # so a group SAE sees as many activations as a per-layer SAE would.
-        train_rows = sample_group_activations(training, generator, scales).float()
-        del training
+        # so a group SAE sees as many activations as a per-layer SAE would (read shard by shard).
+        rows = StoreRows(store, layers, split.train, generator, scales, config.shuffle_buffer_tokens)
+        train_rows = config.training_rows(rows)
+        loading.add("memory" if isinstance(train_rows, torch.Tensor) else "stream")
         result = sae_trainer.train(context, train_rows, sae_cfg, train_cfg)
         del train_rows
         name = f"sae_{number:02d}_layers_{layers[0]}-{layers[-1]}"
-        saved = _evaluate_and_save_group_sae(result.sae.to(device), layers, per_layer, scales, split, store, staging / name)
+        saved = _evaluate_and_save_group_sae(result.sae.to(device), layers, scales, split, store, staging / name)
         paths = {layer: f"{published}/{name}/{folder}" for layer, folder in saved.folders.items()} or None
         path = paths[layers[0]] if paths else f"{published}/{name}"
         saes.append(TrainedSae(tuple(layers), path, saved.metrics, round(result.seconds, 1), result.tokens_seen, layer_paths=paths))
         context.log.info(f"SAE {number} (layers {layers}) trained in {result.seconds:.1f}s")
     left_out = int((~split.train & ~split.evaluate & split.with_massive).sum())
-    return SaeSet(
-        tuple(saes), sae_cfg, train_cfg, config.holdout_share, {"massive_tokens_left_out_of_training": left_out},
-        massive_activations.rule,
-    )
+    notes = {"massive_tokens_left_out_of_training": left_out, "training_rows": "/".join(sorted(loading))}
+    return SaeSet(tuple(saes), sae_cfg, train_cfg, config.holdout_share, notes, massive_activations.rule)
 
 
 class _SavedGroupSae(NamedTuple):
@@ -228,10 +248,11 @@ class _SavedGroupSae(NamedTuple):
     """Per layer, its save's folder inside the SAE's (per-layer scaling only)."""
 
 
-def _evaluate_and_save_group_sae(sae, layers, per_layer, scales, split, store, folder: Path) -> _SavedGroupSae:
+def _evaluate_and_save_group_sae(sae, layers, scales, split, store, folder: Path) -> _SavedGroupSae:
     """Held-out metrics of a group SAE on each of its layers, and its save: one folder, or with per-layer scales
     one subfolder per layer whose input scale is the trained one times that layer's factor (so x_l · s_l · s is
-    what the SAE was trained on; SAELens, which has no input scale, loads each layer's fold of it)."""
+    what the SAE was trained on; SAELens, which has no input scale, loads each layer's fold of it). Each layer is
+    read shard by shard (`store_layer_metrics`)."""
     metadata = {"model_name": store.manifest["model"], "layers": layers}
 
     def hook(layer: int) -> dict:
@@ -239,12 +260,12 @@ def _evaluate_and_save_group_sae(sae, layers, per_layer, scales, split, store, f
 
     trained_scale = float(sae.input_scale)
     metrics, folders = {}, {}
-    for position, (layer, x) in enumerate(zip(layers, per_layer)):
+    for position, layer in enumerate(layers):
         if scales:
             sae.input_scale.fill_(trained_scale * scales[position])
             folders[layer] = f"layer_{layer}"
             save_sae(sae, folder / folders[layer], metadata=hook(layer))  # save_sae folds a CPU copy
-        metrics[layer] = layer_metrics(sae, x, split)
+        metrics[layer] = store_layer_metrics(sae, store, layer, split)
     if not scales:
         save_sae(sae, folder, metadata=hook(layers[0]))
     return _SavedGroupSae(metrics, folders)

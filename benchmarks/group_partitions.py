@@ -53,7 +53,8 @@ from sae_core.groups import choose_layer_groups, smallest_g_within_fvu_gap  # no
 from sae_core.massive_activations import MassiveTokens  # noqa: E402
 from sae_core.metrics import evaluate_sae, training_flops  # noqa: E402
 from sae_core.token_split import TokenSplit, token_split  # noqa: E402
-from sae_core.train import sample_group_activations, train_sae, unit_scales  # noqa: E402
+from sae_core.train import train_sae  # noqa: E402
+from sae_core.training_data import sample_group_activations, unit_scales  # noqa: E402
 
 TARGETS = {"saving_with_capture": 0.5, "fvu_gap_mean": 0.02}
 

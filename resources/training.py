@@ -33,6 +33,7 @@ from resources import sae_training_worker
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.sae import SparseAutoencoder
 from sae_core.train import TrainResult, train_sae
+from sae_core.training_data import TrainingData
 
 LAUNCHERS = ("in_process", "torchrun")
 WORKER_SCRIPT = Path(sae_training_worker.__file__).resolve()
@@ -78,12 +79,15 @@ class SaeTrainer(ConfigurableResource):
     def train(
         self,
         context: AssetExecutionContext | OpExecutionContext,
-        data: Tensor,
+        data: TrainingData,
         sae_cfg: SaeConfig,
         train_cfg: TrainConfig,
         init: SparseAutoencoder | None = None,
     ) -> TrainResult:
         """train_sae(data, sae_cfg, train_cfg, init) through the configured launcher; log to `context`.
+
+        `data`: rows in memory, or `sae_core.activation_stream.StoreRows` streamed from a store in process. The
+        torchrun job folder carries rows, so a stream is gathered into it first (memory then grows with them).
 
         Raises ValueError for a misconfigured resource, RuntimeError (with the workers' stderr) when
         a torchrun job fails, and whatever train_sae raises for bad data in the in-process launcher.
@@ -93,6 +97,9 @@ class SaeTrainer(ConfigurableResource):
             train_cfg = replace(train_cfg, device=self.device)
         if self.launcher == "in_process":
             return train_sae(data, sae_cfg, train_cfg, init=init, log=context.log.info)
+        if not isinstance(data, Tensor):
+            context.log.info(f"torchrun: gathering the {len(data)} streamed training rows into the job folder")
+            data = data.materialize()
         with tempfile.TemporaryDirectory(prefix="sae-training-", dir=self.work_dir or None) as folder:
             return self._train_with_torchrun(context, Path(folder), data, sae_cfg, train_cfg, init)
 

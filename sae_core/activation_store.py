@@ -9,6 +9,11 @@ Layout of a store folder:
     token_norms.safetensors    tensor "norms" of shape (n_tokens, n_layers), fp32: ‖x‖ of every stored
                                vector, so that finding massive activations never rereads the shards
 
+A store keeps every layer of every token unless its writer is given a `StoreSelection`
+(`sae_core.store_selection`: chosen layers, a hashed share of the tokens); then the shards are
+(n_kept_layers, shard_tokens, d_model), store.json records the selection, and a reader asking for a layer
+the store did not keep gets `LayerNotStored`. store.json's "bytes_per_token" says what a token costs.
+
 Shards are layer-major so that reading one layer of a shard is one contiguous slice: SAE training
 reads a layer (or a group of layers) at a time, never all thirty at once.
 The store is written into a staging sibling folder unique to its writer and renamed into place when
@@ -20,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 import uuid
@@ -35,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sae_core.io import replace_folder
+from sae_core.store_selection import SELECTION, LayerNotStored, StoreSelection, bytes_per_token
 
 MANIFEST = "store.json"
 INDEX = "index.parquet"
@@ -44,7 +49,7 @@ FINGERPRINTS = "document_fingerprints"
 CAPTURE = "capture"
 """Manifest key: how the documents were read (`sae_core.windows.CaptureWindows.settings()`: window, stride,
 max_document_tokens)."""
-_CAPTURE_IDENTITY = ("model", CAPTURE, "max_tokens")
+_CAPTURE_IDENTITY = ("model", CAPTURE, "max_tokens", SELECTION)
 # "max_tokens": all a store captured before windows records of how it read its documents (one truncated pass).
 STORE_DTYPE = torch.float16
 """What shards hold; capturing straight into it (capture.capture_documents' dtype) skips a conversion."""
@@ -58,6 +63,7 @@ class ActivationStoreWriter:
     Each value is copied once, into the fp16 buffer of the shard being filled (converted on the
     way), and that buffer is what gets written: a token brings n_layers × d_model values (17,280 for
     SmolLM2, 35 MB per thousand tokens), so every extra pass over them shows in capture throughput.
+    `keep` chooses layers and a share of tokens to store (`StoreSelection`); `add` still takes every layer.
     """
 
     folder: Path
@@ -65,8 +71,9 @@ class ActivationStoreWriter:
     d_model: int
     metadata: dict = field(default_factory=dict)
     shard_tokens: int = 4096
+    keep: StoreSelection = field(default_factory=StoreSelection)
     _shard: torch.Tensor = field(init=False)
-    """(n_layers, shard_tokens, d_model) STORE_DTYPE: the shard being filled, its first `_filled` columns used."""
+    """(n_kept_layers, shard_tokens, d_model) STORE_DTYPE: the shard being filled, its first `_filled` columns used."""
     _filled: int = field(default=0, init=False)
     _pending_rows: list[pd.DataFrame] = field(default_factory=list, init=False)
     _index: list[pd.DataFrame] = field(default_factory=list, init=False)
@@ -79,11 +86,13 @@ class ActivationStoreWriter:
         self.folder = Path(self.folder)
         # Unique to this writer: two runs capturing at once never share (or delete) a staging folder.
         self._tmp = self.folder.with_name(f".{self.folder.name}.tmp-{uuid.uuid4().hex}")
+        self.layers = self.keep.kept_layers(self.n_layers)  # refuses a layer the model does not have
         self._tmp.mkdir(parents=True)
-        self._shard = torch.empty(self.n_layers, self.shard_tokens, self.d_model, dtype=STORE_DTYPE)
+        self._shard = torch.empty(len(self.layers), self.shard_tokens, self.d_model, dtype=STORE_DTYPE)
 
     def add(self, activations: torch.Tensor, documents: Sequence[str], position: torch.Tensor, token_id: torch.Tensor) -> None:
-        """Add tokens: activations (n_layers, n, d_model); documents, position, token_id of length n."""
+        """Add tokens: activations (n_layers, n, d_model); documents, position, token_id of length n.
+        Only the kept layers of the kept tokens are stored (`keep`), with the norms of all their layers."""
         if activations.ndim != 3 or activations.shape[0] != self.n_layers or activations.shape[2] != self.d_model:
             raise ValueError(
                 f"activations of shape {tuple(activations.shape)} do not match the store's "
@@ -93,11 +102,30 @@ class ActivationStoreWriter:
         for name, column in (("documents", documents), ("position", position), ("token_id", token_id)):
             if len(column) != activations.shape[1]:
                 raise ValueError(f"{name} has {len(column)} entries for {activations.shape[1]} tokens of activations")
-        self._pending_rows.append(
-            pd.DataFrame({"document": list(documents), "position": position.numpy(), "token_id": token_id.numpy()})
-        )
+        rows = pd.DataFrame({"document": list(documents), "position": position.numpy(), "token_id": token_id.numpy()})
+        kept = torch.from_numpy(self.keep.token_mask(rows["document"].tolist(), rows["position"].to_numpy()))
+        if not kept.all():
+            activations, rows = activations[:, kept], rows[kept.numpy()].reset_index(drop=True)
         # One layer at a time: the fp32 copy of a whole batch would be twice the batch.
-        self._norms.append(torch.stack([_stored_norms(layer) for layer in activations], dim=1))
+        norms = torch.stack([_stored_norms(layer) for layer in activations], dim=1)
+        if len(self.layers) != self.n_layers:
+            activations = activations[list(self.layers)]
+        self._append(activations, norms, rows)
+
+    def add_stored(self, activations: torch.Tensor, norms: torch.Tensor, rows: pd.DataFrame) -> None:
+        """Add tokens as another store of the same selection holds them: activations (n_kept_layers, n, d_model),
+        their norms (n, n_layers) and index rows (document, position, token_id)."""
+        if activations.shape[0] != len(self.layers) or norms.shape != (activations.shape[1], self.n_layers):
+            raise ValueError(
+                f"stored activations {tuple(activations.shape)} and norms {tuple(norms.shape)} do not match a store "
+                f"keeping layers {list(self.layers)} of {self.n_layers}"
+            )
+        self._append(activations, norms, rows[["document", "position", "token_id"]].reset_index(drop=True))
+
+    def _append(self, activations: torch.Tensor, norms: torch.Tensor, rows: pd.DataFrame) -> None:
+        """Copy kept tokens (n_kept_layers, n, d_model) into the shard buffer, flushing full shards."""
+        self._pending_rows.append(rows)
+        self._norms.append(norms)
         start = 0
         while start < activations.shape[1]:
             take = min(activations.shape[1] - start, self.shard_tokens - self._filled)
@@ -135,8 +163,11 @@ class ActivationStoreWriter:
         index = pd.concat(self._index, ignore_index=True)
         index.to_parquet(self._tmp / INDEX, index=False)
         save_file({"norms": torch.cat(self._norms)}, str(self._tmp / TOKEN_NORMS))
+        selection = {} if self.keep.keeps_everything else {SELECTION: self.keep.to_manifest()}
         manifest = {
             **self.metadata,
+            **selection,
+            "bytes_per_token": bytes_per_token(len(self.layers), self.n_layers, self.d_model, STORE_DTYPE.itemsize),
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "n_tokens": len(index),
@@ -182,95 +213,11 @@ def documents_held(store: ActivationStore, fingerprints: dict[str, str]) -> set[
     return {name for name, fingerprint in fingerprints.items() if held.get(name) == fingerprint}
 
 
-def copy_documents(store: ActivationStore, documents: set[str], writer: ActivationStoreWriter) -> int:
-    """Add every stored token of `documents` from `store` to `writer`, exactly as stored (no model pass).
-
-    Reads one shard at a time; returns the number of tokens copied. This is how a store grows by new
-    documents without running the model again over the documents it already holds.
-    """
-    if (store.n_layers, store.d_model) != (writer.n_layers, writer.d_model):
-        raise ValueError(
-            f"cannot copy from a store of {store.n_layers} layers × {store.d_model} into one of "
-            f"{writer.n_layers} × {writer.d_model}"
-        )
-    index = store.index
-    wanted = index[index["document"].isin(documents)]
-    for shard_number, rows in wanted.groupby("shard", sort=True):
-        with safe_open(str(store.folder / store.manifest["shards"][shard_number]), framework="pt") as shard:
-            activations = shard.get_tensor("activations")
-        take = torch.from_numpy(rows["row"].to_numpy())
-        writer.add(
-            activations[:, take],
-            rows["document"].tolist(),
-            torch.from_numpy(rows["position"].to_numpy()),
-            torch.from_numpy(rows["token_id"].to_numpy()),
-        )
-    return len(wanted)
-
-
 def capture_identity(manifest: dict) -> dict:
     """What two stores must share for the tokens of one to stand in for or sit beside the other's: the model
     and how it read the documents (`CAPTURE`). A day's store is reused, and day stores are combined into one
     corpus, only under this rule; the same token read in a window of other length is another activation."""
     return {key: manifest.get(key) for key in _CAPTURE_IDENTITY}
-
-
-def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> ActivationStore:
-    """A store at `folder` that is `stores` one after another, without copying a shard.
-
-    Its manifest lists their shards (paths relative to `folder`), and its index and token norms are
-    theirs concatenated in order, the index's shard numbers shifted to the combined list. This is how a
-    corpus grows by a partition of new texts at the cost of its index, never of its activations. Each
-    part's `store_id` is recorded: a part rewritten since makes opening the combination an error, not a
-    silent mix of old index rows and new shards.
-    """
-    folder = Path(folder)
-    if not stores:
-        raise ValueError(f"{folder}: no activation store to combine")
-    first = stores[0]
-    shape = lambda store: (capture_identity(store.manifest), store.n_layers, store.d_model)  # noqa: E731
-    for store in stores[1:]:
-        if shape(store) != shape(first):
-            raise ValueError(
-                f"cannot combine {store.folder} (capture, layers, width {shape(store)}) with "
-                f"{first.folder} ({shape(first)})"
-            )
-    indexes, shards, parts = [], [], []
-    for store in stores:
-        indexes.append(store.index.assign(shard=lambda rows, offset=len(shards): rows["shard"] + offset))
-        shards += [os.path.relpath(store.folder / name, folder) for name in store.manifest["shards"]]
-        parts.append({"folder": os.path.relpath(store.folder, folder), "store_id": store.manifest["store_id"],
-                      "n_tokens": store.n_tokens})
-    index = pd.concat(indexes, ignore_index=True)
-    repeated = index.drop_duplicates(["document", "position"])
-    if len(repeated) != len(index):
-        duplicated = sorted(set(index.document[index.duplicated(["document", "position"])]))
-        raise ValueError(f"{folder}: documents {duplicated[:5]} are held by more than one of the stores combined")
-    staging = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
-    staging.mkdir(parents=True)
-    try:
-        index.to_parquet(staging / INDEX, index=False)
-        save_file({"norms": torch.cat([store.token_norms() for store in stores])}, str(staging / TOKEN_NORMS))
-        manifest = {
-            **{key: value for key, value in capture_identity(first.manifest).items() if value is not None},
-            "n_layers": first.n_layers,
-            "d_model": first.d_model,
-            "n_tokens": len(index),
-            "n_documents": int(index["document"].nunique()),
-            "dtype": first.manifest["dtype"],
-            "layout": first.manifest["layout"],
-            "shards": shards,
-            "token_norms": TOKEN_NORMS,
-            "non_finite_values": sum(int(store.manifest["non_finite_values"]) for store in stores),
-            "parts": parts,
-            "store_id": uuid.uuid4().hex,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        replace_folder(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return open_published(folder)
 
 
 def _stored_norms(activations: torch.Tensor) -> torch.Tensor:
@@ -319,6 +266,9 @@ class ActivationStore:
         self.n_layers: int = self.manifest["n_layers"]
         self.d_model: int = self.manifest["d_model"]
         self.n_tokens: int = self.manifest["n_tokens"]
+        self.selection = StoreSelection.from_manifest(self.manifest)
+        self.layers: tuple[int, ...] = self.selection.kept_layers(self.n_layers)
+        """The model layers whose activations the shards hold, in shard order."""
 
     def _check_parts(self) -> None:
         """A combined store (`combine_stores`) is valid only while every part is the one it combined."""
@@ -336,18 +286,39 @@ class ActivationStore:
         """One row per token: document, position, token_id, shard, row (in store order)."""
         return pd.read_parquet(self.folder / INDEX)
 
-    def _check_layer(self, layer: int) -> None:
+    @property
+    def bytes_per_token(self) -> dict[str, int]:
+        """What one stored token costs on disk: activations (kept layers × d_model × 2), norms (n_layers × 4), total."""
+        return bytes_per_token(len(self.layers), self.n_layers, self.d_model, STORE_DTYPE.itemsize)
+
+    def shard_sizes(self) -> np.ndarray:
+        """(n_shards,) int64: the tokens of each shard, in shard order (read from the index's shard column)."""
+        shard = pd.read_parquet(self.folder / INDEX, columns=["shard"])["shard"].to_numpy()
+        return np.bincount(shard, minlength=len(self.manifest["shards"])).astype(np.int64)
+
+    def _position(self, layer: int) -> int:
+        """Where `layer` lies along the shards' first dimension; refuses a layer out of range or not kept."""
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} is out of range: the store holds layers 0..{self.n_layers - 1}")
+        if layer not in self.layers:
+            raise LayerNotStored(
+                f"{self.folder} keeps the activations of layers {list(self.layers)} only (store.json "
+                f"'{SELECTION}'), not layer {layer}: capture again keeping it"
+            )
+        return self.layers.index(layer)
 
-    def layer(self, layer: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """All tokens' residual stream after `layer`: (n_tokens, d_model), in store order."""
-        self._check_layer(layer)
-        parts = []
+    def layer_chunks(self, layer: int, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """Yield `layer`'s residual stream one shard at a time: (n_tokens_in_shard, d_model) each, in store order.
+        Only that layer's contiguous slice of each shard is read."""
+        position = self._position(layer)
         for name in self.manifest["shards"]:
             with safe_open(str(self.folder / name), framework="pt") as shard:
-                parts.append(shard.get_slice("activations")[layer].to(dtype))
-        return torch.cat(parts)
+                yield shard.get_slice("activations")[position].to(dtype)
+
+    def layer(self, layer: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """All tokens' residual stream after `layer`: (n_tokens, d_model), in store order (the whole layer in
+        memory: `layer_chunks` streams it)."""
+        return torch.cat(list(self.layer_chunks(layer, dtype)))
 
     def token_norms(self) -> torch.Tensor:
         """‖x_{t,l}‖ of every stored vector: (n_tokens, n_layers) float32, tokens in store order.
@@ -362,12 +333,12 @@ class ActivationStore:
         return torch.cat([shard.norm(dim=2) for shard in self.iter_shards()])
 
     def iter_shards(self, layers: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
-        """Yield each shard as (n_tokens_in_shard, n_selected_layers, d_model) float32."""
-        for layer in layers or ():
-            self._check_layer(layer)
+        """Yield each shard as (n_tokens_in_shard, n_selected_layers, d_model) float32; `layers` None: every
+        layer of the model (refused, `LayerNotStored`, by a store that kept only some)."""
+        positions = [self._position(layer) for layer in (range(self.n_layers) if layers is None else layers)]
         for name in self.manifest["shards"]:
             with safe_open(str(self.folder / name), framework="pt") as shard:
                 acts = shard.get_tensor("activations")
-            if layers is not None:
-                acts = acts[list(layers)]
+            if positions != list(range(len(self.layers))):
+                acts = acts[positions]
             yield acts.float().transpose(0, 1)

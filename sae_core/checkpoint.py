@@ -91,9 +91,10 @@ def _sha256_of_tensors(tensors: list[Tensor]) -> str:
 
 
 def run_identity(
-    data: Tensor, sae_cfg: SaeConfig, train_cfg: TrainConfig, init: SparseAutoencoder | None
+    data: Any, sae_cfg: SaeConfig, train_cfg: TrainConfig, init: SparseAutoencoder | None
 ) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed by this run (JSON-ready; see the module docstring)."""
+    """What a checkpoint must match to be resumed by this run (JSON-ready; see the module docstring); `data` is
+    a tensor or `sae_core.activation_stream.StoreRows`."""
     n_rows = data.shape[0]
     rows = torch.linspace(0, n_rows - 1, min(n_rows, _FINGERPRINT_ROWS)).round().long()
     identity = {
@@ -106,6 +107,8 @@ def run_identity(
         },
         "init_sha256": None if init is None else _sha256_of_tensors(list(init.state_dict().values())),
     }
+    if not isinstance(data, Tensor):  # streamed rows (activation_stream.StoreRows): their store, layers, buffer
+        identity["data"]["stream"] = data.identity()
     return json.loads(json.dumps(identity))  # tuples → lists, as they come back from the file
 
 

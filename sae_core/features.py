@@ -8,7 +8,7 @@ Everything stays sparse ((n, k) codes) until pooling, so no (n_tokens, d_sae) ma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -57,9 +57,17 @@ def encode_tokens(sae: SparseAutoencoder, tokens: Tensor, batch_size: int = 8192
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return encode_batches(sae, tokens.split(batch_size))
+
+
+def encode_batches(sae: SparseAutoencoder, batches: Iterable[Tensor]) -> SparseCodes:
+    """`encode_tokens` of the rows of `batches` (each (m, d_in), e.g. a store's layer read shard by shard and
+    `activation_stream.rebatch`ed): only one batch of dense rows is resident, the codes are kept."""
     acts, indices = [], []
     with torch.inference_mode():
-        for batch in tokens.split(batch_size):
+        for batch in batches:
+            if batch.ndim != 2 or batch.shape[1] != sae.cfg.d_in:
+                raise ValueError(f"tokens must have shape (n_tokens, d_in={sae.cfg.d_in}), got a batch of {tuple(batch.shape)}")
             code = sae.encode(batch.to(sae.device))
             acts.append(code.top_acts.float().cpu())
             indices.append(code.top_indices.long().cpu())
@@ -279,3 +287,37 @@ def strongest_tokens(top_tokens: pd.DataFrame, n_per_latent: int) -> pd.DataFram
     )
     ranked = ordered.assign(rank=ordered.groupby("latent").cumcount() + 1).drop(columns="_strength")
     return ranked[ranked["rank"] <= n_per_latent].reset_index(drop=True)
+
+
+def pool_batches(
+    sae: SparseAutoencoder, batches: Iterable[tuple[Tensor, Tensor]], n_docs: int, pooling: str = "mean"
+) -> Tensor:
+    """`pool_documents` of streamed tokens, never holding their codes: `batches` yields (x (m, d_in),
+    document (m,) int64 ids in 0..n_docs−1); each batch is encoded and scattered into the (n_docs, d_sae)
+    float64 accumulator at once (sum or max; mean = sum / |T_d|). Memory: the result and one batch.
+
+    Returns (n_docs, d_sae) float32; every document must have had a token.
+    """
+    _check_pooling(pooling)
+    d_sae = sae.cfg.d_sae
+    pooled = torch.zeros(n_docs * d_sae, dtype=torch.float64)
+    counts = torch.zeros(n_docs, dtype=torch.long)
+    with torch.inference_mode():
+        for x, document in batches:
+            document = torch.as_tensor(document, dtype=torch.long)
+            if len(document) and (int(document.min()) < 0 or int(document.max()) >= n_docs):
+                raise ValueError(f"document ids must lie in 0..{n_docs - 1}")
+            code = sae.encode(x.to(sae.device))
+            flat_index = (document[:, None] * d_sae + code.top_indices.long().cpu()).flatten()
+            values = code.top_acts.cpu().to(torch.float64).flatten()
+            if pooling == "max":
+                pooled.scatter_reduce_(0, flat_index, values, reduce="amax", include_self=True)
+            else:
+                pooled.index_add_(0, flat_index, values)
+            counts += torch.bincount(document, minlength=n_docs)
+    if (counts == 0).any():
+        raise ValueError(f"{int((counts == 0).sum())} of {n_docs} documents have no tokens")
+    pooled = pooled.view(n_docs, d_sae)
+    if pooling == "mean":
+        pooled /= counts[:, None].to(torch.float64)
+    return pooled.float()

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -69,28 +70,39 @@ def dead_fraction(fire_counts: Tensor) -> float:
     return float((fire_counts == 0).double().mean())
 
 
-@torch.no_grad()
 def evaluate_sae(sae: SparseAutoencoder, x: Tensor, batch_size: int = 8192) -> SaeMetrics:
-    """FVU, L0 and dead fraction of `sae` on x (n, d_in), streamed in batches, in float32.
-
-    Two passes over x: the first computes the global mean x̄ (float64 accumulator), the second the
-    residual and total sums of squares against that mean, so the FVU is exactly the whole-set FVU,
-    not an average of per-batch FVUs. The SAE is evaluated as it is: call `sae.eval()` first for
-    an architecture whose inference differs from training (BatchTopK); `train_sae` and `load_sae`
-    return SAEs in eval mode.
-    """
+    """FVU, L0 and dead fraction of `sae` on x (n, d_in), streamed in batches of `batch_size`, in float32
+    (`evaluate_sae_batches` on x's batches)."""
     if x.ndim != 2 or x.shape[1] != sae.cfg.d_in:
         raise ValueError(f"x must have shape (n_tokens, d_in={sae.cfg.d_in}), got {tuple(x.shape)}")
-    n_tokens = x.shape[0]
-    if n_tokens < 2:
-        raise ValueError(f"evaluate_sae needs at least 2 tokens, got {n_tokens}")
+    if x.shape[0] < 2:
+        raise ValueError(f"evaluate_sae needs at least 2 tokens, got {x.shape[0]}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return evaluate_sae_batches(sae, lambda: x.split(batch_size))
 
+
+@torch.no_grad()
+def evaluate_sae_batches(sae: SparseAutoencoder, batches: Callable[[], Iterable[Tensor]]) -> SaeMetrics:
+    """FVU, L0 and dead fraction of `sae` on the rows of `batches()`, each (m, d_in), in float32.
+
+    Two passes over the rows (`batches` is called twice, and must yield the same rows both times, e.g. shard
+    by shard from a store): the first computes the global mean x̄ (float64 accumulator), the second the
+    residual and total sums of squares against that mean, so the FVU is exactly the whole-set FVU, not an
+    average of per-batch FVUs. Memory: one batch. The SAE is evaluated as it is: call `sae.eval()` first for
+    an architecture whose inference differs from training (BatchTopK); `train_sae` and `load_sae` return
+    SAEs in eval mode.
+    """
     device = sae.device
     mean = torch.zeros(sae.cfg.d_in, dtype=torch.float64, device=device)
-    for start in range(0, n_tokens, batch_size):
-        mean += x[start : start + batch_size].to(device, torch.float64).sum(dim=0)
+    n_tokens = 0
+    for batch in batches():
+        if batch.ndim != 2 or batch.shape[1] != sae.cfg.d_in:
+            raise ValueError(f"x must have shape (n_tokens, d_in={sae.cfg.d_in}), got a batch of {tuple(batch.shape)}")
+        mean += batch.to(device, torch.float64).sum(dim=0)
+        n_tokens += len(batch)
+    if n_tokens < 2:
+        raise ValueError(f"evaluate_sae needs at least 2 tokens, got {n_tokens}")
     mean /= n_tokens
 
     residual_ss = torch.zeros((), dtype=torch.float64, device=device)
@@ -98,10 +110,12 @@ def evaluate_sae(sae: SparseAutoencoder, x: Tensor, batch_size: int = 8192) -> S
     active_latents = torch.zeros((), dtype=torch.float64, device=device)
     fire_counts = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
     mean32 = mean.float()
-    for start in range(0, n_tokens, batch_size):
-        batch = x[start : start + batch_size].to(device, torch.float32)
+    start = 0
+    for batch in batches():
+        batch = batch.to(device, torch.float32)
         if not torch.isfinite(batch).all():
             raise ValueError(f"x contains NaN/inf in rows {start}..{start + len(batch) - 1}")
+        start += len(batch)
         top_acts, top_indices = sae.encode(batch)
         recon = sae.decode(top_acts, top_indices)
         residual_ss += (batch - recon).pow(2).sum(dtype=torch.float64)

@@ -24,8 +24,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from sae_core.activation_store import ActivationStore
+from sae_core.activation_stream import masked_layer_chunks, rebatch
 from sae_core.massive_activations import MassiveTokens
-from sae_core.metrics import evaluate_sae
+from sae_core.metrics import evaluate_sae, evaluate_sae_batches
 from sae_core.sae import SparseAutoencoder
 from sae_core.sae_set import LayerMetrics
 
@@ -77,3 +79,17 @@ def layer_metrics(sae: SparseAutoencoder, x: Tensor, split: TokenSplit) -> Layer
     with_massive = x[split.with_massive].float().to(sae.device)
     grew = len(with_massive) > held_out.n_tokens
     return LayerMetrics(**held_out.to_dict(), fvu_with_massive=evaluate_sae(sae, with_massive).fvu if grew else held_out.fvu)
+
+
+def store_layer_metrics(
+    sae: SparseAutoencoder, store: ActivationStore, layer: int, split: TokenSplit, batch_size: int = 8192
+) -> LayerMetrics:
+    """`layer_metrics` of `sae` on `layer` of `store`, read shard by shard (one layer slice of a shard and one
+    batch of `batch_size` rows resident), in the same batches as `layer_metrics` on the whole layer."""
+
+    def metrics(tokens: Tensor):
+        return evaluate_sae_batches(sae, lambda: rebatch(masked_layer_chunks(store, layer, tokens), batch_size))
+
+    held_out = metrics(split.evaluate)
+    grew = int(split.with_massive.sum()) > held_out.n_tokens
+    return LayerMetrics(**held_out.to_dict(), fvu_with_massive=metrics(split.with_massive).fvu if grew else held_out.fvu)

@@ -66,11 +66,11 @@ from sae_core.distributed import (
     barrier,
     broadcast_module_state,
     process_group_info,
-    shard,
 )
 from sae_core.initialization import copy_for_transfer, fit_input_scale_and_b_dec, fit_jumprelu_thresholds
 from sae_core.optim import ScheduleFree
 from sae_core.sae import ForwardOutput, SparseAutoencoder
+from sae_core.training_data import TrainingData, batch_source, validate_data
 
 
 @dataclass
@@ -89,71 +89,6 @@ class TrainResult:
     """Wall-clock time of the training loop, summed over resumed parts."""
     resumed_from_step: int = 0
     """The step the run continued from a checkpoint at; 0 for a run from scratch."""
-
-
-def unit_scales(per_layer: list[Tensor]) -> list[float]:
-    """s_l = sqrt(1 / mean_t ‖x_{t,l}‖²) for each layer's rows x_l (n, d): the factor that gives the layer unit
-    mean squared norm on its own (the Group-SAE authors normalise each layer of a group so, before mixing)."""
-    return [math.sqrt(1.0 / float(x.double().pow(2).sum(dim=1).mean())) for x in per_layer]
-
-
-def sample_group_activations(
-    per_layer: list[Tensor], generator: torch.Generator, layer_scales: list[float] | None = None
-) -> Tensor:
-    """Group-SAE training rows: for each token i, row i of one uniformly random layer of the group.
-
-    per_layer: G tensors of shape (n, d), the same n tokens read at each layer of the group.
-    Returns (n, d). The group SAE thus sees as many activations as a per-layer SAE, each token
-    through one of its layers (Group-SAE paper). `generator` is a CPU torch.Generator.
-    `layer_scales` (G,): each layer's rows are multiplied by its factor first (`unit_scales`), so a
-    low-norm layer is not drowned out by the others; the rows then come back in float32.
-    """
-    if not per_layer:
-        raise ValueError("per_layer is empty: a layer group needs at least one layer")
-    shape = per_layer[0].shape
-    if len(shape) != 2:
-        raise ValueError(f"per_layer tensors must be (n_tokens, d), got {tuple(shape)}")
-    for layer, activations in enumerate(per_layer):
-        if activations.shape != shape:
-            raise ValueError(
-                f"per_layer[{layer}] has shape {tuple(activations.shape)}, per_layer[0] has {tuple(shape)}: "
-                "every layer must hold the same tokens"
-            )
-    if layer_scales is not None and len(layer_scales) != len(per_layer):
-        raise ValueError(f"layer_scales has {len(layer_scales)} entries for {len(per_layer)} layers")
-    chosen_layer = torch.randint(len(per_layer), (shape[0],), generator=generator)
-    sampled = per_layer[0].clone() if layer_scales is None else per_layer[0].float() * layer_scales[0]
-    for layer in range(1, len(per_layer)):
-        rows = chosen_layer == layer
-        picked = per_layer[layer][rows.to(per_layer[layer].device)]
-        sampled[rows] = picked if layer_scales is None else picked.float() * layer_scales[layer]
-    return sampled
-
-
-def _validate_data(data: Tensor, sae_cfg: SaeConfig) -> None:
-    if data.ndim != 2:
-        raise ValueError(f"activations must be a 2-D (n_tokens, d_in) tensor, got shape {tuple(data.shape)}")
-    if data.shape[1] != sae_cfg.d_in:
-        raise ValueError(f"activations have width {data.shape[1]}, but SaeConfig.d_in is {sae_cfg.d_in}")
-    if data.shape[0] < 2:
-        raise ValueError(f"activations need at least 2 tokens to have a variance, got {data.shape[0]}")
-    if not data.is_floating_point():
-        raise ValueError(f"activations must be floating point, got {data.dtype}")
-    if not torch.isfinite(data).all():
-        raise ValueError("activations contain NaN/inf")
-
-
-def _next_batch_rows(progress: TrainingProgress, batch_size: int, n_rows: int) -> Tensor:
-    """Row indices of the next batch: consecutive slices of per-epoch random permutations. A batch
-    may straddle two epochs, so every batch is full even when n_rows < batch_size."""
-    while progress.batch_order.numel() - progress.batch_position < batch_size:
-        progress.batch_order = torch.cat(
-            [progress.batch_order[progress.batch_position :], torch.randperm(n_rows, generator=progress.generator)]
-        )
-        progress.batch_position = 0
-    rows = progress.batch_order[progress.batch_position : progress.batch_position + batch_size]
-    progress.batch_position += batch_size
-    return rows
 
 
 def _loss(out: ForwardOutput, sae_cfg: SaeConfig, train_cfg: TrainConfig, group: ProcessGroupInfo) -> Tensor:
@@ -252,13 +187,17 @@ def _apply_training_settings(sae: SparseAutoencoder, train_cfg: TrainConfig) -> 
 
 
 def train_sae(
-    data: Tensor,
+    data: TrainingData,
     sae_cfg: SaeConfig,
     train_cfg: TrainConfig,
     init: SparseAutoencoder | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train an SAE of `sae_cfg.architecture` on `data` (n_tokens, d_in), float, rows in any order.
+
+    `data` is a tensor in memory, or `sae_core.activation_stream.StoreRows` read from an activation store's
+    shards in bounded memory (the same rows; batches come through its shuffle buffer rather than from a
+    permutation of all rows, so the run is another draw of the same recipe).
 
     Runs ceil(total_tokens / batch_size) steps of `train_cfg.optimizer` on batches drawn from
     per-epoch shuffles of the rows. Deterministic given `train_cfg.seed` (on CPU), including
@@ -276,7 +215,7 @@ def train_sae(
     smaller than the world size, and for a checkpoint that is unreadable or belongs to another run
     (it is then left untouched).
     """
-    _validate_data(data, sae_cfg)
+    validate_data(data, sae_cfg)
     group = process_group_info()
     if train_cfg.batch_size < group.world_size:
         raise ValueError(
@@ -308,7 +247,8 @@ def train_sae(
         progress = TrainingProgress(
             step=0,
             tokens_since_fired=torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device),
-            batch_order=torch.randperm(len(data), generator=generator),
+            # A stream's position is step · batch_size (activation_stream.RowStream): no row order to keep.
+            batch_order=torch.randperm(len(data), generator=generator) if isinstance(data, Tensor) else torch.empty(0, dtype=torch.long),
             batch_position=0,
             generator=generator,
         )
@@ -325,11 +265,10 @@ def train_sae(
             f"input_scale={float(sae.input_scale):.4g}{resumed}"
         )
 
+    next_batch = batch_source(data, progress, batch_size, train_cfg.seed, group)
     started = time.perf_counter()
     for step in range(progress.step + 1, n_steps + 1):
-        rows = _next_batch_rows(progress, batch_size, len(data))
-        own_rows = shard(rows, group)
-        batch = data[own_rows.to(data.device)].to(device, torch.float32, non_blocking=True)
+        batch = next_batch().to(device, torch.float32, non_blocking=True)
         # No latent can be dead before `dead_tokens_threshold` tokens have passed; until then skip
         # the mask and the host sync that counting dead latents costs.
         dead_mask = None
@@ -360,7 +299,7 @@ def train_sae(
                 0, out.latent_indices.flatten(), (out.latent_acts > 0).flatten().long()
             )
             all_reduce_sum(fires, group)
-            progress.tokens_since_fired += len(rows)
+            progress.tokens_since_fired += batch_size
             progress.tokens_since_fired.masked_fill_(fires > 0, 0)
         progress.step = step
 

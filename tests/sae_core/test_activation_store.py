@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from sae_core.activation_store import ActivationStore, ActivationStoreWriter, StoreRef, combine_stores
+from sae_core.activation_store import ActivationStore, ActivationStoreWriter, StoreRef
+from sae_core.store_combine import combine_stores
 
 N_LAYERS, D_MODEL = 3, 8
 

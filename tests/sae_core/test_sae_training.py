@@ -7,7 +7,8 @@ from sae_core.config import SaeConfig, TrainConfig
 from sae_core.io import load_sae, save_sae
 from sae_core.metrics import evaluate_sae
 from sae_core.initialization import geometric_median
-from sae_core.train import sample_group_activations, train_sae
+from sae_core.train import train_sae
+from sae_core.training_data import sample_group_activations
 
 D_IN, RANK = 32, 8
 SAE_CFG = SaeConfig(d_in=D_IN, expansion_factor=4, k=8)
