@@ -5,8 +5,9 @@
     <root>/tables/<asset>.json                  a small report asset
     <root>/artifacts/<asset>/...                files an asset writes itself (activation shards, SAEs)
 
-<root> is a configured folder, else $PEERLENS_HOME, else `.peerlens`. The assets, the IO manager and
-the `peerlens` CLI all resolve paths here.
+<root> is a configured folder or object-store URI, else $PEERLENS_HOME, else `.peerlens`. Code reads and writes
+its working copy (`peerlens.working_copy`: the folder itself, or a local cache of s3://...); the assets, the IO
+manager and the `peerlens` CLI all resolve paths here, and a table read here is first brought up to date.
 
 Every write stages the new content under a name no other writer can pick (process id and a random
 suffix), then renames it into place: a reader sees the old file or the new one, never half of one,
@@ -23,13 +24,13 @@ from typing import Any, Callable
 
 import pandas as pd
 
-HOME_ENV = "PEERLENS_HOME"
-DEFAULT_HOME = ".peerlens"
+from peerlens.working_copy import root_uri, storage_copy
 
 
 def storage_root(storage: str | os.PathLike | None = None) -> Path:
-    """The storage root: `storage` if given, else $PEERLENS_HOME, else `.peerlens` (resolved)."""
-    return Path(storage or os.environ.get(HOME_ENV) or DEFAULT_HOME).resolve()
+    """The local folder code reads and writes for the storage root `storage`, else $PEERLENS_HOME, else
+    `.peerlens`: the folder itself, or the working copy of an object-store root (`peerlens.working_copy`)."""
+    return storage_copy(storage).local
 
 
 def table_path(root: str | os.PathLike | None, asset: str, suffix: str = ".parquet") -> Path:
@@ -37,8 +38,11 @@ def table_path(root: str | os.PathLike | None, asset: str, suffix: str = ".parqu
 
 
 def table_files(root: str | os.PathLike | None, asset: str) -> list[Path]:
-    """The parquet files of a table asset: its one file, or its partitions' files in key order; [] when absent."""
-    folder = storage_root(root) / "tables" / asset
+    """The parquet files of a table asset: its one file, or its partitions' files in key order; [] when absent.
+    Under an object-store root they are pulled into the working copy first."""
+    copy = storage_copy(root)
+    folder = copy.pull(f"tables/{asset}")
+    copy.pull(f"tables/{asset}.parquet")
     if folder.is_dir():
         return sorted(folder.glob("*.parquet"))
     path = table_path(root, asset)
@@ -55,12 +59,8 @@ def read_table(root: str | os.PathLike | None, asset: str) -> pd.DataFrame:
     """A table asset as a reader gets it: its file, or its partitions concatenated (`concat_partitions`)."""
     files = table_files(root, asset)
     if not files:
-        raise FileNotFoundError(f"{asset} is not materialized under {storage_root(root)}")
+        raise FileNotFoundError(f"{asset} is not materialized under {root_uri(root)}")
     return concat_partitions([pd.read_parquet(file) for file in files])
-
-
-def artifact_folder(root: str | os.PathLike | None, asset: str) -> Path:
-    return storage_root(root) / "artifacts" / asset
 
 
 def staging_path(path: Path) -> Path:

@@ -1,6 +1,7 @@
 """Storage: where artifacts land, and the IO manager that keeps tables as parquet and reports as JSON.
 
-Layout under the storage root (default `.peerlens/`, or $PEERLENS_HOME):
+Layout under the storage root (default `.peerlens/`, or $PEERLENS_HOME; a folder or an object-store URI such
+as s3://bucket/prefix, whose local working copy code reads and writes, `peerlens.working_copy`):
 
     tables/<asset_key>.parquet               unpartitioned DataFrame assets
     tables/<asset_key>/<partition>.parquet   one file per partition (monthly_returns)
@@ -10,6 +11,10 @@ Layout under the storage root (default `.peerlens/`, or $PEERLENS_HOME):
 
 No pickle anywhere: a stranger can open every file with pandas, pyarrow or a text editor.
 The layout and the atomic write are `peerlens.layout`'s, shared with the assets and the CLI.
+
+Under an object-store root, every path these resources hand out is pulled first (a step on any machine reads
+what another wrote), and an asset's artifacts are pushed before its value: the value names artifacts that
+are already whole in the store.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from dagster import ConfigurableIOManager, ConfigurableResource, DagsterInvarian
 from pydantic import Field
 
 from peerlens.layout import (
-    artifact_folder,
     concat_partitions,
+    root_uri,
     storage_root,
     write_json_atomically,
     write_parquet_atomically,
 )
-from sae_core.activation_store import ActivationStore, StoreRef
+from peerlens.working_copy import storage_copy
+from sae_core.activation_store import MANIFEST, ActivationStore, StoreRef
 
 
 class ArtifactStorage(ConfigurableResource):
@@ -38,7 +44,8 @@ class ArtifactStorage(ConfigurableResource):
     root: str = Field(default="", description="Storage root; empty means $PEERLENS_HOME, else .peerlens.")
 
     def folder(self, asset_name: str) -> Path:
-        path = artifact_folder(self.root, asset_name)
+        """artifacts/<asset_name> in the working copy, up to date with the storage root."""
+        path = storage_copy(self.root).pull(f"artifacts/{asset_name}")
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -48,12 +55,16 @@ class ArtifactStorage(ConfigurableResource):
         return Path(path).resolve().relative_to(storage_root(self.root)).as_posix()
 
     def resolve(self, stored: str | Path) -> Path:
-        """The file or folder an asset value names (`relative`); an absolute path is returned as it is."""
-        return storage_root(self.root) / stored
+        """The file or folder an asset value names (`relative`), up to date in the working copy."""
+        return storage_copy(self.root).pull(Path(stored).as_posix())
 
     def store(self, ref: StoreRef) -> ActivationStore:
-        """The activation store an asset value refers to."""
-        return ActivationStore(self.resolve(ref.folder))
+        """The activation store an asset value refers to, with the stores it combines (their shards are its)."""
+        folder = self.resolve(ref.folder)
+        manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).exists() else {}
+        for part in manifest.get("parts", []):
+            self.resolve(self.relative(folder / part["folder"]))
+        return ActivationStore(folder)
 
     def store_ref(self, store: ActivationStore) -> StoreRef:
         """The value that refers to `store` (its folder relative to the storage root)."""
@@ -75,7 +86,14 @@ class TableIOManager(ConfigurableIOManager):
     def _base(self, context: InputContext | OutputContext) -> Path:
         return storage_root(self.root).joinpath("tables", *context.asset_key.path)
 
+    def _stored(self, path: Path) -> str:
+        """`path` of the working copy as the storage root names it (what a user finds there)."""
+        return f"{root_uri(self.root).rstrip('/')}/{path.relative_to(storage_root(self.root)).as_posix()}"
+
     def handle_output(self, context: OutputContext, obj: Any) -> None:
+        copy = storage_copy(self.root)
+        # The asset's own artifacts first: once its value is stored, whatever it names is there whole.
+        copy.push("/".join(["artifacts", *context.asset_key.path]))
         if obj is None:
             return
         base = self._base(context)
@@ -88,11 +106,12 @@ class TableIOManager(ConfigurableIOManager):
                     f"return a dict with exactly those keys, got {sorted(parts)[:3]}..."
                 )
             for key, frame in parts.items():
-                self._write(base / key, frame)
-            context.add_output_metadata({"path": str(base), "partitions_written": len(parts)})
+                copy.push(self._relative(self._write(base / key, frame)))
+            context.add_output_metadata({"path": self._stored(base), "partitions_written": len(parts)})
         else:
             path = self._write(base, obj)
-            context.add_output_metadata({"path": str(path)})
+            copy.push(self._relative(path))
+            context.add_output_metadata({"path": self._stored(path)})
 
     def _write(self, base: Path, obj: Any) -> Path:
         if isinstance(obj, pd.DataFrame):
@@ -105,8 +124,14 @@ class TableIOManager(ConfigurableIOManager):
             raise TypeError(f"TableIOManager stores DataFrames, dicts, lists and typed results (to_dict), not {type(obj).__name__}")
         return path
 
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(storage_root(self.root)).as_posix()
+
     def load_input(self, context: InputContext) -> Any:
         base = self._base(context)
+        copy = storage_copy(self.root)
+        for pulled in (base, base.with_name(base.name + ".parquet"), base.with_name(base.name + ".json")):
+            copy.pull(self._relative(pulled))
         if context.has_asset_partitions:
             keys = context.asset_partition_keys
             missing = [k for k in keys if not (base / f"{k}.parquet").exists()]

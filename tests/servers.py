@@ -134,3 +134,34 @@ def postgres_server() -> Iterator[Postgres]:
             subprocess.run([*as_server, binaries / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], capture_output=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def s3_server(folder: Path) -> Iterator[dict]:
+    """moto's S3 in server mode on 127.0.0.1 (as s3fs's own tests run it), with a bucket `peerlens`; yields the
+    environment a process needs to reach it through fsspec/s3fs (FSSPEC_S3_* and fake AWS credentials)."""
+    import sys
+
+    port = free_port()
+    log = folder / "moto.log"
+    command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with process_group(command, log):
+        wait_until(lambda: accepts_connections(port), "moto_server", log=log)
+        environment = {
+            "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "FSSPEC_S3_KEY": "testing",
+            "FSSPEC_S3_SECRET": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        import s3fs
+
+        s3fs.S3FileSystem(endpoint_url=environment["FSSPEC_S3_ENDPOINT_URL"], key="testing", secret="testing",
+                          skip_instance_cache=True).mkdir("peerlens")
+        yield environment
+
+
+def s3_fsspec_config(environment: dict) -> dict:
+    """fsspec's configuration for the `s3` protocol from `s3_server`'s environment (what fsspec reads from
+    FSSPEC_S3_* when it is imported, for a process that imported it already)."""
+    prefix = "FSSPEC_S3_"
+    return {name[len(prefix):].lower(): value for name, value in environment.items() if name.startswith(prefix)}

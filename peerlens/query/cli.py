@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument(
         "--storage",
         default=None,
-        help=f"storage folder the assets were materialized to (default: ${HOME_ENV}, else ./.peerlens)",
+        help=f"storage root the assets were materialized to, a folder or s3:// URI (default: ${HOME_ENV}, else ./.peerlens)",
     )
     storage.add_argument(
         "--as-of",

@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from peerlens.similarity.company_latents import company_profiles
-from peerlens.layout import HOME_ENV, read_table, storage_root, table_files
+from peerlens.layout import read_table, root_uri, table_files
 from peerlens.sources.texts import texts_known_before
+from peerlens.working_copy import HOME_ENV
 
 MATERIALIZED_FILES = {
     "company_features": Path("tables", "company_features"),
@@ -54,13 +55,13 @@ _REQUIRED_COLUMNS = {
 class AssetsNotMaterializedError(FileNotFoundError):
     """The storage root lacks an asset the peer query reads."""
 
-    def __init__(self, root: Path, missing: list[str]):
+    def __init__(self, root: str, missing: list[str]):
         self.root, self.missing = root, missing
         files = ", ".join(str(MATERIALIZED_FILES[name]) for name in missing)
         super().__init__(
             f"assets not materialized under {root}: {', '.join(missing)} (no {files}); "
             "run `make demo`, or materialize them in the Dagster UI, or point --storage / "
-            f"${HOME_ENV} at a storage folder that has them"
+            f"${HOME_ENV} at a storage root (folder or s3:// URI) that has them"
         )
 
 
@@ -154,16 +155,19 @@ class PairExplanation:
         return float(sum(latent.share for latent in self.shared))
 
 
-def _read_materialized(root: Path) -> dict[str, pd.DataFrame]:
-    missing = [name for name in MATERIALIZED_FILES if not table_files(root, name)]
+def _read_materialized(storage: str | os.PathLike | None) -> dict[str, pd.DataFrame]:
+    """The tables the peer query reads, from the storage root `storage` (a folder or an object-store URI)."""
+    missing = [name for name in MATERIALIZED_FILES if not table_files(storage, name)]
     if missing:
-        raise AssetsNotMaterializedError(root, missing)
+        raise AssetsNotMaterializedError(root_uri(storage), missing)
     frames = {}
     for name, path in MATERIALIZED_FILES.items():
-        frame = read_table(root, name)
+        frame = read_table(storage, name)
         absent = [column for column in _REQUIRED_COLUMNS[name] if column not in frame.columns]
         if absent:
-            raise ValueError(f"{root / path} lacks columns {absent}: was it written by another PeerLens version?")
+            raise ValueError(
+                f"{root_uri(storage)}/{path.as_posix()} lacks columns {absent}: was it written by another PeerLens version?"
+            )
         frames[name] = frame
     return frames
 
@@ -230,12 +234,13 @@ class PeerIndex:
 
     @classmethod
     def load(cls, storage: str | os.PathLike | None = None, as_of: object = None) -> PeerIndex:
-        """Read the materialized assets under `storage_root(storage)`, as of a date (see `__init__`).
+        """Read the materialized assets under the storage root `storage` (else $PEERLENS_HOME, else .peerlens), as of
+        a date (see `__init__`).
 
         Raises:
             AssetsNotMaterializedError: naming every asset whose file is missing.
         """
-        frames = _read_materialized(storage_root(storage))
+        frames = _read_materialized(storage)
         return cls(
             frames["company_features"],
             frames["current_company_clusters" if as_of is None else "company_clusters"],

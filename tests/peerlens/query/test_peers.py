@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from peerlens.layout import storage_root
 from peerlens.query.peers import (
     MATERIALIZED_FILES,
     AssetsNotMaterializedError,
@@ -16,7 +17,6 @@ from peerlens.query.peers import (
     UnknownTickerError,
     explain_pair,
     peers,
-    storage_root,
 )
 
 TICKERS = ["AAPL", "BAC", "BRK-B", "CVX", "JPM", "WFC", "XOM"]
