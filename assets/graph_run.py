@@ -82,8 +82,9 @@ def materialize_graph(
     months = graph.get(AssetKey("monthly_returns")).partitions_def.get_partition_keys()
     ops_config = (run_config or {}).get("ops", {})
 
-    # A multi-asset's config is its op's (trade_windows configures backtest_daily, _pairs and _windows).
-    op_keys = {definition.op.name: set(definition.keys) for definition in defs.assets if hasattr(definition, "op")}
+    # A multi-asset's config is its op's (trade_windows configures backtest_daily, _pairs and _windows), a
+    # graph-backed asset's its graph's (per_layer_saes).
+    op_keys = {definition.node_def.name: set(definition.keys) for definition in defs.assets if hasattr(definition, "node_def")}
 
     def run(selection: AssetSelection, tags: dict | None = None):
         keys = selection.resolve(graph)

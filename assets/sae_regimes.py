@@ -10,12 +10,26 @@ so `sae_comparison` reads the three regimes the same way.
 import math
 from dataclasses import asdict
 
-from dagster import AssetCheckResult, AssetExecutionContext, Config, MetadataValue, Output, asset, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    Config,
+    ConfigMapping,
+    DynamicOut,
+    DynamicOutput,
+    MetadataValue,
+    OpExecutionContext,
+    Output,
+    asset,
+    asset_check,
+    graph_asset,
+    op,
+)
 from pydantic import Field
 
 from assets.saes import GroupSaesConfig, SaeQualityThresholds, sae_quality_result
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
-from resources.compute import GPU_STEP
+from resources.compute import GPU_OP, GPU_STEP
 from sae_core.activation_store import ActivationStore, StoreRef
 from sae_core.activation_stream import StoreRows
 from sae_core.config import SaeConfig, TrainConfig
@@ -94,34 +108,73 @@ def _regime_metadata(saes: SaeSet) -> dict:
     }
 
 
-@asset(group_name="sae_regimes", kinds={"pytorch", "safetensors"}, **GPU_STEP)
-def per_layer_saes(
-    context: AssetExecutionContext,
+@op(out=DynamicOut(int))
+def per_layer_sae_layers(activation_corpus: StoreRef, artifacts: ArtifactStorage):
+    """One output per layer of the corpus's store: each becomes a step of its own (`per_layer_sae`)."""
+    for layer in range(artifacts.store(activation_corpus).n_layers):
+        yield DynamicOutput(layer, mapping_key=f"layer_{layer:02d}")
+
+
+@op(**GPU_OP)
+def per_layer_sae(
+    context: OpExecutionContext,
     config: PerLayerSaesConfig,
+    layer: int,
     activation_corpus: StoreRef,
     massive_activations: MassiveTokens,
     compute: ComputeResource,
     artifacts: ArtifactStorage,
     sae_trainer: SaeTrainer,
+) -> TrainedSae:
+    """Layer `layer`'s SAE, from scratch, on that layer's training tokens: one step per layer, so an executor
+    with several GPU workers (celery, Kubernetes) trains the layers side by side."""
+    store = artifacts.store(activation_corpus)
+    split = token_split(store.index.document, config.holdout_share, massive_activations)
+    sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(compute.torch_device())
+    folder = artifacts.folder("per_layer_saes") / f"layer_{layer:02d}"
+    trained = train_layer_sae(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder, artifacts,
+                              loading=config)
+    context.log.info(f"layer {layer}: fvu {trained.metrics[layer].fvu:.4f} in {trained.train_seconds}s")
+    return trained
+
+
+@op
+def per_layer_sae_set(
+    config: PerLayerSaesConfig,
+    activation_corpus: StoreRef,
+    compute: ComputeResource,
+    artifacts: ArtifactStorage,
+    saes: list[TrainedSae],
 ) -> Output[SaeSet]:
+    """The layers' SAEs as one set, in layer order, with the settings they were trained with (the device
+    recorded is this step's; comparisons leave the device out)."""
+    store = artifacts.store(activation_corpus)
+    ordered = tuple(sorted(saes, key=lambda sae: sae.layers[0]))
+    if [sae.layers[0] for sae in ordered] != list(range(store.n_layers)):
+        raise ValueError(
+            f"per_layer_saes: SAEs for layers {[sae.layers[0] for sae in ordered]}, but the store has {store.n_layers}"
+        )
+    train_cfg = config.train_config(compute.torch_device())
+    value = SaeSet(ordered, config.sae_config(store.d_model), train_cfg, config.holdout_share)
+    return Output(value, metadata=_regime_metadata(value))
+
+
+@graph_asset(
+    group_name="sae_regimes",
+    kinds={"pytorch", "safetensors"},
+    config=ConfigMapping(config_fn=lambda config: {op: {"config": config} for op in ("per_layer_sae", "per_layer_sae_set")},
+                         config_schema=PerLayerSaesConfig.to_config_schema()),
+)
+def per_layer_saes(activation_corpus: StoreRef, massive_activations: MassiveTokens) -> SaeSet:
     """The per-layer baseline: an SAE for every layer, from scratch, on that layer's tokens alone.
 
     Same architecture, width, k, token budget, seed and held-out companies as `group_saes` (by default),
-    so the only difference between the regimes is how many SAEs there are and what each reads.
+    so the only difference between the regimes is how many SAEs there are and what each reads. One step
+    per layer (`per_layer_sae`), then `per_layer_sae_set` gathers them; its config is PerLayerSaesConfig.
     """
-    device = compute.torch_device()
-    store = artifacts.store(activation_corpus)
-    split = token_split(store.index.document, config.holdout_share, massive_activations)
-    sae_cfg, train_cfg = config.sae_config(store.d_model), config.train_config(device)
-    root = artifacts.folder("per_layer_saes")
-    saes = []
-    for layer in range(store.n_layers):
-        folder = root / f"layer_{layer:02d}"
-        saes.append(train_layer_sae(context, sae_trainer, store, layer, split, sae_cfg, train_cfg, folder, artifacts,
-                                    loading=config))
-        context.log.info(f"layer {layer}: fvu {saes[-1].metrics[layer].fvu:.4f} in {saes[-1].train_seconds}s")
-    value = SaeSet(tuple(saes), sae_cfg, train_cfg, config.holdout_share)
-    return Output(value, metadata=_regime_metadata(value))
+    layers = per_layer_sae_layers(activation_corpus)
+    trained = layers.map(lambda layer: per_layer_sae(layer, activation_corpus, massive_activations))
+    return per_layer_sae_set(activation_corpus, trained.collect())
 
 
 @asset(group_name="sae_regimes", kinds={"pytorch", "safetensors"}, **GPU_STEP)

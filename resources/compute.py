@@ -13,9 +13,11 @@ GPU_QUEUE = "gpu"
 CELERY_QUEUE_TAG = "dagster-celery/queue"
 # dagster_celery.tags.DAGSTER_CELERY_QUEUE_TAG, spelt out so that a laptop without the cluster extra loads the
 # assets; tests/deploy/test_celery_cluster.py checks the two agree.
-GPU_STEP = {"pool": GPU_POOL, "op_tags": {CELERY_QUEUE_TAG: GPU_QUEUE}}
-"""The decorator arguments of every asset that puts the model or an SAE on the compute device (`@asset(**GPU_STEP)`):
+GPU_OP = {"pool": GPU_POOL, "tags": {CELERY_QUEUE_TAG: GPU_QUEUE}}
+"""The decorator arguments of every op that puts the model or an SAE on the compute device (`@op(**GPU_OP)`):
 its pool (how many such steps share a GPU, per instance) and its celery queue (which workers may run it)."""
+GPU_STEP = {"pool": GPU_POOL, "op_tags": GPU_OP["tags"]}
+"""The same for an asset's own op (`@asset(**GPU_STEP)`)."""
 
 
 class ComputeResource(ConfigurableResource):

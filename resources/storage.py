@@ -8,6 +8,8 @@ as s3://bucket/prefix, whose local working copy code reads and writes, `peerlens
     tables/<asset_key>.json                  dict / list assets (small reports)
     artifacts/<asset_key>/...                large artifacts written by the asset itself
                                              (activation shards, SAE folders)
+    steps/<run_id>/<step>/<output>.json      what one op hands the next inside a graph-backed asset
+                                             (e.g. one per-layer SAE's entry), as JSON
 
 No pickle anywhere: a stranger can open every file with pandas, pyarrow or a text editor.
 The layout and the atomic write are `peerlens.layout`'s, shared with the assets and the CLI.
@@ -90,8 +92,15 @@ class TableIOManager(ConfigurableIOManager):
         """`path` of the working copy as the storage root names it (what a user finds there)."""
         return f"{root_uri(self.root).rstrip('/')}/{path.relative_to(storage_root(self.root)).as_posix()}"
 
+    def _step_value(self, identifier: list[str]) -> Path:
+        """Where an op's output that is no asset lives, less `.json`: steps/<run_id>/<step_key>/<output>[/<mapping_key>]."""
+        return storage_root(self.root).joinpath("steps", *identifier)
+
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         copy = storage_copy(self.root)
+        if not context.has_asset_key:  # an op's output inside a graph-backed asset
+            copy.push(self._relative(self._write(self._step_value(context.get_identifier()), obj)))
+            return
         # The asset's own artifacts first: once its value is stored, whatever it names is there whole.
         copy.push("/".join(["artifacts", *context.asset_key.path]))
         if obj is None:
@@ -116,20 +125,27 @@ class TableIOManager(ConfigurableIOManager):
     def _write(self, base: Path, obj: Any) -> Path:
         if isinstance(obj, pd.DataFrame):
             path = write_parquet_atomically(obj, base.with_name(base.name + ".parquet"))
-        elif isinstance(obj, (dict, list)):
+        elif isinstance(obj, (dict, list, int, float, str, bool)):
             path = write_json_atomically(obj, base.with_name(base.name + ".json"))
         elif callable(getattr(obj, "to_dict", None)):
             path = write_json_atomically(obj.to_dict(), base.with_name(base.name + ".json"))
         else:
-            raise TypeError(f"TableIOManager stores DataFrames, dicts, lists and typed results (to_dict), not {type(obj).__name__}")
+            raise TypeError(
+                f"TableIOManager stores DataFrames, JSON values and typed results (to_dict), not {type(obj).__name__}"
+            )
         return path
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(storage_root(self.root)).as_posix()
 
     def load_input(self, context: InputContext) -> Any:
-        base = self._base(context)
         copy = storage_copy(self.root)
+        if not context.has_asset_key:  # another op's output inside a graph-backed asset
+            upstream = context.upstream_output
+            base = self._step_value(upstream.get_identifier())
+            path = copy.pull(self._relative(base.with_name(base.name + ".json")))
+            return _typed(json.loads(path.read_text()), getattr(upstream.dagster_type, "typing_type", None))
+        base = self._base(context)
         for pulled in (base, base.with_name(base.name + ".parquet"), base.with_name(base.name + ".json")):
             copy.pull(self._relative(pulled))
         if context.has_asset_partitions:
@@ -144,12 +160,15 @@ class TableIOManager(ConfigurableIOManager):
         if parquet.exists():
             return pd.read_parquet(parquet)
         if js.exists():
-            value = json.loads(js.read_text())
-            typed = _declared_type(context)
-            return typed.from_dict(value) if callable(getattr(typed, "from_dict", None)) else value
+            return _typed(json.loads(js.read_text()), _declared_type(context))
         raise FileNotFoundError(
             f"{context.asset_key.to_user_string()} is not materialized yet (nothing at {parquet} or {js})"
         )
+
+
+def _typed(value: Any, typed: type | None) -> Any:
+    """`value` as `typed` when that is a typed result (`from_dict`), else as read."""
+    return typed.from_dict(value) if callable(getattr(typed, "from_dict", None)) else value
 
 
 def _declared_type(context: InputContext) -> type | None:

@@ -27,6 +27,15 @@ POOL = "gpu"
 SECONDS_ON_THE_GPU = 1.5
 GPU_STEPS = {"llm_activations", "group_saes", "per_layer_saes", "transfer_saes", "sae_comparison", "representation_study"}
 """The assets whose step puts the language model or an SAE on `ComputeResource.torch_device()`."""
+GPU_OPS = GPU_STEPS - {"per_layer_saes"} | {"per_layer_sae"}
+"""The ops that do it (what an executor's per-op settings are keyed by): per_layer_saes trains in one op per layer."""
+
+
+def op_pools(defs) -> dict[str, str | None]:
+    """Every op of the Definitions' asset job, inner ops of graph-backed assets included: node name → its pool."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    nodes = (job.graph.get_node(handle) for handle in job.graph.iterate_node_handles())
+    return {node.name: node.definition.pool for node in nodes if hasattr(node.definition, "pool")}
 
 
 def _gpu_step(name: str):
@@ -82,3 +91,4 @@ def test_every_step_on_the_torch_device_is_in_the_gpu_pool_and_no_other():
     graph = defs.resolve_asset_graph()
     in_pool = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).pools == {GPU_POOL}}
     assert in_pool == GPU_STEPS
+    assert {name for name, pool in op_pools(defs).items() if pool == GPU_POOL} == GPU_OPS

@@ -26,7 +26,7 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance
 
 from tests.assets.test_end_to_end import RUN_CONFIG, SLICE
-from tests.assets.test_gpu_pool import GPU_STEPS
+from tests.assets.test_gpu_pool import GPU_OPS
 from tests.servers import (
     postgres_bin,
     postgres_server,
@@ -114,6 +114,11 @@ def celery_graph(tmp_path_factory):
         yield results, folder, environment
 
 
+def _op_name(step_key: str) -> str:
+    """The op a step runs: `per_layer_saes.per_layer_sae[layer_07]` → per_layer_sae."""
+    return step_key.split("[")[0].rsplit(".", 1)[-1]
+
+
 def _steps_by_worker(results) -> dict[str, str]:
     """step key (run id / step) → the celery worker that ran it, from each step's engine event."""
     ran_on = {}
@@ -139,8 +144,10 @@ def test_every_step_ran_on_a_worker_the_gpu_steps_on_the_gpu_one(celery_graph):
              if event.event_type == DagsterEventType.STEP_SUCCESS}
     assert steps and steps <= ran_on.keys()
     worker_of = {step: ran_on[step].split("@")[0] for step in steps}
-    gpu_steps = {step for step in steps if step.split("/", 1)[1] in GPU_STEPS}
-    assert {step.split("/", 1)[1] for step in gpu_steps} == GPU_STEPS
+    op_of = {step: _op_name(step.split("/", 1)[1]) for step in steps}
+    gpu_steps = {step for step in steps if op_of[step] in GPU_OPS}
+    assert {op_of[step] for step in gpu_steps} == GPU_OPS
+    assert sum(op_of[step] == "per_layer_sae" for step in steps) == 30  # one step per layer of SmolLM2
     assert {worker_of[step] for step in gpu_steps} == {"gpu"}
     assert {worker_of[step] for step in steps - gpu_steps} == {"cpu"}
     assert all(event.pid != os.getpid() for result in results for event in result.all_events

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.assets.test_gpu_pool import GPU_STEPS, POOL
+from tests.assets.test_gpu_pool import GPU_OPS, POOL, op_pools
 from tests.servers import POSTGRES_SCHEME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +49,8 @@ def _gpu_limit(step_config: dict):
 def test_the_run_config_gives_the_gpu_pool_steps_and_only_them_one_gpu_each():
     config = _executor_config()
     per_step = config["per_step_k8s_config"]
-    assert {step for step, step_config in per_step.items() if _gpu_limit(step_config) is not None} == GPU_STEPS
-    assert all(_gpu_limit(per_step[step]) == 1 for step in GPU_STEPS)
+    assert {step for step, step_config in per_step.items() if _gpu_limit(step_config) is not None} == GPU_OPS
+    assert all(_gpu_limit(per_step[step]) == 1 for step in GPU_OPS)
     assert _gpu_limit(config.get("step_k8s_config", {})) is None, "every step would take a GPU"
 
 
@@ -115,7 +115,7 @@ def test_every_job_of_the_k8s_location_runs_on_the_k8s_executor(k8s_location):
 
 def test_a_run_without_run_config_gets_the_file_and_one_with_the_file_the_same(k8s_location):
     without = _resolved_executor_config(k8s_location, {})
-    assert without["per_step_k8s_config"].keys() == GPU_STEPS
+    assert without["per_step_k8s_config"].keys() == GPU_OPS
     assert _resolved_executor_config(k8s_location, yaml.safe_load(RUN_CONFIG.read_text())) == without
     override = _resolved_executor_config(k8s_location, {"execution": {"config": {"max_concurrent": 1}}})
     assert override["max_concurrent"] == 1 and override["per_step_k8s_config"] == without["per_step_k8s_config"]
@@ -128,19 +128,12 @@ def test_a_run_config_the_k8s_location_refuses(k8s_location):
         _resolved_executor_config(k8s_location, {"execution": {"config": {"max_concurrent": "four"}}})
 
 
-def _op_names(defs) -> dict[str, str]:
-    """Each asset's op name (what the executor's per_step_k8s_config is keyed by)."""
-    graph = defs.resolve_asset_graph()
-    return {key.to_user_string(): graph.get(key).assets_def.node_def.name for key in graph.get_all_asset_keys()}
-
-
 def test_per_step_keys_are_op_names_and_the_gpu_ones_are_the_gpu_pool(k8s_location):
-    graph = k8s_location.resolve_asset_graph()
-    ops = _op_names(k8s_location)
-    in_pool = {ops[key.to_user_string()] for key in graph.get_all_asset_keys() if graph.get(key).pools == {POOL}}
+    pools = op_pools(k8s_location)  # per_step_k8s_config is keyed by op (node) name
     per_step = _executor_config()["per_step_k8s_config"]
-    assert set(per_step) <= set(ops.values()), "a per-step key that names no op is silently ignored"
-    assert in_pool == GPU_STEPS == {step for step in per_step if _gpu_limit(per_step[step]) is not None}
+    assert set(per_step) <= set(pools), "a per-step key that names no op is silently ignored"
+    in_pool = {name for name, pool in pools.items() if pool == POOL}
+    assert in_pool == GPU_OPS == {step for step in per_step if _gpu_limit(per_step[step]) is not None}
 
 
 def _step_job(executor_config: dict, op_name: str):
@@ -150,7 +143,7 @@ def _step_job(executor_config: dict, op_name: str):
     the code location's container context, which come first on a cluster, are left out).
     """
     from dagster_k8s.container_context import K8sContainerContext
-    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job, get_k8s_job_name
 
     def context(raw: dict) -> K8sContainerContext:
         return K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(raw))
@@ -161,7 +154,7 @@ def _step_job(executor_config: dict, op_name: str):
     return construct_dagster_k8s_job(
         DagsterK8sJobConfig(job_image="peerlens:test", dagster_home="/opt/dagster/dagster_home"),
         args=["dagster", "api", "execute_step"],
-        job_name=f"dagster-step-{op_name.replace('_', '-')}",
+        job_name=f"dagster-step-{get_k8s_job_name('test-run', op_name)}",  # as dagster-k8s names step Jobs
         user_defined_k8s_config=merged.run_k8s_config,
     )
 
@@ -172,7 +165,7 @@ def _container(job):
 
 def test_each_gpu_step_pod_asks_for_one_gpu_and_says_cuda(k8s_location):
     config = _resolved_executor_config(k8s_location, {})
-    for op_name in GPU_STEPS:
+    for op_name in GPU_OPS:
         job = _step_job(config, op_name)
         container = _container(job)
         assert str(container.resources.limits[GPU]) == "1", op_name
@@ -183,7 +176,7 @@ def test_each_gpu_step_pod_asks_for_one_gpu_and_says_cuda(k8s_location):
 
 def test_the_other_step_pods_ask_for_no_gpu(k8s_location):
     config = _resolved_executor_config(k8s_location, {})
-    for op_name in set(_op_names(k8s_location).values()) - GPU_STEPS:
+    for op_name in set(op_pools(k8s_location)) - GPU_OPS:
         container = _container(_step_job(config, op_name))
         assert GPU not in (container.resources.limits or {}), op_name
         assert container.resources.requests == {"cpu": "1", "memory": "4Gi"}, op_name
