@@ -7,7 +7,9 @@ processes have no use for; the launcher puts the project root on PYTHONPATH for 
 
 Every process reads the same job folder, joins the process group torchrun describes (gloo on CPU,
 NCCL on CUDA, one GPU per local rank) and calls `sae_core.train.train_sae`, which splits each batch
-over the processes. Rank 0 alone writes the outcome and, when Dagster launched the job
+over the processes. The rows are memory-mapped, not loaded: each rank pages in only what it reads (its
+share of every batch, its stride of the NaN check, the initialisation's subsample), and the ranks of a
+node share one copy in the page cache. Rank 0 alone writes the outcome and, when Dagster launched the job
 (dagster-pipes), streams the training log to it and reports a summary as a custom message.
 
 The job folder is the whole contract between the resource and its workers, in open formats only:
@@ -35,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -120,11 +123,35 @@ def read_job(folder: Path) -> TrainingJob:
     document = _read_json(folder / JOB_FILE)
     init_cfg = document.get("init_sae_config")
     return TrainingJob(
-        data=load_file(folder / ROWS_FILE)["rows"],
+        data=mapped_rows(folder / ROWS_FILE),
         sae_cfg=SaeConfig(**document["sae_config"]),
         train_cfg=TrainConfig(**document["train_config"]),
         init=None if init_cfg is None else _sae_from_state(SaeConfig(**init_cfg), folder / INIT_FILE),
     )
+
+
+_NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+"""safetensors dtype → the numpy dtype its bytes map to (bfloat16, which numpy lacks, as its 16 bits)."""
+
+
+def mapped_rows(path: Path, name: str = "rows") -> Tensor:
+    """Tensor `name` of the safetensors file `path`, memory-mapped copy-on-write: (n, d) read from disk only where
+    indexed. The format is an 8-byte little-endian header size N, N bytes of JSON {name: {dtype, shape,
+    data_offsets: [start, end]}}, then the data; the tensor starts at 8 + N + start."""
+    with open(path, "rb") as file:
+        header_size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(header_size))
+    entry = header.get(name)
+    if entry is None or entry["dtype"] not in _NUMPY_DTYPES:
+        raise ValueError(f"{path}: no {name!r} tensor of dtype {sorted(_NUMPY_DTYPES)} (found {entry})")
+    start, end = entry["data_offsets"]
+    itemsize = np.dtype(_NUMPY_DTYPES[entry["dtype"]]).itemsize
+    if end - start != int(np.prod(entry["shape"])) * itemsize or path.stat().st_size < 8 + header_size + end:
+        raise ValueError(f"{path}: {name!r} should span {entry['shape']} × {itemsize} bytes; the file is cut or corrupt")
+    mapped = np.memmap(path, dtype=_NUMPY_DTYPES[entry["dtype"]], mode="c", offset=8 + header_size + start,
+                       shape=tuple(entry["shape"]))
+    rows = torch.from_numpy(mapped)
+    return rows.view(torch.bfloat16) if entry["dtype"] == "BF16" else rows
 
 
 def write_outcome(folder: Path, result: TrainResult, world_size: int) -> None:

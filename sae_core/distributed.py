@@ -53,6 +53,13 @@ def process_group_info() -> ProcessGroupInfo:
     return ProcessGroupInfo()
 
 
+def collective_device() -> torch.device:
+    """Where a tensor must be for a collective of the default group: the current GPU under NCCL, else the CPU."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shard(rows: Tensor, group: ProcessGroupInfo) -> Tensor:
     """This rank's contiguous part of the global batch `rows` (n, ...): split W ways, sizes ±1.
 

@@ -215,8 +215,8 @@ def train_sae(
     smaller than the world size, and for a checkpoint that is unreadable or belongs to another run
     (it is then left untouched).
     """
-    validate_data(data, sae_cfg)
     group = process_group_info()
+    validate_data(data, sae_cfg, group)
     if train_cfg.batch_size < group.world_size:
         raise ValueError(
             f"TrainConfig.batch_size {train_cfg.batch_size} is smaller than the {group.world_size} "

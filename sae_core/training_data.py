@@ -19,7 +19,7 @@ from torch import Tensor
 from sae_core.activation_stream import RowStream, StoreRows
 from sae_core.checkpoint import TrainingProgress
 from sae_core.config import SaeConfig
-from sae_core.distributed import ProcessGroupInfo, shard
+from sae_core.distributed import ProcessGroupInfo, all_reduce_sum, collective_device, shard
 
 TrainingData = Tensor | StoreRows
 """Training rows: (n_tokens, d_in) in memory, or streamed from a store's shards."""
@@ -64,7 +64,7 @@ def sample_group_activations(
     return sampled
 
 
-def _validate_tensor(data: Tensor, sae_cfg: SaeConfig) -> None:
+def _validate_tensor(data: Tensor, sae_cfg: SaeConfig, group: ProcessGroupInfo | None) -> None:
     if data.ndim != 2:
         raise ValueError(f"activations must be a 2-D (n_tokens, d_in) tensor, got shape {tuple(data.shape)}")
     if data.shape[1] != sae_cfg.d_in:
@@ -73,8 +73,17 @@ def _validate_tensor(data: Tensor, sae_cfg: SaeConfig) -> None:
         raise ValueError(f"activations need at least 2 tokens to have a variance, got {data.shape[0]}")
     if not data.is_floating_point():
         raise ValueError(f"activations must be floating point, got {data.dtype}")
-    if not torch.isfinite(data).all():
+    if _non_finite_rows(data, group):
         raise ValueError("activations contain NaN/inf")
+
+
+def _non_finite_rows(data: Tensor, group: ProcessGroupInfo | None, chunk_rows: int = 65_536) -> int:
+    """Rows of `data` holding NaN/inf. Under torch.distributed each rank reads only rows rank, rank + W, ...
+    (its share: memory-mapped rows are never all paged in by every rank) and the counts are summed."""
+    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
+    own = torch.arange(rank, len(data), world)
+    bad = sum(int((~torch.isfinite(data[rows])).any(dim=1).sum()) for rows in own.split(chunk_rows))
+    return int(all_reduce_sum(torch.tensor(bad, device=collective_device()), group)) if group is not None else bad
 
 
 def _next_batch_rows(progress: TrainingProgress, batch_size: int, n_rows: int) -> Tensor:
@@ -90,11 +99,11 @@ def _next_batch_rows(progress: TrainingProgress, batch_size: int, n_rows: int) -
     return rows
 
 
-def validate_data(data: TrainingData, sae_cfg: SaeConfig) -> None:
+def validate_data(data: TrainingData, sae_cfg: SaeConfig, group: ProcessGroupInfo | None = None) -> None:
     """ValueError for rows that cannot train an SAE of `sae_cfg`: not (n ≥ 2, d_in) float, NaN/inf. A stream's
-    rows are checked for NaN/inf as each shard is read."""
+    rows are checked for NaN/inf as each shard is read; a tensor's, with `group`, by each rank on its share."""
     if isinstance(data, Tensor):
-        _validate_tensor(data, sae_cfg)
+        _validate_tensor(data, sae_cfg, group)
         return
     if not isinstance(data, StoreRows):
         raise ValueError(f"training data must be a tensor or activation_stream.StoreRows, got {type(data).__name__}")

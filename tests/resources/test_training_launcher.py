@@ -98,3 +98,36 @@ def test_torchrun_command_is_standalone_by_default_and_takes_extra_rendezvous_ar
     assert "--nproc_per_node=8" in default and default[-2:] == ["--job", str(tmp_path)]
     multi_node = SaeTrainer(launcher="torchrun", torchrun_args=["--nnodes=2"]).torchrun_command(tmp_path)
     assert "--nnodes=2" in multi_node and "--standalone" not in multi_node
+
+
+def test_a_nan_in_the_rows_only_another_rank_reads_fails_every_rank():
+    rows = low_rank_rows()
+    rows[1, 3] = float("nan")  # row 1: rank 1's stride of the check (rows 1, 3, 5, ...), never rank 0's
+    with pytest.raises(RuntimeError, match="SAE training under torchrun failed") as caught:
+        train_in_asset(SaeTrainer(launcher="torchrun", nproc_per_node=2), rows)
+    assert "activations contain NaN/inf" in str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_workers_map_the_rows_file_instead_of_loading_it(tmp_path, dtype):
+    from safetensors.torch import save_file
+
+    from resources.sae_training_worker import mapped_rows
+
+    rows = low_rank_rows().to(dtype)
+    save_file({"rows": rows, "after": torch.ones(3)}, str(tmp_path / "rows.safetensors"))
+    mapped = mapped_rows(tmp_path / "rows.safetensors")
+    assert mapped.dtype == dtype and torch.equal(mapped, rows)
+    assert torch.equal(mapped[torch.tensor([7, 0, 1023])], rows[[7, 0, 1023]])
+
+
+def test_a_cut_rows_file_is_refused_naming_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from resources.sae_training_worker import mapped_rows
+
+    path = tmp_path / "rows.safetensors"
+    save_file({"rows": low_rank_rows()}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="rows.safetensors.*cut or corrupt"):
+        mapped_rows(path)
