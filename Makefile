@@ -40,8 +40,11 @@ system-packages:
 test: env system-packages
 	$(PY) -m pytest
 
+# The UI listens on this machine only unless told otherwise: make dev DEV_HOST=0.0.0.0
+DEV_HOST ?= 127.0.0.1
+
 dev: env $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	$(VENV)/bin/dagster dev -h $(DEV_HOST) -w workspace.yaml
 
 clean:
 	rm -rf .peerlens .dagster_home

@@ -1,18 +1,17 @@
 """The real graph, end to end: the default model (SmolLM2-135M-Instruct, Q4_1) from its wheel, on a slice of
 the sample.
 
-Slow by design (a few minutes on 2 cores): it is the one test that proves the lineage runs for real.
+Slow by design (a few minutes on 2 cores): it is the one test that proves the lineage runs for real. The
+materialization is the session's `materialized_slice` (tests/conftest.py), which the UI tests open in a browser.
 """
 
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetCheckSeverity, DagsterEventType, DagsterInstance
+from dagster import AssetCheckSeverity, DagsterEventType
 
-from assets.graph_run import materialize_graph
-from definitions import defs, resources_from_environment
+from definitions import defs
 from peerlens.layout import read_table
-from resources import ArtifactStorage, TableIOManager
 from sae_core.io import load_sae
 
 pytestmark = pytest.mark.e2e
@@ -41,16 +40,9 @@ RUN_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def materialized(tmp_path_factory):
-    root = tmp_path_factory.mktemp("peerlens")
-    resources = {
-        **resources_from_environment(),
-        "io_manager": TableIOManager(root=str(root)),
-        "artifacts": ArtifactStorage(root=str(root)),
-    }
-    with DagsterInstance.ephemeral() as instance:
-        results = materialize_graph(defs, instance, RUN_CONFIG, resources=resources, log=lambda _: None)
-        yield root, results
+def materialized(materialized_slice):
+    """(storage root, run results) of the session's materialization of the slice (tests/conftest.py)."""
+    return materialized_slice.storage, materialized_slice.results
 
 
 def materialization_of(results, name):

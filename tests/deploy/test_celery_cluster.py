@@ -105,11 +105,16 @@ def celery_graph(tmp_path_factory):
 
         from assets.graph_run import executor_runs, materialize_graph
         from celery_definitions import defs
+        from resources import ArtifactStorage, TableIOManager
 
         instance = stack.enter_context(DagsterInstance.from_config(str(_dagster_home(folder / "home_run", storage))))
         started = time.perf_counter()
         launcher = executor_runs("celery_definitions", instance, working_directory=str(ROOT))
-        results = materialize_graph(defs, instance, RUN_CONFIG, log=lambda _: None, launcher=launcher)
+        # The run's own reads (which days hold texts) go to the bucket too, whatever PEERLENS_HOME was when
+        # `definitions` was first imported (the Makefile exports one).
+        storage_resources = {"io_manager": TableIOManager(root=STORAGE), "artifacts": ArtifactStorage(root=STORAGE)}
+        results = materialize_graph(defs, instance, RUN_CONFIG, resources=storage_resources, log=lambda _: None,
+                                    launcher=launcher)
         print(f"\nthe slice on the celery executor with two workers, storage on S3: {time.perf_counter() - started:.0f}s")
         yield results, folder, environment
 
