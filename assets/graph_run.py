@@ -84,7 +84,9 @@ def materialize_graph(
 
     # A multi-asset's config is its op's (trade_windows configures backtest_daily, _pairs and _windows), a
     # graph-backed asset's its graph's (per_layer_saes).
-    op_keys = {definition.node_def.name: set(definition.keys) for definition in defs.assets if hasattr(definition, "node_def")}
+    op_keys = {
+        definition.node_def.name: set(definition.keys) for definition in defs.assets if hasattr(definition, "node_def")
+    }
 
     def run(selection: AssetSelection, tags: dict | None = None):
         keys = selection.resolve(graph)

@@ -144,7 +144,8 @@ def test_each_stage_s_plots_load_as_images_on_its_asset_page(page, materialized_
             playwright.expect(image).to_be_visible()
             assert image.evaluate("i => i.complete && i.naturalWidth > 0"), f"{asset} {key}: the plot did not load"
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / f"plot_{asset}_{key}.png"))
+            page.wait_for_timeout(500)  # the dialog fades in: the screenshot should show it, not the fade
+            page.get_by_role("dialog").screenshot(path=str(SCREENSHOTS / f"plot_{asset}_{key}.png"))
             page.keyboard.press("Escape")
             playwright.expect(page.get_by_role("dialog")).to_have_count(0)
 
