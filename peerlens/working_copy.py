@@ -43,7 +43,8 @@ def is_remote(uri: str) -> bool:
 class WorkingCopy:
     """The storage root `uri` and where this machine reads and writes it (module docstring)."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, cache: str | None = None):
+        """`cache`: the working copy of a remote `uri` (default ~/.cache/peerlens/<hash of the URI>)."""
         self.uri = uri
         self.remote = is_remote(uri)
         if not self.remote:
@@ -52,7 +53,7 @@ class WorkingCopy:
         self.fs, self.base = fsspec.core.url_to_fs(uri)
         self.base = self.base.rstrip("/")
         default_cache = Path.home() / ".cache" / "peerlens" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-        self.local = Path(os.environ.get(CACHE_ENV) or default_cache).resolve()
+        self.local = Path(cache or default_cache).resolve()
 
     def __repr__(self) -> str:
         return f"WorkingCopy({self.uri!r} at {self.local})" if self.remote else f"WorkingCopy({self.uri!r})"
@@ -146,9 +147,8 @@ def _hidden(file: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in file.relative_to(root).parts)
 
 
-@cache
-def _remote_copy(uri: str, cache_folder: str | None) -> WorkingCopy:
-    return WorkingCopy(uri)
+_remote_copy = cache(WorkingCopy)
+"""One WorkingCopy per remote URI and cache folder in a process (its filesystem and listings are reused)."""
 
 
 def root_uri(storage: str | os.PathLike | None = None) -> str:

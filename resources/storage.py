@@ -54,7 +54,7 @@ class ArtifactStorage(ConfigurableResource):
     def relative(self, path: str | Path) -> str:
         """`path` (under the storage root) as asset values hold it: relative to the root, so a value stays
         right when the storage moves or another machine mounts it elsewhere."""
-        return Path(path).resolve().relative_to(storage_root(self.root)).as_posix()
+        return _under_root(self.root, path)
 
     def resolve(self, stored: str | Path) -> Path:
         """The file or folder an asset value names (`relative`), up to date in the working copy."""
@@ -90,7 +90,7 @@ class TableIOManager(ConfigurableIOManager):
 
     def _stored(self, path: Path) -> str:
         """`path` of the working copy as the storage root names it (what a user finds there)."""
-        return f"{root_uri(self.root).rstrip('/')}/{path.relative_to(storage_root(self.root)).as_posix()}"
+        return f"{root_uri(self.root).rstrip('/')}/{_under_root(self.root, path)}"
 
     def _step_value(self, identifier: list[str]) -> Path:
         """Where an op's output that is no asset lives, less `.json`: steps/<run_id>/<step_key>/<output>[/<mapping_key>]."""
@@ -99,7 +99,7 @@ class TableIOManager(ConfigurableIOManager):
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         copy = storage_copy(self.root)
         if not context.has_asset_key:  # an op's output inside a graph-backed asset
-            copy.push(self._relative(self._write(self._step_value(context.get_identifier()), obj)))
+            copy.push(_under_root(self.root, self._write(self._step_value(context.get_identifier()), obj)))
             return
         # The asset's own artifacts first: once its value is stored, whatever it names is there whole.
         copy.push("/".join(["artifacts", *context.asset_key.path]))
@@ -115,11 +115,11 @@ class TableIOManager(ConfigurableIOManager):
                     f"return a dict with exactly those keys, got {sorted(parts)[:3]}..."
                 )
             for key, frame in parts.items():
-                copy.push(self._relative(self._write(base / key, frame)))
+                copy.push(_under_root(self.root, self._write(base / key, frame)))
             context.add_output_metadata({"path": self._stored(base), "partitions_written": len(parts)})
         else:
             path = self._write(base, obj)
-            copy.push(self._relative(path))
+            copy.push(_under_root(self.root, path))
             context.add_output_metadata({"path": self._stored(path)})
 
     def _write(self, base: Path, obj: Any) -> Path:
@@ -135,19 +135,16 @@ class TableIOManager(ConfigurableIOManager):
             )
         return path
 
-    def _relative(self, path: Path) -> str:
-        return path.relative_to(storage_root(self.root)).as_posix()
-
     def load_input(self, context: InputContext) -> Any:
         copy = storage_copy(self.root)
         if not context.has_asset_key:  # another op's output inside a graph-backed asset
             upstream = context.upstream_output
             base = self._step_value(upstream.get_identifier())
-            path = copy.pull(self._relative(base.with_name(base.name + ".json")))
+            path = copy.pull(_under_root(self.root, base.with_name(base.name + ".json")))
             return _typed(json.loads(path.read_text()), getattr(upstream.dagster_type, "typing_type", None))
         base = self._base(context)
         for pulled in (base, base.with_name(base.name + ".parquet"), base.with_name(base.name + ".json")):
-            copy.pull(self._relative(pulled))
+            copy.pull(_under_root(self.root, pulled))
         if context.has_asset_partitions:
             keys = context.asset_partition_keys
             missing = [k for k in keys if not (base / f"{k}.parquet").exists()]
@@ -164,6 +161,11 @@ class TableIOManager(ConfigurableIOManager):
         raise FileNotFoundError(
             f"{context.asset_key.to_user_string()} is not materialized yet (nothing at {parquet} or {js})"
         )
+
+
+def _under_root(root: str, path: str | Path) -> str:
+    """`path`, a file or folder of the working copy of `root`, as the root names it (relative, POSIX)."""
+    return Path(path).resolve().relative_to(storage_root(root)).as_posix()
 
 
 def _typed(value: Any, typed: type | None) -> Any:

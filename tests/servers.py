@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -140,8 +141,6 @@ def postgres_server() -> Iterator[Postgres]:
 def s3_server(folder: Path) -> Iterator[dict]:
     """moto's S3 in server mode on 127.0.0.1 (as s3fs's own tests run it), with a bucket `peerlens`; yields the
     environment a process needs to reach it through fsspec/s3fs (FSSPEC_S3_* and fake AWS credentials)."""
-    import sys
-
     port = free_port()
     log = folder / "moto.log"
     command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]

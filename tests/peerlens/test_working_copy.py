@@ -20,9 +20,8 @@ def s3(tmp_path_factory):
 
 def _copies(s3, tmp_path, prefix: str) -> tuple[WorkingCopy, WorkingCopy]:
     """Two machines' views of one prefix: their own caches, the same bucket."""
-    a, b = WorkingCopy(f"s3://peerlens/{prefix}"), WorkingCopy(f"s3://peerlens/{prefix}")
-    a.local, b.local = tmp_path / "a", tmp_path / "b"
-    return a, b
+    return (WorkingCopy(f"s3://peerlens/{prefix}", cache=str(tmp_path / "a")),
+            WorkingCopy(f"s3://peerlens/{prefix}", cache=str(tmp_path / "b")))
 
 
 def test_a_folder_is_its_own_working_copy(tmp_path, monkeypatch):
