@@ -3,6 +3,8 @@
 Resources read their environment here, so one code location serves a laptop (the offline sample,
 CPU) and a deployment (EDGAR + yfinance, a GPU) with nothing but environment variables:
 
+    PEERLENS_UNIVERSE           your own universe's folder (companies.csv|parquet, prices.csv|parquet): the
+                                graph runs on it instead of the offline sample (format: peerlens.sources.universe)
     PEERLENS_SAMPLE_DIR         the offline sample folder (default ../shared/data)
     PEERLENS_HOME               where tables and artifacts land (default .peerlens)
     PEERLENS_MODEL              a Hugging Face causal LM name or path (default smollm2-135m)
@@ -12,7 +14,8 @@ CPU) and a deployment (EDGAR + yfinance, a GPU) with nothing but environment var
     PEERLENS_EDGAR_USER_AGENT   'Name email@domain' for SEC EDGAR (switches the new-filings sensor on)
     PEERLENS_PRICE_SOURCE       sample | yfinance: where the monthly schedule refreshes prices from
     PEERLENS_VINTAGE            2017 | 2024: the offline sample's text vintage (default 2017)
-    PEERLENS_MONTHS_START/END   the monthly partitions and clustering dates (default 2007-02-01 .. 2020-10-01, the 2017 vintage's)
+    PEERLENS_MONTHS_START/END   the monthly partitions and clustering dates (default your universe's prices, else
+                                2007-02-01 .. 2020-10-01, the 2017 vintage's)
 """
 
 from __future__ import annotations
@@ -26,15 +29,25 @@ from assets.automation import filings_refresh_job, monthly_refresh_job, monthly_
 from assets.saes import SaeQualityThresholds
 from resources import (
     ArtifactStorage,
+    CompanyDataResource,
     ComputeResource,
     EdgarResource,
     LanguageModelResource,
     SaeTrainer,
     SampleDataResource,
     TableIOManager,
+    UniverseResource,
     YFinanceResource,
 )
+from peerlens.sources.universe import UNIVERSE_ENV
 from sae_core.capture import DEFAULT_MODEL
+
+
+def company_data_from_environment() -> CompanyDataResource:
+    """Your universe when PEERLENS_UNIVERSE names one, else the offline sample."""
+    if os.environ.get(UNIVERSE_ENV):
+        return UniverseResource(path=os.environ[UNIVERSE_ENV])
+    return SampleDataResource(path=os.environ.get("PEERLENS_SAMPLE_DIR", ""), vintage=os.environ.get("PEERLENS_VINTAGE", "2017"))
 
 
 def resources_from_environment() -> dict:
@@ -42,9 +55,7 @@ def resources_from_environment() -> dict:
     return {
         "io_manager": TableIOManager(root=home),
         "artifacts": ArtifactStorage(root=home),
-        "sample_data": SampleDataResource(
-            path=os.environ.get("PEERLENS_SAMPLE_DIR", ""), vintage=os.environ.get("PEERLENS_VINTAGE", "2017")
-        ),
+        "company_data": company_data_from_environment(),
         "edgar": EdgarResource(user_agent=os.environ.get("PEERLENS_EDGAR_USER_AGENT", "")),
         "yfinance": YFinanceResource(enabled=os.environ.get("PEERLENS_PRICE_SOURCE", "sample") == "yfinance"),
         "language_model": LanguageModelResource(name=os.environ.get("PEERLENS_MODEL", DEFAULT_MODEL)),

@@ -28,7 +28,7 @@ from assets.partitions import MONTHS, TEXT_DATES
 from assets.sources import CompanyDescriptionsConfig, DailyPricesConfig
 from peerlens.sources.filings import FilingsCursor, filing_day, follow_up_runs, poll_new_10k_filings, refresh_run_keys
 from peerlens.sources.texts import latest_texts
-from resources import EdgarResource, SampleDataResource, YFinanceResource
+from resources import CompanyDataResource, EdgarResource, YFinanceResource
 
 monthly_refresh_job = define_asset_job(
     "monthly_refresh",
@@ -88,12 +88,12 @@ FILINGS_BATCH = 100
     default_status=DefaultSensorStatus.STOPPED,
     description="Polls EDGAR for new 10-K filings of the universe's CIKs and refreshes only the changed companies.",
 )
-def new_10k_filings(context: SensorEvaluationContext, edgar: EdgarResource, sample_data: SampleDataResource):
+def new_10k_filings(context: SensorEvaluationContext, edgar: EdgarResource, company_data: CompanyDataResource):
     if not edgar.user_agent:
         return SkipReason("set PEERLENS_EDGAR_USER_AGENT ('Name email@domain') to watch EDGAR")
     cursor = FilingsCursor.from_json(context.cursor)
     again, pending = follow_up_runs(cursor.pending, _run_outcomes(context.instance, cursor.pending))
-    universe = latest_texts(sample_data.company_texts().frame)[["ticker", "cik"]]
+    universe = latest_texts(company_data.company_texts().frame)[["ticker", "cik"]]
     result = poll_new_10k_filings(universe, edgar.client(), cursor, batch_size=FILINGS_BATCH)
     requests = {**again, **refresh_run_keys(result)}
     # The cursor and the run requests are committed together with the tick: a filing is remembered as

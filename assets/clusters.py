@@ -89,7 +89,8 @@ def _clusterings(config: CompanyClustersConfig, inputs: _ClusteringInputs, dates
         inputs.codes,
         ClusteringConfig(config.theta, config.match_cluster_count_of, config.random_seed),
         members_on=members,
-        tradable_on=lambda day: set(inputs.listed.index[inputs.listed <= day]),
+        # A source without prices clusters every company with a text; one with prices only the listed ones.
+        tradable_on=(lambda day: set(inputs.listed.index[inputs.listed <= day])) if len(inputs.listed) else None,
         min_companies=config.min_companies,
     )
 

@@ -27,6 +27,10 @@ PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 PARTITION_KEY = "dagster/partition"
 
+RETURN_EVALUATIONS = AssetSelection.assets("monthly_returns", "backtest_daily", "backtest_pairs", "backtest_windows")
+"""What scores clusters on returns; with what lies downstream of it, left out of a graph run when the source
+has no prices (the clusters, peers and explanations are still made)."""
+
 RunLauncher = Callable[[Collection[AssetKey], dict, dict | None], object]
 """Runs one selection of assets with its run config and tags, returns the run's result (`.success`, events)."""
 
@@ -108,13 +112,16 @@ def materialize_graph(
     texts_by_day = AssetSelection.assets("daily_texts")
     per_day = [key for key in ("llm_activations", "text_embeddings") if graph.has(AssetKey(key))]
     activations = AssetSelection.assets(*per_day)
-    results = [
-        run(upstream),
-        run_range(returns, months[0], months[-1]),
-    ]
+    results = [run(upstream)]
+    priced = len(_load(resources, "daily_prices")) > 0
+    skipped = AssetSelection.assets() if priced else RETURN_EVALUATIONS.downstream()
+    if priced:
+        results.append(run_range(returns, months[0], months[-1]))
+    else:
+        log(f"the source has no prices: leaving out {sorted(k.to_user_string() for k in skipped.resolve(graph))}")
     # The days of texts, one run each (a partition's data version hashes its own rows): only days whose
     # texts are new or changed are run, and only they leave their activations stale.
-    texts = resources["io_manager"].load_input(build_input_context(asset_key=AssetKey("company_descriptions")))
+    texts = _load(resources, "company_descriptions")
     held = text_days(texts)
     for day in changed_days(instance, texts) if only_stale else held:
         results.append(run(texts_by_day, tags={PARTITION_KEY: day}))
@@ -125,7 +132,7 @@ def materialize_graph(
         to_capture = outdated_partitions(instance, graph, [AssetKey(key) for key in per_day], held)
     results += run_days(activations, to_capture)
 
-    rest = (AssetSelection.all() - upstream - returns - texts_by_day - activations).resolve(graph)
+    rest = (AssetSelection.all() - upstream - returns - texts_by_day - activations - skipped).resolve(graph)
     # What is encoded per day (company features) needs the SAE release, built from the corpus of every day:
     # the release first, then the days whose features are missing or stale (all of them after a retrain).
     encoded_by_day = {key for key in rest if graph.get(key).partitions_def == TEXT_DATES}
@@ -151,6 +158,10 @@ def materialize_graph(
     if len(results) == upstream_runs:
         log("nothing downstream of the sources is missing or stale: nothing to recompute")
     return results
+
+
+def _load(resources: dict, asset: str):
+    return resources["io_manager"].load_input(build_input_context(asset_key=AssetKey(asset)))
 
 
 def _outdated_downstream(instance, graph, rest: set, encoded_by_day: set, held: list[str], texts_changed: bool) -> set:

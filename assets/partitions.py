@@ -1,8 +1,8 @@
 """The partitions: texts by the day they became known, months of returns, clustering dates (with their
 trading windows) and scored years, and the automation conditions that carry new partitions downstream.
 
-The time partitions follow one window, PEERLENS_MONTHS_START/END (default the 2017 vintage's prices). An
-empty END means "up to now": then a new partition appears as each month, half-year or year begins.
+The time partitions follow one window, PEERLENS_MONTHS_START/END (default your universe's prices, else the 2017
+vintage's; see `months_window`). An empty END means "up to now": then a new partition appears as each month, half-year or year begins.
 """
 
 import os
@@ -16,12 +16,25 @@ from dagster import (
 )
 
 from peerlens.similarity.point_in_time import CLUSTERING_MONTHS
+from peerlens.sources.universe import UNIVERSE_ENV, universe_months_window
 
-MONTHS_START = os.environ.get("PEERLENS_MONTHS_START", "2007-02-01")
-MONTHS_END = os.environ.get("PEERLENS_MONTHS_END", "2020-10-01") or None
-# The 2017 vintage's prices run 2007-01-03..2020-10-28: the first month-end return is February 2007, the
-# last complete month September 2020. The 2024 vintage (2013-02-08..2018-02-07) sets
-# PEERLENS_MONTHS_START=2013-03-01 and PEERLENS_MONTHS_END=2018-02-01; live deployments their own window.
+
+
+def months_window() -> tuple[str, str | None]:
+    """(start, end or None) of the monthly partitions: PEERLENS_MONTHS_START/END where set, else your universe's
+    (`peerlens.sources.universe.universe_months_window`) when PEERLENS_UNIVERSE names one, else the 2017 vintage's.
+
+    The 2017 vintage's prices run 2007-01-03..2020-10-28: the first month-end return is February 2007, the
+    last complete month September 2020. The 2024 vintage (2013-02-08..2018-02-07) sets
+    PEERLENS_MONTHS_START=2013-03-01 and PEERLENS_MONTHS_END=2018-02-01; live deployments their own window.
+    """
+    start, end = "2007-02-01", "2020-10-01"
+    if os.environ.get(UNIVERSE_ENV):
+        start, end = universe_months_window(os.environ[UNIVERSE_ENV])
+    return os.environ.get("PEERLENS_MONTHS_START", start), os.environ.get("PEERLENS_MONTHS_END", end) or None
+
+
+MONTHS_START, MONTHS_END = months_window()
 
 MONTHS = MonthlyPartitionsDefinition(start_date=MONTHS_START, end_date=MONTHS_END)
 

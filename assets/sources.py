@@ -27,7 +27,7 @@ from peerlens.layout import write_parquet_atomically
 from peerlens.sources.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
 from peerlens.sources.texts import LOADED_COLUMNS, append_texts, text_days, texts_from_records, texts_known_on
 from peerlens.sources.tickers import normalize_ticker
-from resources import ArtifactStorage, EdgarResource, SampleDataResource, YFinanceResource
+from resources import ArtifactStorage, CompanyDataResource, EdgarResource, YFinanceResource
 from sae_core.text import is_blank
 
 EDGAR_TEXTS = "edgar_texts.parquet"
@@ -62,7 +62,7 @@ class CompanyDescriptionsConfig(Config):
 def company_descriptions(
     context: AssetExecutionContext,
     config: CompanyDescriptionsConfig,
-    sample_data: SampleDataResource,
+    company_data: CompanyDataResource,
     edgar: EdgarResource,
     artifacts: ArtifactStorage,
 ) -> Output[pd.DataFrame]:
@@ -75,7 +75,7 @@ def company_descriptions(
     Each known_by day becomes a partition of TEXT_DATES (if it is not one yet): what is computed per text
     is computed per day of texts.
     """
-    loaded = sample_data.company_texts()
+    loaded = company_data.company_texts()
     frame, counts = loaded.frame, dict(loaded.rule_counts)
     history_path = artifacts.folder("company_descriptions") / EDGAR_TEXTS
     fetched = pd.read_parquet(history_path) if history_path.exists() else frame.iloc[:0]
@@ -96,8 +96,9 @@ def company_descriptions(
             raise ValueError(f"company_descriptions config: tickers {unknown} have no description in the source")
         frame = frame[frame.ticker.isin(wanted)]
     excluded: list[str] = []
-    if config.require_prices:
-        with_prices = sample_data.price_tickers()
+    with_prices = company_data.price_tickers()
+    # A source without any prices (your universe, before you have them) is clustered, not evaluated.
+    if config.require_prices and with_prices:
         excluded = sorted(set(frame.ticker) - with_prices)
         frame = frame[frame.ticker.isin(with_prices)]
     counts["excluded_without_prices"] = len(excluded)
@@ -113,7 +114,8 @@ def company_descriptions(
         metadata={
             "texts": len(frame),
             "companies": int(frame.company_id.nunique()),
-            "vintage": sample_data.vintage,
+            "source": company_data.describe(),
+            "has_prices": bool(with_prices),
             "known_by_range": f"{frame.known_by.min().date()} .. {frame.known_by.max().date()}",
             "text_dates": len(days),
             "text_dates_added": ", ".join(new_days) or "none",
@@ -202,11 +204,11 @@ def descriptions_are_unique_and_non_empty(company_descriptions: pd.DataFrame) ->
 
 
 @asset(group_name="sources", kinds={"pandas", "parquet"})
-def index_membership(sample_data: SampleDataResource) -> Output[pd.DataFrame]:
+def index_membership(company_data: CompanyDataResource) -> Output[pd.DataFrame]:
     """Index membership spells (ticker, start_date, end_date; NaT end: still a member): who was in the index on
     a day, so a clustering dated D holds only the companies an investor could have named on D. Empty when the
     source has no history (the 2024 vintage): then every company with a text and prices is in the universe."""
-    frame = sample_data.index_membership()
+    frame = company_data.index_membership()
     return Output(
         frame,
         data_version=frame_version(frame),
@@ -231,19 +233,19 @@ def membership_spells_do_not_overlap(index_membership: pd.DataFrame) -> AssetChe
 
 
 @asset(group_name="sources", kinds={"pandas", "parquet"})
-def industry_codes(company_descriptions: pd.DataFrame, sample_data: SampleDataResource) -> Output[pd.DataFrame]:
+def industry_codes(company_descriptions: pd.DataFrame, company_data: CompanyDataResource) -> Output[pd.DataFrame]:
     """SIC (4-digit, 2-digit, division) and GICS (sector, sub-industry) per ticker, joined on CIK where possible.
 
     When the labels were known is in the metadata: a label known only after a scored period is not point in time.
     """
     companies = company_descriptions.sort_values("known_by").drop_duplicates("ticker", keep="last")
-    loaded = sample_data.industry_codes(companies[["ticker", "cik"]])
+    loaded = company_data.industry_codes(companies[["ticker", "cik"]])
     frame = loaded.frame
     return Output(
         frame,
         data_version=frame_version(frame),
         metadata={
-            "label_vintages": sample_data.label_vintages(),
+            "label_vintages": company_data.label_vintages(),
             **rule_metadata(loaded.rule_counts),
             "ticker_cik_conflicts_tickers": ", ".join(loaded.affected_tickers.get("ticker_cik_conflicts", [])) or "none",
             "distinct_sic4": int(frame.sic4.nunique()),
@@ -277,14 +279,17 @@ class DailyPricesConfig(Config):
 
 @asset(group_name="sources", kinds={"pandas", "parquet"})
 def daily_prices(
-    config: DailyPricesConfig, sample_data: SampleDataResource, yfinance: YFinanceResource
+    config: DailyPricesConfig, company_data: CompanyDataResource, yfinance: YFinanceResource
 ) -> Output[pd.DataFrame]:
-    """Cleaned daily prices (date, ticker, open, high, low, close, volume, jump), with every cleaning rule counted."""
+    """Cleaned daily prices (date, ticker, open, high, low, close, volume, jump), with every cleaning rule counted.
+
+    No rows when the source has no prices (your own universe may not): then the clusters are made, and the
+    evaluations that need returns are left out of a graph run (`assets.graph_run.RETURN_EVALUATIONS`)."""
     if config.source == "sample":
-        raw = sample_data.daily_prices()
+        raw = company_data.daily_prices()
         source_counts: dict[str, int] = {}
     elif config.source == "yfinance":
-        tickers = sorted(sample_data.company_texts().frame.ticker.unique())
+        tickers = sorted(company_data.company_texts().frame.ticker.unique())
         with retried_when_unreachable("yfinance"):
             loaded = yfinance.daily_prices(tickers)
             if loaded.rule_counts["tickers_without_data"] == len(tickers):
@@ -301,8 +306,8 @@ def daily_prices(
         metadata={
             **rule_metadata({**source_counts, **cleaned.rule_counts}),
             "tickers": int(prices.ticker.nunique()),
-            "first_date": str(prices.date.min().date()),
-            "last_date": str(prices.date.max().date()),
+            "first_date": str(prices.date.min().date()) if len(prices) else "none",
+            "last_date": str(prices.date.max().date()) if len(prices) else "none",
             "jump_days": MetadataValue.md(jumps.head(25).to_markdown(index=False)),
         },
     )

@@ -6,18 +6,20 @@ object storage) is a configuration change, never a code change.
 """
 
 from resources.compute import ComputeResource
-from resources.data import EdgarResource, SampleDataResource, YFinanceResource
+from resources.data import CompanyDataResource, EdgarResource, SampleDataResource, UniverseResource, YFinanceResource
 from resources.model import LanguageModelResource
 from resources.storage import ArtifactStorage, TableIOManager
 from resources.training import SaeTrainer
 
 __all__ = [
     "ArtifactStorage",
+    "CompanyDataResource",
     "ComputeResource",
     "EdgarResource",
     "LanguageModelResource",
     "SaeTrainer",
     "SampleDataResource",
     "TableIOManager",
+    "UniverseResource",
     "YFinanceResource",
 ]

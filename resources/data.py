@@ -8,16 +8,59 @@ import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from peerlens.sources import sample, sample_2017
+from peerlens.sources import sample, sample_2017, universe
 from peerlens.sources.edgar import EdgarClient
-from peerlens.sources.texts import texts_from_records
+from peerlens.sources.returns import PRICE_COLUMNS
+from peerlens.sources.texts import TEXT_COLUMNS, texts_from_records
 from peerlens.sources.yfinance_prices import load_yfinance_prices
 
 
 VINTAGES = ("2017", "2024")
 
 
-class SampleDataResource(ConfigurableResource):
+class CompanyDataResource(ConfigurableResource):
+    """Where the graph's companies come from: their texts, industry codes, daily prices and index membership.
+
+    The `company_data` resource is one of its kinds: the offline sample (`SampleDataResource`) or your own
+    universe (`UniverseResource`); the source assets read nothing else.
+    """
+
+    def describe(self) -> str:
+        """What the data is, for the assets' metadata."""
+        raise NotImplementedError
+
+    def company_texts(self) -> sample.LoadedTable:
+        """The texts as a text history (`peerlens.sources.texts.TEXT_COLUMNS`), with what loading did."""
+        raise NotImplementedError
+
+    def industry_codes(self, companies: pd.DataFrame) -> sample.LoadedTable:
+        """Codes (`peerlens.sources.universe.CODE_COLUMNS`) for each row of `companies` (ticker, cik)."""
+        raise NotImplementedError
+
+    def label_vintages(self) -> str:
+        """When the industry labels were known, for reports: labels known only later are not point in time."""
+        raise NotImplementedError
+
+    def daily_prices(self) -> pd.DataFrame:
+        """Raw daily prices (`peerlens.sources.returns.PRICE_COLUMNS`); no rows when the source has none."""
+        raise NotImplementedError
+
+    def index_membership(self) -> pd.DataFrame:
+        """Membership spells (ticker, start_date, end_date); no rows when the source has no membership history."""
+        raise NotImplementedError
+
+    def price_tickers(self) -> set[str]:
+        """Tickers that have prices."""
+        return set(self.daily_prices()["ticker"].unique())
+
+
+def no_membership() -> pd.DataFrame:
+    """An index_membership frame without spells: every company with a text (and prices) is in the universe."""
+    return pd.DataFrame({"ticker": pd.Series(dtype=str), "start_date": pd.Series(dtype="datetime64[ns]"),
+                         "end_date": pd.Series(dtype="datetime64[ns]")})
+
+
+class SampleDataResource(CompanyDataResource):
     """The offline S&P 500 sample, in one of its two text vintages.
 
     2017 (the default): vendor profiles known by May 2017, GICS of May 2017, dividend-adjusted prices
@@ -35,10 +78,13 @@ class SampleDataResource(ConfigurableResource):
         description="2017 vintage: whose profiles to load (yf, gf, mw); one text per company and vendor.",
     )
 
+    def describe(self) -> str:
+        return f"offline sample, {self.vintage} vintage"
+
     def root(self) -> Path:
         """The sample folder, checked to hold every file the chosen vintage's loaders read."""
         if self.vintage not in VINTAGES:
-            raise ValueError(f"sample_data vintage must be one of {VINTAGES}, got {self.vintage!r}")
+            raise ValueError(f"company_data (the sample) vintage must be one of {VINTAGES}, got {self.vintage!r}")
         root = self.path or sample.default_sample_dir()
         return sample_2017.check_vintage_dir(root) if self.vintage == "2017" else sample.check_sample_dir(root)
 
@@ -79,16 +125,45 @@ class SampleDataResource(ConfigurableResource):
             return sample_2017.load_prices_2017(self.root()).frame
         return sample.load_daily_prices(self.root())
 
-    def price_tickers(self) -> set[str]:
-        """Tickers that have prices."""
-        return set(self.daily_prices()["ticker"].unique())
-
     def index_membership(self) -> pd.DataFrame:
-        """Membership spells (ticker, start_date, end_date); empty for the 2024 vintage, which has none."""
+        """The 2017 vintage's point-in-time spells; none for the 2024 vintage."""
         if self.vintage == "2017":
             return sample_2017.load_membership(self.root())
-        return pd.DataFrame({"ticker": pd.Series(dtype=str), "start_date": pd.Series(dtype="datetime64[ns]"),
-                             "end_date": pd.Series(dtype="datetime64[ns]")})
+        return no_membership()
+
+
+class UniverseResource(CompanyDataResource):
+    """Your own universe: a folder with companies.csv|parquet and, optionally, prices.csv|parquet (the format is
+    in `peerlens.sources.universe`). Without prices the return evaluations are left out; without codes each
+    company is its own cluster under that code. It has no index membership history."""
+
+    path: str = Field(description="The universe folder ($PEERLENS_UNIVERSE).")
+
+    def describe(self) -> str:
+        return f"your universe at {self.path}"
+
+    def _companies(self) -> sample.LoadedTable:
+        return universe.load_universe_companies(self.path)
+
+    def company_texts(self) -> sample.LoadedTable:
+        loaded = self._companies()
+        return sample.LoadedTable(loaded.frame.loc[:, list(TEXT_COLUMNS)], loaded.rule_counts, loaded.affected_tickers)
+
+    def industry_codes(self, companies: pd.DataFrame) -> sample.LoadedTable:
+        return universe.universe_industry_codes(self._companies().frame, companies)
+
+    def label_vintages(self) -> str:
+        return f"the codes on each company's newest text in {self.path}: as current as the file says"
+
+    def daily_prices(self) -> pd.DataFrame:
+        prices = universe.load_universe_prices(self.path)
+        if prices is not None:
+            return prices
+        empty = {"date": "datetime64[ns]", "ticker": object, "volume": "int64"}
+        return pd.DataFrame({column: pd.Series(dtype=empty.get(column, "float64")) for column in PRICE_COLUMNS})
+
+    def index_membership(self) -> pd.DataFrame:
+        return no_membership()
 
 
 class EdgarResource(ConfigurableResource):

@@ -41,12 +41,23 @@ METHODS = (*FEATURE_METHODS, *CODE_METHODS, RANDOM)
 CLUSTER_COLUMNS = ("method", "ticker", "cluster", "tree_parent", "tree_z")
 
 
+COMPANIES_PER_CLUSTER_WITHOUT_CODES = 4
+"""When no company of a universe has the reference code (your own universe may carry none), feature methods
+are cut to one cluster per this many companies: the S&P 500's companies per GICS sub-industry (503 / 127)."""
+
+
+def cluster_count_without_codes(companies: int) -> int:
+    """round(companies / COMPANIES_PER_CLUSTER_WITHOUT_CODES), at least 1."""
+    return max(1, round(companies / COMPANIES_PER_CLUSTER_WITHOUT_CODES))
+
+
 @dataclass(frozen=True)
 class ClusteringConfig:
     theta: dict[str, float] = field(default_factory=dict)
     """Explicit MST cut per feature method: tree edges with z > θ are dropped."""
     match_cluster_count_of: str = "gics_sub_industry"
-    """Feature methods without an explicit θ are cut to as many clusters as this code method has; random copies its sizes."""
+    """Feature methods without an explicit θ are cut to as many clusters as this code method has (when no company
+    has the code: `cluster_count_without_codes`); random copies its sizes (then the first feature method's)."""
     random_seed: int = 0
 
     def __post_init__(self):
@@ -89,12 +100,15 @@ def cluster_every_method(
     labels = {method: labels_from_codes(codes[column].reset_index(drop=True)) for method, column in CODE_METHODS.items()}
     # A θ fixed on the z scale means a different granularity for every representation; by default
     # every feature method is cut to the reference's cluster count, so methods differ in how they group.
-    target = len(np.unique(labels[config.match_cluster_count_of]))
+    reference = config.match_cluster_count_of
+    has_reference = codes[CODE_METHODS[reference]].notna().any()
+    target = len(np.unique(labels[reference])) if has_reference else cluster_count_without_codes(len(tickers))
     trees = {method: minimum_spanning_tree_z(matrix) for method, matrix in distances.items()}
     thetas = {m: config.theta.get(m, theta_for_cluster_count_on_tree(tree, target)) for m, tree in trees.items()}
     for method, tree in trees.items():
         labels[method] = cut_spanning_tree(tree, thetas[method])
-    labels[RANDOM] = random_clusters_like(labels[config.match_cluster_count_of], seed=config.random_seed)
+    sizes_like = reference if has_reference or not trees else next(iter(trees))
+    labels[RANDOM] = random_clusters_like(labels[sizes_like], seed=config.random_seed)
 
     names = np.asarray(tickers, dtype=object)
     no_tree = (np.full(len(names), -1), np.full(len(names), np.nan))

@@ -47,8 +47,11 @@ def company_id(cik: object, ticker: str) -> str:
     return f"ticker:{normalize_ticker(ticker)}"
 
 
-def texts_from_records(frame: pd.DataFrame, source_name: str) -> pd.DataFrame:
+def texts_from_records(frame: pd.DataFrame, source_name: str, ids: pd.Series | None = None) -> pd.DataFrame:
     """A loader's frame (LOADED_COLUMNS) checked and given its ids: a text history (TEXT_COLUMNS).
+
+    A row's company_id is "cik:<CIK>" when its CIK is known, else the loader's own id from `ids` (aligned
+    with `frame`, e.g. "id:acme" for your own universe), else "ticker:<TICKER>".
 
     Every row must have a ticker, a non-blank description, a source and a known_by date; `source_name`
     names the input in the error. Two rows with one (company, source) are an error: the source must
@@ -72,7 +75,11 @@ def texts_from_records(frame: pd.DataFrame, source_name: str) -> pd.DataFrame:
         )
     texts["ticker"] = texts.ticker.map(normalize_ticker)
     texts["cik"] = texts.cik.astype("Int64")
-    ids = [company_id(cik, ticker) for cik, ticker in zip(texts.cik, texts.ticker)]
+    own = ids.tolist() if ids is not None else [None] * len(texts)
+    ids = [
+        own_id if pd.isna(cik) and isinstance(own_id, str) else company_id(cik, ticker)
+        for cik, ticker, own_id in zip(texts.cik, texts.ticker, own)
+    ]
     texts["company_id"] = pd.Series(ids, index=texts.index, dtype=object)
     texts["text_id"] = pd.Series([f"{c}|{s}" for c, s in zip(ids, texts.source)], index=texts.index, dtype=object)
     repeated = texts.text_id[texts.text_id.duplicated()]

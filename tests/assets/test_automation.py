@@ -65,7 +65,7 @@ def test_the_sensor_requests_a_failed_refresh_again(monkeypatch):
     with DagsterInstance.ephemeral() as instance:
         context = build_sensor_context(
             cursor=cursor.to_json(), instance=instance,
-            resources={"edgar": EdgarResource(user_agent=USER_AGENT), "sample_data": SampleDataResource()},
+            resources={"edgar": EdgarResource(user_agent=USER_AGENT), "company_data": SampleDataResource()},
         )
         requests_made = new_10k_filings(context).run_requests
     assert [r.run_key for r in requests_made] == ["10k@2023-01-31:0001#retry1"]

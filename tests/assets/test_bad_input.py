@@ -23,7 +23,7 @@ def test_a_missing_sample_folder_fails_naming_the_folder_and_the_override(tmp_pa
     missing = tmp_path / "no-such-sample"
     result = materialize(
         [daily_prices],
-        resources=resources(tmp_path, sample_data=SampleDataResource(path=str(missing))),
+        resources=resources(tmp_path, company_data=SampleDataResource(path=str(missing))),
         raise_on_error=False,
     )
     assert not result.success

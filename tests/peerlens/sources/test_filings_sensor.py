@@ -255,7 +255,7 @@ def tick(cursor: str | None, user_agent: str = USER_AGENT):
         context = build_sensor_context(
             cursor=cursor,
             instance=instance,
-            resources={"edgar": EdgarResource(user_agent=user_agent), "sample_data": SampleDataResource()},
+            resources={"edgar": EdgarResource(user_agent=user_agent), "company_data": SampleDataResource()},
         )
         result = new_10k_filings(context)
     if isinstance(result, SensorResult):
