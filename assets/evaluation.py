@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from assets.correlations import LOOK_AHEAD, POINT_IN_TIME
-from assets.metadata import figure_markdown, plt
+from assets.metadata import figure_markdown, markdown_table, plt
 from assets.partitions import CLUSTERING_DATES, FOLLOWS_UPSTREAM, partition_end, partitions_value
 from peerlens.pairs.backtest import PAIR_COLUMNS, PairsResult, Window, summarize_backtest, trade_window, window_starting
 from peerlens.pairs.pairs_trading import PairsConfig
@@ -212,9 +212,9 @@ def pairs_backtest(
         table,
         metadata={
             "headline_timing": headline,
-            "backtest": MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
+            "backtest": markdown_table(table, floatfmt=".3f"),
             "equity_curves": _equity_plot(pd.DataFrame({m: d for (t, m), d in daily_by_name.items() if t == headline})),
-            "windows": MetadataValue.md(first.drop(columns=["timing", "method"]).astype(str).to_markdown(index=False)),
+            "windows": markdown_table(first.drop(columns=["timing", "method"]).astype(str), floatfmt="g"),
             "first_traded": str(shown.trading_start.min()),
         },
     )
@@ -248,7 +248,7 @@ def both_timings_trade_every_method_on_the_same_days(pairs_backtest: pd.DataFram
     no point-in-time window, the reference alone, on one set of days)."""
     days = pairs_backtest.pivot_table(index="method", columns="timing", values="n_days", aggfunc="first")
     same = bool(len(days) and days.notna().all().all() and (days.nunique(axis=1) == 1).all() and days.stack().nunique() == 1)
-    return AssetCheckResult(passed=same, metadata={"methods": len(days), "days": MetadataValue.md(days.reset_index().to_markdown(index=False))})
+    return AssetCheckResult(passed=same, metadata={"methods": len(days), "days": markdown_table(days.reset_index(), floatfmt="g")})
 
 
 def _equity_plot(daily: pd.DataFrame) -> MetadataValue:

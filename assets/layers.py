@@ -5,7 +5,7 @@ import pandas as pd
 from dagster import AssetCheckResult, Config, MetadataValue, Output, asset, asset_check
 from pydantic import Field
 
-from assets.metadata import figure_markdown, plt
+from assets.metadata import figure_markdown, markdown_table, plt
 from resources import ArtifactStorage
 from sae_core.activation_store import StoreRef
 from sae_core.distances import LayerDistances, store_distances
@@ -87,9 +87,9 @@ def layer_groups(config: LayerGroupsConfig, layer_distances: LayerDistances) -> 
             "saes_to_train": len(grouping.chosen_groups),
             "contiguous": grouping.contiguous,
             "amad_at_chosen_g": float(grouping.amad_by_g[grouping.chosen_g]),
-            "groups": MetadataValue.md(groups_table.to_markdown(index=False)),
+            "groups": markdown_table(groups_table, floatfmt="g"),
             "amad_curve": _amad_plot(curve, grouping),
-            "amad_table": MetadataValue.md(curve.head(12).to_markdown(index=False, floatfmt=".3f")),
+            "amad_table": markdown_table(curve.head(12), floatfmt=".3f"),
         },
     )
 

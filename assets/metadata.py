@@ -9,6 +9,8 @@ import matplotlib
 import pandas as pd
 from dagster import DataVersion, MetadataValue
 
+from peerlens.markdown import markdown_frame
+
 matplotlib.use("Agg")  # no display on a Dagster worker: render to PNG only
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -19,11 +21,16 @@ def rule_metadata(counts: dict[str, int]) -> dict[str, int]:
 
 
 def table_preview(frame: pd.DataFrame, rows: int = 10) -> MetadataValue:
-    return MetadataValue.md(frame.head(rows).to_markdown(index=False))
+    """The first `rows` rows as a markdown table, text cells inert (`peerlens.markdown`)."""
+    return MetadataValue.md(markdown_frame(frame.head(rows)).to_markdown(index=False))
 
 
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> MetadataValue:
-    return MetadataValue.md(frame.to_markdown(index=False, floatfmt=floatfmt))
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f", empty: str | None = None) -> MetadataValue:
+    """`frame` as a markdown table, text cells inert (`peerlens.markdown`: a description or a name from a
+    source is shown as text, never as markup); `empty`, if given, stands for a frame without rows."""
+    if empty is not None and frame.empty:
+        return MetadataValue.md(empty)
+    return MetadataValue.md(markdown_frame(frame).to_markdown(index=False, floatfmt=floatfmt))
 
 
 def figure_markdown(figure) -> MetadataValue:

@@ -181,7 +181,7 @@ def _checks(table: pd.DataFrame, summary: dict, n_layers: int):
 def _wide_markdown(table: pd.DataFrame) -> MetadataValue:
     wide = table.pivot(index="layer", columns="regime", values=["fvu", "ce_loss_score", "kl_sae"])
     wide.columns = [f"{measure}/{regime}" for measure, regime in wide.columns]
-    return MetadataValue.md(wide.reset_index().to_markdown(index=False, floatfmt=".3f"))
+    return markdown_table(wide.reset_index(), floatfmt=".3f")
 
 
 def _by_layer_plot(table: pd.DataFrame) -> MetadataValue:

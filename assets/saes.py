@@ -13,13 +13,13 @@ from dagster import (
     Config,
     ConfigurableResource,
     DataVersion,
-    MetadataValue,
     Output,
     asset,
     asset_check,
 )
 from pydantic import Field
 
+from assets.metadata import markdown_table
 from peerlens.layout import staging_path
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from resources.compute import GPU_STEP
@@ -199,7 +199,7 @@ def group_saes(
             "training_rows": trained.notes.get("training_rows", "memory"),
             "max_dead_fraction": float(table.dead_fraction.max()),
             "train_seconds_total": round(sum(s.train_seconds for s in trained.saes), 1),
-            "per_layer": MetadataValue.md(table.to_markdown(index=False, floatfmt=".4f")),
+            "per_layer": markdown_table(table, floatfmt=".4f"),
         },
     )
 

@@ -12,7 +12,6 @@ from dagster import (
     BackfillPolicy,
     Config,
     AssetCheckSpec,
-    MetadataValue,
     Output,
     RetryRequested,
     asset,
@@ -20,9 +19,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.metadata import frame_version, rule_metadata, table_preview
+from assets.metadata import frame_version, markdown_table, rule_metadata, table_preview
 from assets.partitions import MONTHS, TEXT_DATES, partitions_value
-from peerlens.sources.edgar import EdgarError
+from peerlens.sources.edgar import EdgarError, EdgarRefused
 from peerlens.layout import write_parquet_atomically
 from peerlens.sources.returns import PriceCleaning, clean_daily_prices, infer_last_complete_month, month_end_log_returns
 from peerlens.sources.texts import LOADED_COLUMNS, append_texts, text_days, texts_from_records, texts_known_on
@@ -41,9 +40,11 @@ LIVE_RETRIES, LIVE_RETRY_SECONDS = 3, 60
 @contextmanager
 def retried_when_unreachable(source: str):
     """Turn a network failure of a live source into Dagster's step retry (RetryRequested), up to LIVE_RETRIES
-    times LIVE_RETRY_SECONDS apart; bad input still fails at once."""
+    times LIVE_RETRY_SECONDS apart; bad input, and a request EDGAR refuses (403, 404), still fail at once."""
     try:
         yield
+    except EdgarRefused:
+        raise
     except (EdgarError, requests.RequestException, ConnectionError, TimeoutError) as error:
         unreachable = ConnectionError(f"{source} could not be reached: {error}")
         raise RetryRequested(max_retries=LIVE_RETRIES, seconds_to_wait=LIVE_RETRY_SECONDS) from unreachable
@@ -122,7 +123,11 @@ def company_descriptions(
             **rule_metadata(counts),
             "excluded_without_prices_tickers": ", ".join(excluded) or "none",
             "mean_description_chars": float(frame.description.str.len().mean()),
-            "preview": table_preview(frame[["ticker", "company_id", "name", "source", "known_by"]]),
+            "preview": table_preview(
+                frame[["ticker", "company_id", "name", "source", "known_by"]].assign(
+                    description=frame.description.str.slice(0, 120)
+                )
+            ),
         },
     )
 
@@ -308,7 +313,7 @@ def daily_prices(
             "tickers": int(prices.ticker.nunique()),
             "first_date": str(prices.date.min().date()) if len(prices) else "none",
             "last_date": str(prices.date.max().date()) if len(prices) else "none",
-            "jump_days": MetadataValue.md(jumps.head(25).to_markdown(index=False)),
+            "jump_days": markdown_table(jumps.head(25), floatfmt="g"),
         },
     )
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from peerlens.working_copy import root_uri, storage_copy
+from sae_core.full_disk import naming_a_full_disk
 
 
 def storage_root(storage: str | os.PathLike | None = None) -> Path:
@@ -69,13 +70,17 @@ def staging_path(path: Path) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Call `write(staging)` and rename the staging file onto `path`; on failure the old `path` is untouched."""
+    """Call `write(staging)` and rename the staging file onto `path`; on failure the old `path` is untouched.
+
+    A full disk (or quota) is an OSError (errno ENOSPC or EDQUOT) that names `path`: pyarrow's and Python's
+    own errors for it name no file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_path(path)
     try:
-        write(staging)
-        os.replace(staging, path)
+        with naming_a_full_disk(path):
+            write(staging)
+            os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
     return path

@@ -25,20 +25,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from sae_core.io import replace_folder
+from sae_core.full_disk import naming_a_full_disk
+from sae_core.io import read_json_object, replace_folder
 from sae_core.store_selection import SELECTION, LayerNotStored, StoreSelection, bytes_per_token
 
 MANIFEST = "store.json"
@@ -146,7 +149,8 @@ class ActivationStoreWriter:
         rows = pd.concat(self._pending_rows, ignore_index=True)
         shard_rows, rest_rows = rows.iloc[: self._filled].copy(), rows.iloc[self._filled :].reset_index(drop=True)
         name = f"shard_{len(self._shards):05d}.safetensors"
-        save_file({"activations": shard.contiguous()}, str(self._tmp / name))  # a copy only for a last, partial shard
+        with naming_a_full_disk(f"the activation store {self.folder} ({name})"):
+            save_file({"activations": shard.contiguous()}, str(self._tmp / name))  # a copy only for a last, partial shard
         shard_rows["shard"] = len(self._shards)
         shard_rows["row"] = np.arange(len(shard_rows))
         self._index.append(shard_rows)
@@ -161,8 +165,6 @@ class ActivationStoreWriter:
         if not self._shards:
             raise ValueError("no activations were added: refusing to write an empty store")
         index = pd.concat(self._index, ignore_index=True)
-        index.to_parquet(self._tmp / INDEX, index=False)
-        save_file({"norms": torch.cat(self._norms)}, str(self._tmp / TOKEN_NORMS))
         selection = {} if self.keep.keeps_everything else {SELECTION: self.keep.to_manifest()}
         manifest = {
             **self.metadata,
@@ -179,7 +181,10 @@ class ActivationStoreWriter:
             "non_finite_values": self._non_finite,
             "store_id": uuid.uuid4().hex,
         }
-        (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        with naming_a_full_disk(f"the activation store {self.folder}"):
+            index.to_parquet(self._tmp / INDEX, index=False)
+            save_file({"norms": torch.cat(self._norms)}, str(self._tmp / TOKEN_NORMS))
+            (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         replace_folder(self._tmp, self.folder)
         return open_published(self.folder)
 
@@ -200,6 +205,21 @@ def open_published(folder: Path, wait_seconds: float = 5.0) -> ActivationStore:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+@contextmanager
+def open_store_file(path: Path) -> Iterator:
+    """`safe_open(path)` on a store's shard or norms file. A file cut short or corrupt is a ValueError naming it and
+    its store (safetensors' own error names no file); the store must then be captured again."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            yield handle
+    except SafetensorError as error:
+        named = Path(os.path.normpath(path))  # a combined store's shards are "../<part>/shard_…"
+        raise ValueError(
+            f"{named} is not a readable safetensors file ({error}): the activation store in {named.parent} is "
+            "damaged; capture it again"
+        ) from error
 
 
 def document_fingerprint(text: str) -> str:
@@ -261,7 +281,7 @@ class ActivationStore:
         manifest_path = self.folder / MANIFEST
         if not manifest_path.exists():
             raise FileNotFoundError(f"{self.folder} is not an activation store: {MANIFEST} is missing")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = read_json_object(manifest_path)  # a cut or corrupt manifest: ValueError naming it
         self._check_parts()
         self.n_layers: int = self.manifest["n_layers"]
         self.d_model: int = self.manifest["d_model"]
@@ -274,7 +294,7 @@ class ActivationStore:
         """A combined store (`combine_stores`) is valid only while every part is the one it combined."""
         for part in self.manifest.get("parts", ()):
             part_manifest = self.folder / part["folder"] / MANIFEST
-            held = json.loads(part_manifest.read_text()).get("store_id") if part_manifest.exists() else None
+            held = read_json_object(part_manifest).get("store_id") if part_manifest.exists() else None
             if held != part["store_id"]:
                 raise ValueError(
                     f"{self.folder} combines {part['folder']}, which has been rewritten or removed since: "
@@ -312,7 +332,7 @@ class ActivationStore:
         Only that layer's contiguous slice of each shard is read."""
         position = self._position(layer)
         for name in self.manifest["shards"]:
-            with safe_open(str(self.folder / name), framework="pt") as shard:
+            with open_store_file(self.folder / name) as shard:
                 yield shard.get_slice("activations")[position].to(dtype)
 
     def layer(self, layer: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -328,7 +348,7 @@ class ActivationStore:
         """
         path = self.folder / self.manifest.get("token_norms", TOKEN_NORMS)
         if path.exists():
-            with safe_open(str(path), framework="pt") as norms:
+            with open_store_file(path) as norms:
                 return norms.get_tensor("norms")
         return torch.cat([shard.norm(dim=2) for shard in self.iter_shards()])
 
@@ -337,7 +357,7 @@ class ActivationStore:
         layer of the model (refused, `LayerNotStored`, by a store that kept only some)."""
         positions = [self._position(layer) for layer in (range(self.n_layers) if layers is None else layers)]
         for name in self.manifest["shards"]:
-            with safe_open(str(self.folder / name), framework="pt") as shard:
+            with open_store_file(self.folder / name) as shard:
                 acts = shard.get_tensor("activations")
             if positions != list(range(len(self.layers))):
                 acts = acts[positions]

@@ -24,10 +24,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
-from sae_core.activation_store import ActivationStore
+from sae_core.activation_store import ActivationStore, open_store_file
 
 DEFAULT_BUFFER_ROWS = 65_536
 """Shuffle-buffer rows: 16 shards of 4,096 tokens; 151 MB at d_model 576."""
@@ -133,7 +132,7 @@ class StoreRows:
         first = int(self._row_start[shard])
         choice = None if self.choice is None else self.choice[first : first + len(local)]
         name = self.store.manifest["shards"][shard]
-        with safe_open(str(self.store.folder / name), framework="pt") as handle:
+        with open_store_file(self.store.folder / name) as handle:
             stored = handle.get_slice("activations")
             for g, position in enumerate(self.positions):
                 picked = torch.ones(len(local), dtype=torch.bool) if choice is None else choice == g

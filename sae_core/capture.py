@@ -77,6 +77,11 @@ def _pretrained_source(name_or_path: str) -> tuple[str, dict]:
 
 
 def _loading_error(name_or_path: str, err: Exception) -> ValueError:
+    if Path(name_or_path).is_dir():
+        return ValueError(
+            f"could not load language model {name_or_path!r}: the folder does not hold a causal language model "
+            f"and its tokenizer (AutoModelForCausalLM, AutoTokenizer: {err})"
+        )
     return ValueError(
         f"could not load language model {name_or_path!r}: it is neither {DEFAULT_MODEL!r}, "
         f"a local model folder, nor a reachable Hugging Face model name ({err})"
@@ -115,7 +120,10 @@ def wrap_model(name: str, model: nn.Module, tokenizer: object, device: str = "cp
     """Find the base model and its decoder layers in a causal LM (Llama, Mistral, Qwen, GPT-NeoX, GPT-2 layouts)."""
     base = getattr(model, "model", None) or getattr(model, "gpt_neox", None) or getattr(model, "transformer", None)
     if base is None:
-        raise ValueError(f"model {name!r}: no base model found (expected .model, .gpt_neox or .transformer)")
+        raise ValueError(
+            f"model {name!r} ({type(model).__name__}) is not a decoder-only causal LM: no base model found "
+            "(expected .model, .gpt_neox or .transformer)"
+        )
     layers = getattr(base, "layers", None) or getattr(base, "h", None)
     if layers is None:
         raise ValueError(f"model {name!r}: no decoder layers found (expected .layers or .h)")

@@ -67,6 +67,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from sae_core.architectures import build_sae
+from sae_core.full_disk import naming_a_full_disk
 from sae_core.config import DEFAULT_K, SaeConfig
 from sae_core.sae import SparseAutoencoder
 
@@ -121,24 +122,26 @@ def replace_folder(staged: Path, folder: Path, attempts: int = 5) -> None:
     """Move the fully written `staged` folder to `folder`, replacing any previous version.
 
     os.replace cannot overwrite a non-empty directory, so the old one is first renamed aside (under a
-    name unique to this writer) and deleted only once the new one is in place. Another writer may put
-    its own folder there between the two renames; then that one is retired too and the move retried:
-    the last writer wins whole, and neither sees an error or half of the other's folder.
+    name unique to this writer) and deleted only once the new one is in place: a process killed while
+    the old one is being deleted leaves the new one whole at `folder`, and one killed between the two
+    renames leaves the old one whole under its retired dot-name. Another writer may put its own folder
+    there between the two renames; then that one is retired too and the move retried: the last writer
+    wins whole, and neither sees an error or half of the other's folder.
     """
     for _ in range(attempts):
-        if folder.exists():
-            retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex}")
-            try:
-                os.replace(folder, retired)
-            except FileNotFoundError:  # another writer retired it first
-                pass
-            else:
-                shutil.rmtree(retired, ignore_errors=True)
+        retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex}")
+        try:
+            os.replace(folder, retired)
+        except FileNotFoundError:  # nothing there yet, or another writer retired it first
+            pass
         try:
             os.replace(staged, folder)
-            return
+            moved = True
         except OSError:  # another writer's folder arrived in between: retire it and try again
-            continue
+            moved = False
+        shutil.rmtree(retired, ignore_errors=True)
+        if moved:
+            return
     raise OSError(f"could not move {staged} to {folder}: other writers kept replacing it")
 
 
@@ -167,8 +170,9 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any
     folder.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        save_file(weights, staged / WEIGHTS_FILENAME, metadata={"format": "pt"})
-        (staged / CFG_FILENAME).write_text(cfg_text + "\n")
+        with naming_a_full_disk(f"the SAE {folder}"):
+            save_file(weights, staged / WEIGHTS_FILENAME, metadata={"format": "pt"})
+            (staged / CFG_FILENAME).write_text(cfg_text + "\n")
         staged.chmod(0o755)  # mkdtemp makes it owner-only
         replace_folder(staged, folder)
     except BaseException:

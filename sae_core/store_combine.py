@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sae_core.activation_store import (
@@ -22,6 +21,7 @@ from sae_core.activation_store import (
     ActivationStoreWriter,
     capture_identity,
     open_published,
+    open_store_file,
 )
 from sae_core.io import replace_folder
 
@@ -42,7 +42,7 @@ def copy_documents(store: ActivationStore, documents: set[str], writer: Activati
     wanted = index[index["document"].isin(documents)]
     norms = store.token_norms()
     for shard_number, rows in wanted.groupby("shard", sort=True):
-        with safe_open(str(store.folder / store.manifest["shards"][shard_number]), framework="pt") as shard:
+        with open_store_file(store.folder / store.manifest["shards"][shard_number]) as shard:
             activations = shard.get_tensor("activations")
         take = torch.from_numpy(rows["row"].to_numpy())
         writer.add_stored(activations[:, take], norms[torch.from_numpy(rows.index.to_numpy())], rows)

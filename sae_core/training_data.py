@@ -73,8 +73,9 @@ def _validate_tensor(data: Tensor, sae_cfg: SaeConfig, group: ProcessGroupInfo |
         raise ValueError(f"activations need at least 2 tokens to have a variance, got {data.shape[0]}")
     if not data.is_floating_point():
         raise ValueError(f"activations must be floating point, got {data.dtype}")
-    if _non_finite_rows(data, group):
-        raise ValueError("activations contain NaN/inf")
+    bad_rows = _non_finite_rows(data, group)
+    if bad_rows:
+        raise ValueError(f"activations contain NaN/inf in {bad_rows:,} of {len(data):,} rows")
 
 
 def _non_finite_rows(data: Tensor, group: ProcessGroupInfo | None, chunk_rows: int = 65_536) -> int:

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from peerlens.similarity.explain import DESCRIBED_COLUMNS, markdown_cell, specificity_weighted
+from peerlens.markdown import markdown_text
+from peerlens.similarity.explain import DESCRIBED_COLUMNS, specificity_weighted
 
 TOP_LATENT_COLUMNS = ("ticker", "rank", "latent", "value", "weighted_value", "share")
 
@@ -113,14 +114,14 @@ def company_latents_markdown(
         "",
     ]
     for ticker in companies:
-        heading = f"{ticker} — {names[ticker]}" if ticker in names else ticker
+        heading = markdown_text(f"{ticker} — {names[ticker]}" if ticker in names else ticker)
         lines += [f"## {heading}", "", "| latent | share | top tokens | top companies |", "|---:|---:|---|---|"]
         for row in top_latents[top_latents["ticker"] == ticker].sort_values("rank").itertuples(index=False):
             known = row.latent in description.index
             tokens = description.at[row.latent, "top_tokens"] if known else "—"
             companies_of_latent = description.at[row.latent, "top_companies"] if known else "—"
             lines.append(
-                f"| {row.latent} | {row.share:.1%} | {markdown_cell(tokens)} | {markdown_cell(companies_of_latent)} |"
+                f"| {row.latent} | {row.share:.1%} | {markdown_text(tokens)} | {markdown_text(companies_of_latent)} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from peerlens.markdown import markdown_text
+
 EXPLAINED_COLUMNS = (
     "cluster", "size", "members", "latent", "rank", "contribution", "share", "within_similarity"
 )
@@ -278,11 +280,6 @@ def describe_latents(
     return pd.DataFrame(rows, columns=list(DESCRIBED_COLUMNS))
 
 
-def markdown_cell(text: object) -> str:
-    """A markdown table cell: one line, with '|' escaped."""
-    return _clean(str(text)).replace("|", "\\|")
-
-
 def explanations_markdown(explained: pd.DataFrame, described: pd.DataFrame, max_clusters: int = 25) -> str:
     """A markdown report: per cluster its members, its similarity and the latents that explain it.
 
@@ -321,7 +318,7 @@ def explanations_markdown(explained: pd.DataFrame, described: pd.DataFrame, max_
             f"## Cluster {cluster} — {int(first['size'])} companies, "
             f"within-cluster similarity {first['within_similarity']:.3f}",
             "",
-            f"Members: {first['members']}",
+            f"Members: {markdown_text(first['members'])}",
             "",
             "| latent | share | top tokens | top companies |",
             "|---:|---:|---|---|",
@@ -330,7 +327,7 @@ def explanations_markdown(explained: pd.DataFrame, described: pd.DataFrame, max_
             known = row.latent in description.index
             tokens = description.at[row.latent, "top_tokens"] if known else "—"
             companies = description.at[row.latent, "top_companies"] if known else "—"
-            lines.append(f"| {row.latent} | {row.share:.1%} | {markdown_cell(tokens)} | {markdown_cell(companies)} |")
+            lines.append(f"| {row.latent} | {row.share:.1%} | {markdown_text(tokens)} | {markdown_text(companies)} |")
         lines.append("")
     if len(clusters) > max_clusters:
         lines.append(f"_{len(clusters) - max_clusters} more clusters not shown._")

@@ -78,7 +78,10 @@ def point_in_time_clusterings(
     None keeps every company. Dates whose universe has fewer than `min_companies` companies are skipped
     (none left: empty frames).
     `codes`: industry codes indexed by ticker (see `peerlens.similarity.methods.cluster_every_method`).
+    A `min_companies` below 2 is a ValueError naming it: one company has no distance to cut.
     """
+    if min_companies < 2:
+        raise ValueError(f"min_companies must be at least 2 (a clustering compares companies), got {min_companies}")
     frames, thetas, summaries = [], [], []
     for day in dates:
         universe = universe_as_of(

@@ -45,6 +45,17 @@ class EdgarError(RuntimeError):
     """A request to EDGAR failed for good: a client error, or transient errors past the retry budget."""
 
 
+class EdgarRefused(EdgarError):
+    """EDGAR answered with a client error (403, 404, …): asking again later will not help."""
+
+
+def shown_user_agent(user_agent: object) -> str:
+    """A user agent as errors and logs show it: its first two characters and its length, never the name and
+    e-mail address in it."""
+    text = str(user_agent)
+    return f"'{text[:2]}…' ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class Filing:
     """One EDGAR filing, as listed in a company's submissions history."""
@@ -297,7 +308,7 @@ class EdgarClient:
         if not isinstance(user_agent, str) or not _USER_AGENT_PATTERN.match(user_agent.strip()):
             raise ValueError(
                 f"user_agent must look like 'Name email@domain' (SEC rejects anonymous clients), "
-                f"got {user_agent!r}"
+                f"got {shown_user_agent(user_agent)}"
             )
         if not 0 < max_requests_per_second <= 10:
             raise ValueError(
@@ -330,7 +341,11 @@ class EdgarClient:
                 if status < 400:
                     return response
                 if status != 429 and status < 500:
-                    raise EdgarError(f"GET {url} failed with HTTP {status} (not retried)")
+                    refused = (
+                        f": SEC refuses a User-Agent it does not accept (sent {shown_user_agent(self.user_agent)}) and a "
+                        "client over its fair-access rate" if status == 403 else ""
+                    )
+                    raise EdgarRefused(f"GET {url} failed with HTTP {status} (not retried){refused}")
                 failure, retry_after = f"HTTP {status}", _retry_after_seconds(response.headers.get("Retry-After"))
             if attempt < self.max_retries:
                 self.sleep(retry_after if retry_after is not None else self.backoff_seconds * 2**attempt)

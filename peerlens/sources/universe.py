@@ -13,7 +13,7 @@ companies columns (COMPANY_COLUMNS are required, OPTIONAL_COMPANY_COLUMNS may be
     description        the business description: any language, plain text (markup is kept as text)
     known_by           YYYY-MM-DD, the day the text became public: nothing scored on a period that starts
                        on or before it may use it
-    source             what the text is ("10-K 2019", "profile v3"); default "<file>@<known_by>"
+    source             what the text is ("10-K 2019", "profile v3"); default "companies@<known_by>"
     cik                SEC Central Index Key (positive integer); the company's id becomes cik:<CIK>
     sic                4-digit SIC code
     gics_sector        GICS sector name
@@ -28,6 +28,7 @@ reused): the evaluation's returns follow whoever holds it (`peerlens.similarity.
 
 from __future__ import annotations
 
+import csv
 import difflib
 from pathlib import Path
 
@@ -77,10 +78,15 @@ def read_table(path: Path, required: tuple[str, ...], optional: tuple[str, ...])
             frame = _as_text(pd.read_parquet(path))
         else:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as error:
-        with open(path, "rb") as stream:
-            line = stream.read(error.start).count(b"\n") + 1
-        raise UniverseError(f"{path} line {line}: not UTF-8 text (byte {error.object[error.start]:#x}); save it as UTF-8") from None
+            frame.columns = _csv_header(path) or frame.columns  # pandas renames a repeated column "x.1"
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        try:  # the parser's offset is into its buffer; decoding the whole file gives the file's
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            raise UniverseError(f"{path} line {line}: not UTF-8 text (byte {data[error.start]:#x}); save it as UTF-8") from None
+        raise
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as error:
         raise UniverseError(f"{path}: cannot be read as a {path.suffix[1:]} table: {error}") from None
     frame.columns = [str(column).strip() for column in frame.columns]
@@ -94,6 +100,11 @@ def read_table(path: Path, required: tuple[str, ...], optional: tuple[str, ...])
     frame = frame.apply(lambda column: column.str.strip())
     frame.index = pd.RangeIndex(1, len(frame) + 1, name="row")
     return frame
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as stream:
+        return next(csv.reader(stream), [])
 
 
 def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -140,9 +151,9 @@ def _parse_tickers(path: Path, frame: pd.DataFrame) -> pd.Series:
             return None
 
     tickers = frame.ticker.map(canonical)
-    bad = frame.index[tickers.isna()]
+    bad = frame.index[tickers.isna() | ~tickers.fillna("").str.fullmatch(r"[A-Z0-9][A-Z0-9-]*")]
     if len(bad):
-        _fail(path, bad, "ticker", "not a ticker (empty, or whitespace inside)", frame.ticker)
+        _fail(path, bad, "ticker", "not a ticker (letters, digits, '-' and '.' only)", frame.ticker)
     return tickers
 
 
@@ -182,7 +193,7 @@ def load_universe_companies(folder: str | Path) -> LoadedTable:
     if len(bad_sic):
         _fail(path, bad_sic, "sic", "not a 4-digit SIC code", sic)
     source = frame.get("source", pd.Series("", index=frame.index))
-    source = source.where(source != "", f"{path.name}@" + known_by.dt.strftime("%Y-%m-%d"))
+    source = source.where(source != "", f"{path.stem}@" + known_by.dt.strftime("%Y-%m-%d"))
 
     keyed = pd.DataFrame({"id": frame["id"], "source": source, "ticker": tickers, "known_by": known_by, "cik": ciks})
     repeats = _repeated_rows(keyed, ["id", "source"])

@@ -120,3 +120,21 @@ def test_definitions_validate_with_every_resource_requirement_met():
     from dagster import Definitions
 
     Definitions.validate_loadable(defs)
+
+
+def test_the_edgar_user_agent_is_named_in_what_the_ui_shows_never_copied(monkeypatch):
+    """The UI shows each resource's configured values (the repository snapshot): the EDGAR user agent, a name and
+    an e-mail address, appears there as its environment variable only."""
+    from dagster import Definitions
+    from dagster._core.remote_representation.external_data import RepositorySnap
+    from dagster._serdes import serialize_value
+
+    import definitions
+
+    monkeypatch.setenv(definitions.EDGAR_USER_AGENT_ENV, "Jane Roe jane.roe@example.com")
+    shown = Definitions(
+        assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs, schedules=defs.schedules,
+        sensors=defs.sensors, resources=definitions.resources_from_environment(),
+    )
+    snapshot = serialize_value(RepositorySnap.from_def(shown.get_repository_def()))
+    assert "jane.roe@example.com" not in snapshot and definitions.EDGAR_USER_AGENT_ENV in snapshot

@@ -19,6 +19,7 @@ import copy
 import importlib.util
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -309,7 +310,7 @@ def test_an_unmatched_library_pin_is_caught():
 
 def test_the_docker_context_leaves_out_the_local_state():
     ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".git", ".venv", ".peerlens", ".dagster_home"} <= ignored
+    assert {".git", ".venv", ".peerlens", ".dagster_home", ".peerlens-*", ".dagster_home-*"} <= ignored
 
 
 # ---------------------------------------------------------------- the Helm values
@@ -407,3 +408,12 @@ def test_helm_values_missing_a_piece_are_caught(breakage):
     values, readme, dockerfile, pyproject = _read_helm_files()
     breakage(values)
     assert helm_problems(values, readme, dockerfile, pyproject)
+
+
+def test_make_dev_serves_the_ui_on_this_machine_only_unless_told_otherwise():
+    def dev_command(*overrides: str) -> str:
+        shown = subprocess.run(["make", "-n", "dev", *overrides], cwd=ROOT, capture_output=True, text=True, check=True)
+        return next(line for line in shown.stdout.splitlines() if "dagster dev" in line)
+
+    assert " dev -h 127.0.0.1 " in dev_command()
+    assert " dev -h 0.0.0.0 " in dev_command("DEV_HOST=0.0.0.0")

@@ -7,88 +7,27 @@ test leaves a full-page screenshot in test-artifacts/ui/<test name>.png (kept by
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from tests.servers import free_port, process_group, wait_until
+from tests.ui.browser import PLOT, SCREENSHOTS, dagster_dev, playwright, visit
 
-playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
-
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "test-artifacts" / "ui"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PLOT = "data:image/png;base64,"
 PLOTTED = {"massive_activations", "layer_distances", "layer_groups", "company_clusters", "current_company_clusters",
            "mc_comparisons", "pairs_backtest", "sae_comparison", "representation_study"}
 """The assets whose materialization carries plots (assets.metadata.figure_markdown): one or more per stage."""
-UI_SECONDS = 60_000
-"""Playwright's wait for what a page shows, in ms: the first page waits for the code location to load."""
-playwright.expect.set_options(timeout=UI_SECONDS)
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (scripts/system_packages.sh)"),
-]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def webserver(materialized_slice, tmp_path_factory):
-    """The base URL of the UI on 127.0.0.1 over the materialized slice: `dagster dev` as `make dev` runs it (the
-    webserver, and the daemon that starts queued runs)."""
-    folder = tmp_path_factory.mktemp("webserver")
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port),
-               "-w", str(ROOT / "workspace.yaml")]
-    environment = {**os.environ, "DAGSTER_HOME": str(materialized_slice.dagster_home),
-                   "PEERLENS_HOME": str(materialized_slice.storage)}
-    log = folder / "webserver.log"
-    with process_group(command, log, cwd=ROOT, env=environment):
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(f"{url}/server_info"), "dagster dev", timeout=180, log=log)
+    """The base URL of the UI over the materialized slice."""
+    with dagster_dev(materialized_slice.dagster_home, materialized_slice.storage, tmp_path_factory.mktemp("webserver")) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser, webserver, request):
-    context = browser.new_context(viewport={"width": 1600, "height": 3000}, base_url=webserver)
-    context.set_default_timeout(UI_SECONDS)
-    opened = context.new_page()
-    yield opened
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    opened.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
-
-
-def visit(page, path: str) -> None:
-    """Open `path` and wait until the page has settled, past Dagster's one-time newsletter dialog."""
-    page.goto(path, wait_until="networkidle")
-    skip = page.get_by_role("button", name="Skip")
-    if skip.count():
-        skip.click()
 
 
 def _events(dagster_home: Path, event_type: DagsterEventType) -> list:

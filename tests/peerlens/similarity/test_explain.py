@@ -247,7 +247,7 @@ def test_company_latents_markdown_writes_a_section_per_chosen_company():
     )
     markdown = company_latents_markdown(top, described, ["JPM", "XOM"], names={"JPM": "JPMorgan Chase & Co."})
     assert markdown.count("\n## ") == 2
-    assert "## JPM — JPMorgan Chase & Co." in markdown and "## XOM\n" in markdown
+    assert "## JPM — JPMorgan Chase &amp; Co\\." in markdown and "## XOM\n" in markdown  # names are shown as text
     share = top[(top.ticker == "JPM") & (top["rank"] == 1)].share.item()
     assert f"| 3 | {share:.1%} | …commercial «loans» \\| «deposits» | JPM, BAC |" in markdown
     assert top[top.ticker == "XOM"].latent.tolist() == [6, 1]  # 4 ln 3 > 1 ln 6
