@@ -171,6 +171,31 @@ def _repeated_rows(frame: pd.DataFrame, columns: list[str]) -> pd.Index:
     return frame.index[frame.duplicated(columns, keep=False)]
 
 
+def _checked_ids(path: Path, frame: pd.DataFrame, keyed: pd.DataFrame) -> pd.DataFrame:
+    """`keyed` (id, source, ticker, known_by, cik per row of `frame`) with every row of an id given its CIK, after
+    checking that (id, source) is unique, an id has at most one CIK and a CIK one id, and no ticker is held by
+    two ids on one day."""
+    repeats = _repeated_rows(keyed, ["id", "source"])
+    if len(repeats):
+        _fail(path, repeats, "id", "the same company and source (or known_by, when no source) on more than one row",
+              frame["id"])
+    cik_per_id = keyed.dropna(subset=["cik"]).groupby("id").cik.nunique()
+    two_ciks = keyed.index[keyed.id.isin(cik_per_id.index[cik_per_id > 1])]
+    if len(two_ciks):
+        _fail(path, two_ciks, "cik", "one id with different CIKs", frame["cik"])
+    ids_per_cik = keyed.dropna(subset=["cik"]).groupby("cik").id.nunique()
+    two_ids = keyed.index[keyed.cik.isin(ids_per_cik.index[ids_per_cik > 1])]
+    if len(two_ids):
+        _fail(path, two_ids, "id", "one CIK under different ids", frame["id"])
+    # A company without a CIK in one row but with it in another is one company: every row gets its CIK.
+    keyed = keyed.assign(cik=keyed.id.map(keyed.dropna(subset=["cik"]).groupby("id").cik.first()).astype("Int64"))
+    same_day = keyed.drop_duplicates(["id", "ticker", "known_by"])
+    clash = same_day[same_day.duplicated(["ticker", "known_by"], keep=False)].index
+    if len(clash):
+        _fail(path, clash, "ticker", "one ticker held by different ids on the same known_by day", frame.ticker)
+    return keyed
+
+
 def load_universe_companies(folder: str | Path) -> LoadedTable:
     """companies.csv|parquet as a text history (`peerlens.sources.texts.TEXT_COLUMNS`) plus, per text, the
     optional codes (sic4, gics_sector, gics_sub_industry); rule_counts say what the file holds.
@@ -195,26 +220,9 @@ def load_universe_companies(folder: str | Path) -> LoadedTable:
     source = frame.get("source", pd.Series("", index=frame.index))
     source = source.where(source != "", f"{path.stem}@" + known_by.dt.strftime("%Y-%m-%d"))
 
-    keyed = pd.DataFrame({"id": frame["id"], "source": source, "ticker": tickers, "known_by": known_by, "cik": ciks})
-    repeats = _repeated_rows(keyed, ["id", "source"])
-    if len(repeats):
-        _fail(path, repeats, "id", "the same company and source (or known_by, when no source) on more than one row",
-              frame["id"])
-    cik_per_id = keyed.dropna(subset=["cik"]).groupby("id").cik.nunique()
-    two_ciks = keyed.index[keyed.id.isin(cik_per_id.index[cik_per_id > 1])]
-    if len(two_ciks):
-        _fail(path, two_ciks, "cik", "one id with different CIKs", frame["cik"])
-    ids_per_cik = keyed.dropna(subset=["cik"]).groupby("cik").id.nunique()
-    two_ids = keyed.index[keyed.cik.isin(ids_per_cik.index[ids_per_cik > 1])]
-    if len(two_ids):
-        _fail(path, two_ids, "id", "one CIK under different ids", frame["id"])
-    # A company without a CIK in one row but with it in another is one company: every row gets its CIK.
-    keyed["cik"] = keyed.id.map(keyed.dropna(subset=["cik"]).groupby("id").cik.first()).astype("Int64")
-    same_day = keyed.drop_duplicates(["id", "ticker", "known_by"])
-    clash = same_day[same_day.duplicated(["ticker", "known_by"], keep=False)].index
-    if len(clash):
-        _fail(path, clash, "ticker", "one ticker held by different ids on the same known_by day", frame.ticker)
-
+    keyed = _checked_ids(path, frame, pd.DataFrame(
+        {"id": frame["id"], "source": source, "ticker": tickers, "known_by": known_by, "cik": ciks}
+    ))
     records = pd.DataFrame({
         "cik": keyed.cik, "ticker": tickers, "name": frame["name"], "description": frame.description,
         "source": source, "known_by": known_by,
@@ -264,8 +272,8 @@ def load_universe_prices(folder: str | Path) -> pd.DataFrame | None:
     <NA> and volume 0 where the file leaves them out); None when the universe has no prices file.
 
     Errors (UniverseError, naming file, rows and column): a missing or unknown column, a date that is not
-    YYYY-MM-DD, a ticker or close that is empty or not a number, a (ticker, date) on two rows. Zero,
-    negative and missing closes are not errors here: price cleaning drops and counts them.
+    YYYY-MM-DD, an empty ticker, a value that is not a number, a (ticker, date) on two rows. Zero, negative
+    and missing closes are not errors here: price cleaning drops and counts them.
     """
     path = universe_file(folder, PRICES, required=False)
     if path is None:
