@@ -37,11 +37,18 @@ def holdout_documents(names: Sequence[str], share: float) -> list[int]:
 
     A document is held out when crc32(name) mod 1000 < share · 1000 (every SAE asset and the
     spliced evaluation hold out the same companies), so the choice depends on neither the order of
-    the documents nor a seed, and a larger share holds out a superset.
+    the documents nor a seed, and a larger share holds out a superset. Of two or more documents at least
+    one is held out (the lowest crc32), so a universe of a dozen companies can be scored at the default share.
     """
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share!r}")
-    return [i for i, name in enumerate(names) if zlib.crc32(str(name).encode()) % 1000 < share * 1000]
+    hashes = [zlib.crc32(str(name).encode()) % 1000 for name in names]
+    held_out = [i for i, value in enumerate(hashes) if value < share * 1000]
+    if not held_out and len(names) > 1:
+        # A small universe can fall wholly on the training side: its lowest-hash document is held out,
+        # which a larger share would hold out too (the superset rule still holds).
+        held_out = [min(range(len(names)), key=lambda i: (hashes[i], str(names[i])))]
+    return held_out
 
 
 def holdout_mask(documents: pd.Series, share: float) -> np.ndarray:

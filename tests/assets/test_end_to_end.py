@@ -5,6 +5,9 @@ Slow by design (a few minutes on 2 cores): it is the one test that proves the li
 materialization is the session's `materialized_slice` (tests/conftest.py), which the UI tests open in a browser.
 """
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,19 +25,14 @@ pytestmark = pytest.mark.e2e
 SLICE = "JPM BAC C WFC USB XOM CVX COP EOG MSFT ORCL ADBE CRM DUK SO AEP PFE MRK LLY BMY CELG".split()
 NO_PRICES = "CELG"
 
-# ~6k training tokens cannot give a production-quality SAE; the thresholds are loosened, not skipped.
-LOOSE_SAE_QUALITY = {"max_fvu": 0.9, "max_dead_fraction": 0.95}
+SMALL_UNIVERSE = json.loads((Path(__file__).resolve().parents[2] / "examples" / "universe" / "run_config.json").read_text())
+"""How SAEs train on a few dozen texts: ~6k training tokens cannot give a production-quality SAE, so the quality
+thresholds are loosened, not skipped; transfer fine-tunes on half the tokens (10% of 30 steps would be 3 fresh-Adam
+steps, which can wreck an init as easily as improve it). The worked example of your own universe carries this file."""
 RUN_CONFIG = {
-    "ops": {
-        "company_descriptions": {"config": {"tickers": SLICE}},
-        # Held out by name hash: 10% of 20 texts can be none; 25% holds out EOG, MSFT and CRM.
-        "group_saes": {"config": {"total_tokens": 30_000, "expansion_factor": 2, "holdout_share": 0.25}},
-        "per_layer_saes": {"config": {"total_tokens": 30_000, "expansion_factor": 2, "holdout_share": 0.25}},
-        # 10% of 30 steps is 3 fresh-Adam steps, which can wreck an init as easily as improve it.
-        "transfer_saes": {"config": {"token_fraction": 0.5}},
-        "sae_comparison": {"config": {"eval_documents": 2, "max_tokens_per_document": 32}},
-    },
-    "resources": {"sae_quality": {"config": LOOSE_SAE_QUALITY}},
+    **SMALL_UNIVERSE,
+    # Held out by name hash: 25% of 20 texts holds out EOG, MSFT and CRM (group_saes and per_layer_saes).
+    "ops": {"company_descriptions": {"config": {"tickers": SLICE}}, **SMALL_UNIVERSE["ops"]},
 }
 """The slice's config: what each asset reads and how long SAEs train (tests/deploy/test_celery_cluster.py runs it too)."""
 

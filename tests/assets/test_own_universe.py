@@ -6,7 +6,6 @@ Each case runs scripts/demo.py in a fresh process, as `make demo` does: the part
 universe when the definitions load, which a process that has loaded them already cannot redo.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -16,29 +15,23 @@ from pathlib import Path
 import pytest
 
 from peerlens.layout import read_table
-from tests.assets.test_end_to_end import RUN_CONFIG
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "universe"
-SMALL_SAES = {**RUN_CONFIG, "ops": {k: v for k, v in RUN_CONFIG["ops"].items() if k != "company_descriptions"}}
-"""The end-to-end slice's SAE settings; the universe is the example's, whole."""
-
-
 def demo_on(universe: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
-    """scripts/demo.py on `universe` with its own storage and Dagster instance; (the process, the storage root)."""
+    """scripts/demo.py on `universe` with its own storage and Dagster instance, as `make demo PEERLENS_UNIVERSE=…`
+    runs it (the universe's run_config.json is the run config); (the process, the storage root)."""
     storage, home = tmp_path / "peerlens", tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    config = tmp_path / "run_config.json"
-    config.write_text(json.dumps(SMALL_SAES))
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PEERLENS_MONTHS")},
         "PEERLENS_UNIVERSE": str(universe), "PEERLENS_HOME": str(storage), "DAGSTER_HOME": str(home),
     }
     process = subprocess.run(
-        [sys.executable, "scripts/demo.py", "--run-config", str(config)],
+        [sys.executable, "scripts/demo.py"],
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900,
     )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
@@ -52,7 +45,7 @@ def peers(storage: Path, ticker: str) -> str:
 
 def test_the_worked_example_runs_the_whole_graph_and_scores_its_clusters_on_its_prices(tmp_path):
     process, storage = demo_on(EXAMPLE, tmp_path)
-    assert "your universe: " in process.stdout
+    assert f"your universe: {EXAMPLE} (run config: {EXAMPLE / 'run_config.json'})" in process.stdout
 
     texts = read_table(storage, "company_descriptions")
     assert texts.company_id.nunique() == 12 and "NWFR" not in set(texts.ticker)  # no prices: excluded
@@ -71,7 +64,8 @@ def test_the_worked_example_runs_the_whole_graph_and_scores_its_clusters_on_its_
 def test_a_universe_without_prices_is_clustered_and_explained_and_not_scored(tmp_path):
     universe = tmp_path / "universe"
     universe.mkdir()
-    shutil.copy(EXAMPLE / "companies.csv", universe)
+    for kept in ("companies.csv", "run_config.json"):
+        shutil.copy(EXAMPLE / kept, universe)
     process, storage = demo_on(universe, tmp_path)
     assert "the source has no prices: leaving out" in process.stdout
 

@@ -70,3 +70,9 @@ def test_holdout_takes_about_the_share_asked_and_a_larger_share_holds_out_a_supe
 def test_holdout_rejects_a_share_outside_zero_to_one(share):
     with pytest.raises(ValueError, match="share"):
         holdout_documents(NAMES, share)
+
+
+def test_a_small_universe_always_holds_out_one_company_the_same_one_at_any_share():
+    # crc32 mod 1000: acme 814, bolt 231; no share below 0.232 holds either out by the rule itself.
+    assert [holdout_documents(["acme", "bolt"], share) for share in (0.001, 0.1, 0.3)] == [[1], [1], [1]]
+    assert holdout_documents(["only"], 0.1) == []  # one company cannot be both trained and scored on
