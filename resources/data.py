@@ -50,8 +50,9 @@ class CompanyDataResource(ConfigurableResource):
         raise NotImplementedError
 
     def price_tickers(self) -> set[str]:
-        """Tickers that have prices."""
-        return set(self.daily_prices()["ticker"].unique())
+        """Tickers with at least one usable close (positive: price cleaning drops every other row)."""
+        prices = self.daily_prices()
+        return set(prices.ticker[prices.close > 0].unique())
 
 
 def no_membership() -> pd.DataFrame:

@@ -202,3 +202,21 @@ def test_without_any_reference_code_feature_methods_are_cut_to_one_cluster_per_f
     assert cluster_count_without_codes(12) == 3 and list(sae) == [0] * 4 + [1] * 4 + [2] * 4
     random_sizes = sorted(frame[frame.method == "random"].groupby("cluster").size())
     assert random_sizes == [4, 4, 4]
+
+
+def test_a_company_whose_closes_are_all_missing_or_not_positive_is_excluded_and_counted(tmp_path):
+    from dagster import materialize
+
+    from assets.sources import company_descriptions
+    from definitions import resources_from_environment
+    from resources import ArtifactStorage, TableIOManager, UniverseResource
+
+    rows = "\n".join(f"{t.lower()},{t},{t} Inc,Makes {t}.,2015-03-01" for t in ("A", "B", "C"))
+    prices = "date,ticker,close\n2015-03-02,A,10\n2015-03-02,B,0\n2015-03-03,B,\n"
+    folder = universe(tmp_path, f"{HEADER}\n{rows}\n", prices)
+    resources = {**resources_from_environment(), "company_data": UniverseResource(path=str(folder)),
+                 "io_manager": TableIOManager(root=str(tmp_path)), "artifacts": ArtifactStorage(root=str(tmp_path))}
+    result = materialize([company_descriptions], resources=resources)
+    metadata = result.asset_materializations_for_node("company_descriptions")[0].metadata
+    assert metadata["rule/excluded_without_prices"].value == 2
+    assert metadata["excluded_without_prices_tickers"].value == "B, C"
