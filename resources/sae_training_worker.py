@@ -49,6 +49,7 @@ from sae_core.distributed import (
     destroy_process_group,
     init_process_group_from_environment,
 )
+from sae_core.full_disk import naming_a_full_disk
 from sae_core.sae import SparseAutoencoder
 from sae_core.train import TrainResult, train_sae
 
@@ -76,13 +77,15 @@ def _staged(path: Path) -> Path:
 
 def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
     staged = _staged(path)
-    save_file({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, staged)
+    with naming_a_full_disk(path):
+        save_file({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, staged)
     os.replace(staged, path)
 
 
 def _write_json(document: dict[str, Any], path: Path) -> None:
     staged = _staged(path)
-    staged.write_text(json.dumps(document, indent=2))
+    with naming_a_full_disk(path):
+        staged.write_text(json.dumps(document, indent=2))
     os.replace(staged, path)
 
 

@@ -38,6 +38,7 @@ from safetensors.torch import save as serialize_tensors
 from torch import Tensor
 
 from sae_core.config import SaeConfig, TrainConfig
+from sae_core.full_disk import naming_a_full_disk
 from sae_core.optim import ScheduleFree
 from sae_core.sae import SparseAutoencoder
 
@@ -141,7 +142,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
-        with open(staged, "wb") as file:
+        with naming_a_full_disk(f"the checkpoint {path}"), open(staged, "wb") as file:
             file.write(payload)
             file.flush()
             os.fsync(file.fileno())

@@ -23,6 +23,7 @@ from sae_core.activation_store import (
     open_published,
     open_store_file,
 )
+from sae_core.full_disk import naming_a_full_disk
 from sae_core.io import replace_folder
 
 
@@ -80,27 +81,28 @@ def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> Act
     if len(repeated) != len(index):
         duplicated = sorted(set(index.document[index.duplicated(["document", "position"])]))
         raise ValueError(f"{folder}: documents {duplicated[:5]} are held by more than one of the stores combined")
+    manifest = {
+        **{key: value for key, value in capture_identity(first.manifest).items() if value is not None},
+        "n_layers": first.n_layers,
+        "d_model": first.d_model,
+        "n_tokens": len(index),
+        "n_documents": int(index["document"].nunique()),
+        "dtype": first.manifest["dtype"],
+        "layout": first.manifest["layout"],
+        "bytes_per_token": first.bytes_per_token,
+        "shards": shards,
+        "token_norms": TOKEN_NORMS,
+        "non_finite_values": sum(int(store.manifest["non_finite_values"]) for store in stores),
+        "parts": parts,
+        "store_id": uuid.uuid4().hex,
+    }
     staging = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
     staging.mkdir(parents=True)
     try:
-        index.to_parquet(staging / INDEX, index=False)
-        save_file({"norms": torch.cat([store.token_norms() for store in stores])}, str(staging / TOKEN_NORMS))
-        manifest = {
-            **{key: value for key, value in capture_identity(first.manifest).items() if value is not None},
-            "n_layers": first.n_layers,
-            "d_model": first.d_model,
-            "n_tokens": len(index),
-            "n_documents": int(index["document"].nunique()),
-            "dtype": first.manifest["dtype"],
-            "layout": first.manifest["layout"],
-            "bytes_per_token": first.bytes_per_token,
-            "shards": shards,
-            "token_norms": TOKEN_NORMS,
-            "non_finite_values": sum(int(store.manifest["non_finite_values"]) for store in stores),
-            "parts": parts,
-            "store_id": uuid.uuid4().hex,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        with naming_a_full_disk(f"the combined activation store {folder}"):
+            index.to_parquet(staging / INDEX, index=False)
+            save_file({"norms": torch.cat([store.token_norms() for store in stores])}, str(staging / TOKEN_NORMS))
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         replace_folder(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -300,3 +300,26 @@ def test_a_store_reference_names_its_folder_and_shape_and_round_trips_through_js
     )
     assert StoreRef.from_dict(json.loads(json.dumps(ref.to_dict()))) == ref
     assert StoreRef.of(write_store(tmp_path / "store", three_batches, model="m"), ref.folder).store_id != ref.store_id
+
+
+def test_a_full_disk_while_combining_is_an_error_naming_the_corpus_and_the_stored_one_stays_whole(
+    tmp_path, three_batches, monkeypatch
+):
+    import errno
+
+    import sae_core.store_combine
+
+    first = write_store(tmp_path / "days" / "a", three_batches[:1], model="m")
+    second = write_store(tmp_path / "days" / "b", three_batches[1:2], model="m")
+    corpus = tmp_path / "corpus"
+    combine_stores([first, second], corpus)
+    stored = {path.name: path.read_bytes() for path in corpus.iterdir()}
+
+    def disk_full(tensors, filename, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "Error writing bytes to file")
+
+    monkeypatch.setattr(sae_core.store_combine, "save_file", disk_full)
+    with pytest.raises(OSError, match=rf"the disk is full: no space left to write the combined activation store {corpus}"):
+        combine_stores([second, first], corpus)
+    assert {path.name: path.read_bytes() for path in corpus.iterdir()} == stored
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corpus", "days"]  # no staging left
