@@ -204,19 +204,37 @@ def test_without_any_reference_code_feature_methods_are_cut_to_one_cluster_per_f
     assert random_sizes == [4, 4, 4]
 
 
-def test_a_company_whose_closes_are_all_missing_or_not_positive_is_excluded_and_counted(tmp_path):
+def materialize_descriptions(folder: Path, storage: Path, raise_on_error: bool = True):
+    """company_descriptions on the universe in `folder`, stored under `storage`."""
     from dagster import materialize
 
     from assets.sources import company_descriptions
     from definitions import resources_from_environment
     from resources import ArtifactStorage, TableIOManager, UniverseResource
 
+    resources = {**resources_from_environment(), "company_data": UniverseResource(path=str(folder)),
+                 "io_manager": TableIOManager(root=str(storage)), "artifacts": ArtifactStorage(root=str(storage))}
+    return materialize([company_descriptions], resources=resources, raise_on_error=raise_on_error)
+
+
+def test_a_company_whose_closes_are_all_missing_or_not_positive_is_excluded_and_counted(tmp_path):
     rows = "\n".join(f"{t.lower()},{t},{t} Inc,Makes {t}.,2015-03-01" for t in ("A", "B", "C"))
     prices = "date,ticker,close\n2015-03-02,A,10\n2015-03-02,B,0\n2015-03-03,B,\n"
-    folder = universe(tmp_path, f"{HEADER}\n{rows}\n", prices)
-    resources = {**resources_from_environment(), "company_data": UniverseResource(path=str(folder)),
-                 "io_manager": TableIOManager(root=str(tmp_path)), "artifacts": ArtifactStorage(root=str(tmp_path))}
-    result = materialize([company_descriptions], resources=resources)
+    result = materialize_descriptions(universe(tmp_path, f"{HEADER}\n{rows}\n", prices), tmp_path / "home")
     metadata = result.asset_materializations_for_node("company_descriptions")[0].metadata
     assert metadata["rule/excluded_without_prices"].value == 2
     assert metadata["excluded_without_prices_tickers"].value == "B, C"
+
+
+def test_a_universe_file_gone_bad_fails_the_step_naming_it_and_keeps_the_stored_texts(tmp_path):
+    folder = universe(tmp_path, f"{HEADER}\na,A,Acme,Anvils.,2015-03-01\nb,B,Bolt,Bolts.,2015-03-01\n")
+    home = tmp_path / "home"
+    assert materialize_descriptions(folder, home).success
+    stored = {path: path.read_bytes() for path in home.rglob("*") if path.is_file()}
+
+    (folder / "companies.csv").write_text(f"{HEADER}\na,A,Acme,Anvils.,2015-03-01\nb,B,Bolt,Bolts.,1 March 2015\n")
+    result = materialize_descriptions(folder, home, raise_on_error=False)
+    assert not result.success
+    message = result.failure_data_for_node("company_descriptions").error.cause.message
+    assert "companies.csv column 'known_by': not a YYYY-MM-DD date in row 2 ('1 March 2015')" in message
+    assert {path: path.read_bytes() for path in home.rglob("*") if path.is_file()} == stored
