@@ -67,8 +67,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from sae_core.architectures import build_sae
-from sae_core.full_disk import naming_a_full_disk
 from sae_core.config import DEFAULT_K, SaeConfig
+from sae_core.full_disk import naming_a_full_disk
 from sae_core.sae import SparseAutoencoder
 
 CFG_FILENAME = "cfg.json"

@@ -75,13 +75,13 @@ def texts_from_records(frame: pd.DataFrame, source_name: str, ids: pd.Series | N
         )
     texts["ticker"] = texts.ticker.map(normalize_ticker)
     texts["cik"] = texts.cik.astype("Int64")
-    own = ids.tolist() if ids is not None else [None] * len(texts)
-    ids = [
+    own_ids = ids.tolist() if ids is not None else [None] * len(texts)
+    company_ids = [
         own_id if pd.isna(cik) and isinstance(own_id, str) else company_id(cik, ticker)
-        for cik, ticker, own_id in zip(texts.cik, texts.ticker, own)
+        for cik, ticker, own_id in zip(texts.cik, texts.ticker, own_ids)
     ]
-    texts["company_id"] = pd.Series(ids, index=texts.index, dtype=object)
-    texts["text_id"] = pd.Series([f"{c}|{s}" for c, s in zip(ids, texts.source)], index=texts.index, dtype=object)
+    texts["company_id"] = pd.Series(company_ids, index=texts.index, dtype=object)
+    texts["text_id"] = pd.Series([f"{c}|{s}" for c, s in zip(company_ids, texts.source)], index=texts.index, dtype=object)
     repeated = texts.text_id[texts.text_id.duplicated()]
     if len(repeated):
         raise ValueError(f"{source_name}: the same (company, source) twice: {repeated.tolist()[:5]}")
