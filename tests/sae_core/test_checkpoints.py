@@ -74,7 +74,9 @@ def start_child(tmp_path: Path, runs: list[str], checkpoint_root: Path | None, k
     """Start the child script; returns the process (stdout/stderr piped) and its output folder."""
     out_dir = tmp_path / name
     out_dir.mkdir()
-    script = tmp_path / "child.py"
+    # One script per child: rewriting a shared one could truncate it under a child still reading it,
+    # which then runs an empty script and exits 0.
+    script = tmp_path / f"{name}.py"
     script.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
     arguments = [str(checkpoint_root or ""), str(out_dir), str(kill_at_step), ",".join(runs)]
