@@ -161,7 +161,8 @@ def _parse_optional_ints(path: Path, frame: pd.DataFrame, column: str) -> pd.Ser
     if column not in frame:
         return pd.Series(pd.NA, index=frame.index, dtype="Int64")
     values = frame[column].str.replace(r"\.0$", "", regex=True)  # parquet integers read back as "123.0"
-    bad = frame.index[(values != "") & ~values.str.fullmatch(r"[1-9]\d*")]
+    # Leading zeros are how EDGAR writes a CIK ('0000320193'): the number is what names the company.
+    bad = frame.index[(values != "") & ~values.str.fullmatch(r"0*[1-9]\d*")]
     if len(bad):
         _fail(path, bad, column, "not a positive integer", frame[column])
     return pd.to_numeric(values.where(values != ""), errors="coerce").astype("Int64")

@@ -129,6 +129,19 @@ def test_conflicting_company_ids_are_errors(tmp_path, rows, column, problem):
     assert f"column {column!r}" in message and problem in message
 
 
+def test_a_cik_written_as_edgar_writes_it_with_leading_zeros_is_the_same_company(tmp_path):
+    loaded = load_universe_companies(universe(
+        tmp_path, f"{HEADER},cik\na,AAPL,Apple,Phones.,2021-03-15,0000320193\na,AAPL,Apple,Phones v2.,2022-03-15,320193\n"
+    ))
+    assert set(loaded.frame.company_id) == {"cik:320193"} and loaded.frame.cik.tolist() == [320193, 320193]
+
+
+@pytest.mark.parametrize("cik", ["0", "0000", "3.2e5", "CIK320193"])
+def test_a_cik_that_is_not_a_positive_integer_is_named(tmp_path, cik):
+    message = error_of(load_universe_companies, universe(tmp_path, f"{HEADER},cik\na,A,Acme,Anvils.,2021-03-15,{cik}\n"))
+    assert "column 'cik': not a positive integer in row 1" in message and cik in message
+
+
 def test_a_ticker_reused_by_another_company_later_is_kept_and_counted(tmp_path):
     loaded = load_universe_companies(
         universe(tmp_path, f"{HEADER}\nold,ABC,Old Co,Made carts.,2015-03-01\nnew,ABC,New Co,Makes apps.,2020-03-01\n")
