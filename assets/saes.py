@@ -20,7 +20,6 @@ from dagster import (
 from pydantic import Field
 
 from assets.metadata import markdown_table
-from peerlens.layout import staging_path
 from resources import ArtifactStorage, ComputeResource, SaeTrainer
 from resources.compute import GPU_STEP
 from sae_core.activation_store import ActivationStore, StoreRef
@@ -31,6 +30,7 @@ from sae_core.io import save_sae
 from sae_core.massive_activations import MassiveTokens
 from sae_core.release import load_release, new_release, publish_release, release_id
 from sae_core.sae_set import LayerMetrics, SaeSet, TrainedSae
+from sae_core.staging import staged_sibling
 from sae_core.token_split import store_layer_metrics, token_split
 
 DATA_LOADING = ("auto", "memory", "stream")
@@ -162,7 +162,7 @@ def group_saes(
     release = None if config.retrain else load_release(folder)
     reused = release is not None
     if not reused:
-        staging = staging_path(folder)
+        staging = staged_sibling(folder)
         staging.mkdir(parents=True)
         try:
             trained = _train_group_saes(context, config, store, massive_activations, layer_groups, sae_cfg,

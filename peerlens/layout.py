@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ import pandas as pd
 
 from peerlens.working_copy import root_uri, storage_copy
 from sae_core.full_disk import naming_a_full_disk
+from sae_core.staging import staged_sibling
 
 
 def storage_root(storage: str | os.PathLike | None = None) -> Path:
@@ -64,11 +64,6 @@ def read_table(root: str | os.PathLike | None, asset: str) -> pd.DataFrame:
     return concat_partitions([pd.read_parquet(file) for file in files])
 
 
-def staging_path(path: Path) -> Path:
-    """A sibling of `path` that no concurrent writer will choose (same folder, so the rename is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call `write(staging)` and rename the staging file onto `path`; on failure the old `path` is untouched.
 
@@ -76,7 +71,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     own errors for it name no file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_path(path)
+    staging = staged_sibling(path)
     try:
         with naming_a_full_disk(path):
             write(staging)

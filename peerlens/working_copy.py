@@ -28,6 +28,8 @@ from pathlib import Path
 
 import fsspec
 
+from sae_core.staging import staged_sibling
+
 HOME_ENV = "PEERLENS_HOME"
 CACHE_ENV = "PEERLENS_CACHE"
 DEFAULT_HOME = ".peerlens"
@@ -133,7 +135,7 @@ def _version(info: dict) -> str:
 def _download(fs, remote: str, target: Path) -> None:
     """`remote` into `target`, through a staging name, so a reader of the cache never sees half of it."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.{os.getpid()}.download")
+    staging = staged_sibling(target)
     try:
         fs.get_file(remote, str(staging))
         os.replace(staging, target)
@@ -142,8 +144,8 @@ def _download(fs, remote: str, target: Path) -> None:
 
 
 def _hidden(file: Path, root: Path) -> bool:
-    """Under a dot-name below `root`: a writer's staging file or folder (`peerlens.layout.staging_path`, a store's
-    `.tmp-`), a retired folder (`.old-`), a download in progress or the sync database; never content."""
+    """Under a dot-name below `root`: a writer's staging file or folder or a retired folder (`sae_core.staging`),
+    or the sync database; never content."""
     return any(part.startswith(".") for part in file.relative_to(root).parts)
 
 

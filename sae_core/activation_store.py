@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 
 from sae_core.full_disk import naming_a_full_disk
 from sae_core.io import read_json_object, replace_folder
+from sae_core.staging import staged_sibling
 from sae_core.store_selection import SELECTION, LayerNotStored, StoreSelection, bytes_per_token
 
 MANIFEST = "store.json"
@@ -88,7 +89,7 @@ class ActivationStoreWriter:
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
         # Unique to this writer: two runs capturing at once never share (or delete) a staging folder.
-        self._tmp = self.folder.with_name(f".{self.folder.name}.tmp-{uuid.uuid4().hex}")
+        self._tmp = staged_sibling(self.folder)
         self.layers = self.keep.kept_layers(self.n_layers)  # refuses a layer the model does not have
         self._tmp.mkdir(parents=True)
         self._shard = torch.empty(len(self.layers), self.shard_tokens, self.d_model, dtype=STORE_DTYPE)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from sae_core.config import SaeConfig, TrainConfig
 from sae_core.full_disk import naming_a_full_disk
 from sae_core.optim import ScheduleFree
 from sae_core.sae import SparseAutoencoder
+from sae_core.staging import staged_sibling
 
 CHECKPOINT_FILENAME = "train_state.safetensors"
 FORMAT_VERSION = 2
@@ -140,7 +140,7 @@ def save_checkpoint(
     payload = serialize_tensors(tensors, metadata={"format": "pt", _METADATA_KEY: json.dumps(document)})
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    staged = staged_sibling(path)
     try:
         with naming_a_full_disk(f"the checkpoint {path}"), open(staged, "wb") as file:
             file.write(payload)

@@ -56,8 +56,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -70,6 +68,7 @@ from sae_core.architectures import build_sae
 from sae_core.config import DEFAULT_K, SaeConfig
 from sae_core.full_disk import naming_a_full_disk
 from sae_core.sae import SparseAutoencoder
+from sae_core.staging import retired_sibling, staged_sibling
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -129,7 +128,7 @@ def replace_folder(staged: Path, folder: Path, attempts: int = 5) -> None:
     wins whole, and neither sees an error or half of the other's folder.
     """
     for _ in range(attempts):
-        retired = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex}")
+        retired = retired_sibling(folder)
         try:
             os.replace(folder, retired)
         except FileNotFoundError:  # nothing there yet, or another writer retired it first
@@ -168,12 +167,12 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any
         weights[THRESHOLD_NAME] = folded.thresholds().detach().contiguous()
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    staged = staged_sibling(folder)
+    staged.mkdir()
     try:
         with naming_a_full_disk(f"the SAE {folder}"):
             save_file(weights, staged / WEIGHTS_FILENAME, metadata={"format": "pt"})
             (staged / CFG_FILENAME).write_text(cfg_text + "\n")
-        staged.chmod(0o755)  # mkdtemp makes it owner-only
         replace_folder(staged, folder)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

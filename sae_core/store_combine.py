@@ -25,6 +25,7 @@ from sae_core.activation_store import (
 )
 from sae_core.full_disk import naming_a_full_disk
 from sae_core.io import replace_folder
+from sae_core.staging import staged_sibling
 
 
 def copy_documents(store: ActivationStore, documents: set[str], writer: ActivationStoreWriter) -> int:
@@ -96,7 +97,7 @@ def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> Act
         "parts": parts,
         "store_id": uuid.uuid4().hex,
     }
-    staging = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
+    staging = staged_sibling(folder)
     staging.mkdir(parents=True)
     try:
         with naming_a_full_disk(f"the combined activation store {folder}"):

@@ -1,11 +1,14 @@
-"""`peerlens`: ask the materialized assets for a company's peers, or why two companies are alike.
+"""`peerlens`: ask the materialized assets for a company's peers, or why two companies are alike; clean up
+after killed writers.
 
     peerlens peers TICKER [-n 10] [--shared 3] [--storage PATH] [--as-of YYYY-MM-DD]
     peerlens explain A B [--shared 5] [--storage PATH]
+    peerlens clean [--storage PATH] [--stale-after-hours 24] [--dry-run]
 
 Reads the files a run of the graph wrote (see `peerlens.query.peers`); it needs no Dagster. Errors
 (unknown ticker, assets not materialized yet) print one line on stderr and exit with status 1;
-usage errors exit with status 2, as argparse does.
+usage errors exit with status 2, as argparse does. `clean` removes the staging that killed writers left in
+this machine's working copy of the storage root (`sae_core.staging`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from peerlens.query.peers import HOME_ENV, PairExplanation, PeerIndex, PeerList
+from peerlens.working_copy import storage_copy
+from sae_core.staging import STALE_AFTER_SECONDS, Action, Leftover, carry_out, find_leftovers, plan_cleanup
 
 SIMILARITY_NOTE = "cosine of specificity-weighted SAE company features"
 NAME_WIDTH = 28
@@ -107,6 +113,46 @@ def format_pair(result: PairExplanation) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def format_cleanup(plan: list[tuple[Leftover, Action]], root: Path, dry_run: bool) -> str:
+    """One row per leftover under `root` (what is done with it, and why), then the totals."""
+    if not plan:
+        return f"No leftovers of killed writers under {root}.\n"
+    rows = [
+        [action.value, "retired" if leftover.retired else "staged", _mib(leftover.bytes),
+         f"{leftover.idle_seconds / 3600:.1f} h", leftover.writer.value, leftover.path.relative_to(root).as_posix()]
+        for leftover, action in plan
+    ]
+    totals = {action: [leftover for leftover, chosen in plan if chosen is action] for action in Action}
+    freed = sum(leftover.bytes for leftover in totals[Action.REMOVE])
+    lines = [
+        f"Leftovers of writers under {root}:",
+        "",
+        *_table(["action", "kind", "size", "idle", "writer", "path"], rows, right={2, 3}),
+        "",
+        f"{'Would remove' if dry_run else 'Removed'} {len(totals[Action.REMOVE])} ({_mib(freed)}), "
+        f"{'would restore' if dry_run else 'restored'} {len(totals[Action.RESTORE])} folder(s) to their names; "
+        f"kept {len(totals[Action.KEEP])} whose writer may still be at work.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def clean(storage: str | None, stale_after_hours: float, dry_run: bool) -> str:
+    """Find, plan and (unless `dry_run`) carry out the cleanup of the working copy of `storage`."""
+    if stale_after_hours <= 0:
+        raise ValueError(f"--stale-after-hours must be positive, not {stale_after_hours}")
+    root = storage_copy(storage).local
+    if not root.is_dir():
+        raise FileNotFoundError(f"no storage root at {root}")
+    plan = plan_cleanup(find_leftovers(root), stale_after_hours * 3600)
+    if not dry_run:
+        carry_out(plan)
+    return format_cleanup(plan, root, dry_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peerlens",
@@ -133,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("a")
     explain.add_argument("b")
     explain.add_argument("--shared", type=int, default=5, help="shared latents listed (default 5)")
+    cleanup = commands.add_parser(
+        "clean", help="remove what killed writers left staged, and put back a folder a killed replace left missing"
+    )
+    cleanup.add_argument(
+        "--storage", default=None,
+        help=f"storage root whose working copy on this machine is cleaned (default: ${HOME_ENV}, else ./.peerlens)",
+    )
+    cleanup.add_argument(
+        "--stale-after-hours", type=float, default=STALE_AFTER_SECONDS / 3600,
+        help="a leftover whose writer cannot be asked (another host, an old name) goes when untouched this long "
+        "(default 24); one whose writer is gone from this host goes at once",
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
     return parser
 
 
@@ -140,10 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 1 for a query error)."""
     args = build_parser().parse_args(argv)
     try:
-        index = PeerIndex.load(args.storage, as_of=args.as_of)
-        if args.command == "peers":
+        if args.command == "clean":
+            text = clean(args.storage, args.stale_after_hours, args.dry_run)
+        elif args.command == "peers":
+            index = PeerIndex.load(args.storage, as_of=args.as_of)
             text = format_peers(index.peers(args.ticker, n=args.n, n_shared=args.shared))
         else:
+            index = PeerIndex.load(args.storage, as_of=args.as_of)
             text = format_pair(index.explain_pair(args.a, args.b, n_shared=args.shared))
     except (FileNotFoundError, ValueError) as error:
         print(f"peerlens: error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -28,6 +28,7 @@ from sae_core.activation_store import ActivationStore
 from sae_core.features import encode_tokens
 from sae_core.io import load_sae
 from sae_core.release import load_release
+from sae_core.staging import Action, Writer, carry_out, find_leftovers, plan_cleanup
 from tests.assets.test_group_saes_config import tiny_store
 from tests.faults.killed_run import (
     AFTER,
@@ -59,6 +60,17 @@ def files(folder: Path) -> dict[str, bytes]:
 def hidden(folder: Path) -> list[Path]:
     """The entries of `folder` under a dot-name: a writer's staging or a retired folder, which readers ignore."""
     return [path for path in folder.iterdir() if path.name.startswith(".")]
+
+
+def clean_after_the_kill(root: Path) -> None:
+    """`peerlens clean`'s steps on `root` after a kill: every leftover is the killed writer's, known gone, and is
+    removed; no published file changes, and no leftover remains."""
+    published = {path: path.read_bytes() for path in root.rglob("*") if path.is_file() and "/." not in str(path)}
+    plan = plan_cleanup(find_leftovers(root))
+    assert plan and all(leftover.writer is Writer.GONE and action is Action.REMOVE for leftover, action in plan), plan
+    carry_out(plan)
+    assert find_leftovers(root) == []
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == published
 
 
 def error_text(result, node: str) -> str:
@@ -97,6 +109,7 @@ def test_a_capture_killed_after_its_first_shard_keeps_the_days_store_whole_and_a
     # Downstream, the day is named as not captured for its edited texts, never read half new.
     with pytest.raises(DayNotCaptured, match=f"{DAY} \\(holds other texts"):
         open_day_store(artifacts, DAY, AFTER)
+    clean_after_the_kill(root)
 
     assert capture(root, AFTER).success
     again = open_day_store(artifacts, DAY, AFTER)
@@ -125,6 +138,7 @@ def test_sae_training_killed_during_its_second_sae_keeps_the_release_whole_and_a
     assert sorted(path.name for path in folder.parent.iterdir() if path not in staged) == [folder.name]
     # The kill landed mid-training: the first SAE saved in the staging release, no release.json beside it.
     assert any((path / "sae_00_layers_0-0" / "cfg.json").exists() and not (path / "release.json").exists() for path in staged)
+    clean_after_the_kill(root)
 
     again = train_release(root, retrain=True)
     assert again.notes["release"] == first.notes["release"]
@@ -150,6 +164,7 @@ def test_a_retrain_killed_while_deleting_the_release_it_replaces_leaves_a_whole_
     for sae in release.trained.saes:
         assert load_sae(root / sae.path).cfg.d_sae == 16
     assert [path.name.split(".old-")[0] for path in hidden(folder.parent)] == [f".{folder.name}"]  # the retired one
+    clean_after_the_kill(root)
 
     again = train_release(root)  # the release in place is whole: it is reused, not trained again
     assert again.notes["release_version"] == release.version
@@ -198,9 +213,10 @@ def test_a_table_write_killed_half_way_keeps_the_stored_table_whole_and_a_new_ru
     # The half-written file exists, but only as the killed writer's staging file, which no reader opens.
     staged = hidden(path.parent)
     assert sorted(p.name for p in path.parent.iterdir() if p not in staged) == [path.name]
-    assert len(staged) == 1 and staged[0].name.startswith(f".{path.name}.") and staged[0].suffix == ".tmp"
+    assert len(staged) == 1 and staged[0].name.startswith(f".{path.name}.tmp-")
     with pytest.raises(Exception):
         pd.read_parquet(staged[0])
+    clean_after_the_kill(root)
 
     assert write_scores(root, rows=20_000, seed=1).success
     pd.testing.assert_frame_equal(read_table(root, "peer_scores"), scores(20_000, 1))
@@ -218,14 +234,14 @@ def test_a_full_disk_during_a_table_write_is_an_error_naming_the_table_and_the_s
     assert write_scores(root, rows=10, seed=0).success
     path = table_path(root, "peer_scores")
     stored = path.read_bytes()
-    staging_path = peerlens.layout.staging_path
+    staged_sibling = peerlens.layout.staged_sibling
 
     def staging_on_a_full_disk(target: Path) -> Path:
-        staging = staging_path(target)
+        staging = staged_sibling(target)
         staging.symlink_to("/dev/full")
         return staging
 
-    monkeypatch.setattr(peerlens.layout, "staging_path", staging_on_a_full_disk)
+    monkeypatch.setattr(peerlens.layout, "staged_sibling", staging_on_a_full_disk)
     result = write_scores(root, rows=20_000, seed=1, raise_on_error=False)
 
     assert not result.success

@@ -7,6 +7,7 @@ import pytest
 from dagster import AssetKey, build_input_context, build_output_context
 
 from resources.storage import TableIOManager
+from sae_core.staging import find_leftovers
 
 
 def output_context(name: str, partition_keys: list[str] | None = None):
@@ -33,7 +34,7 @@ def test_frames_round_trip_as_parquet_and_dicts_as_json(tmp_path):
     assert json.loads((tmp_path / "tables" / "report.json").read_text())["chosen_g"] == 4
     pd.testing.assert_frame_equal(manager.load_input(build_input_context(asset_key=AssetKey("table"))), frame)
     assert manager.load_input(build_input_context(asset_key=AssetKey("report")))["groups"] == [[0], [1, 2]]
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert find_leftovers(tmp_path) == []
 
 
 def test_a_typed_result_is_stored_as_json_and_read_back_as_the_type_the_reader_declares(tmp_path):
@@ -83,7 +84,7 @@ def test_a_failed_write_keeps_the_previous_table(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         manager.handle_output(output_context("kept"), pd.DataFrame({"x": [2]}))
     monkeypatch.undo()
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert find_leftovers(tmp_path) == []
     pd.testing.assert_frame_equal(manager.load_input(build_input_context(asset_key=AssetKey("kept"))), old)
 
 
