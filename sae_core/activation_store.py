@@ -41,8 +41,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from sae_core.full_disk import naming_a_full_disk
-from sae_core.io import read_json_object, replace_folder
-from sae_core.staging import staged_sibling
+from sae_core.io import read_json_object
+from sae_core.staging import replace_folder, staged_sibling
 from sae_core.store_selection import SELECTION, LayerNotStored, StoreSelection, bytes_per_token
 
 MANIFEST = "store.json"
@@ -195,9 +195,9 @@ class ActivationStoreWriter:
 
 
 def open_published(folder: Path, wait_seconds: float = 5.0) -> ActivationStore:
-    """The store just published at `folder`. Another writer replacing it at the same moment leaves the
-    folder absent for the instant between retiring the old store and moving in the new one
-    (`sae_core.io.replace_folder`); that instant is waited out, never reported as a missing store."""
+    """The store just published at `folder`. Where the OS cannot exchange two folders, another writer replacing
+    it at the same moment leaves the folder absent for the instant between retiring the old store and moving in
+    the new one (`sae_core.staging.replace_folder`); that instant is waited out, never reported as missing."""
     deadline = time.monotonic() + wait_seconds
     while True:
         try:

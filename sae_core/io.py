@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -68,7 +67,7 @@ from sae_core.architectures import build_sae
 from sae_core.config import DEFAULT_K, SaeConfig
 from sae_core.full_disk import naming_a_full_disk
 from sae_core.sae import SparseAutoencoder
-from sae_core.staging import retired_sibling, staged_sibling
+from sae_core.staging import replace_folder, staged_sibling
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -115,33 +114,6 @@ def _saelens_cfg(sae: SparseAutoencoder, metadata: dict[str, Any]) -> dict[str, 
     cfg["meta"] = {key: metadata[key] for key in _SAELENS_META_KEYS if key in metadata}
     cfg["metadata"] = metadata
     return cfg
-
-
-def replace_folder(staged: Path, folder: Path, attempts: int = 5) -> None:
-    """Move the fully written `staged` folder to `folder`, replacing any previous version.
-
-    os.replace cannot overwrite a non-empty directory, so the old one is first renamed aside (under a
-    name unique to this writer) and deleted only once the new one is in place: a process killed while
-    the old one is being deleted leaves the new one whole at `folder`, and one killed between the two
-    renames leaves the old one whole under its retired dot-name. Another writer may put its own folder
-    there between the two renames; then that one is retired too and the move retried: the last writer
-    wins whole, and neither sees an error or half of the other's folder.
-    """
-    for _ in range(attempts):
-        retired = retired_sibling(folder)
-        try:
-            os.replace(folder, retired)
-        except FileNotFoundError:  # nothing there yet, or another writer retired it first
-            pass
-        try:
-            os.replace(staged, folder)
-            moved = True
-        except OSError:  # another writer's folder arrived in between: retire it and try again
-            moved = False
-        shutil.rmtree(retired, ignore_errors=True)
-        if moved:
-            return
-    raise OSError(f"could not move {staged} to {folder}: other writers kept replacing it")
 
 
 def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any] | None = None) -> Path:

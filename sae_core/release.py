@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sae_core.io import replace_folder
+from sae_core.staging import replace_folder
 from sae_core.sae_set import SaeSet
 
 RELEASE_FILE = "release.json"
@@ -73,7 +73,7 @@ def load_release(folder: str | Path) -> SaeRelease | None:
 
 
 def publish_release(staging: Path, release: SaeRelease, folder: Path) -> None:
-    """Write release.json into `staging` (which holds the SAEs) and move it onto `folder` (`sae_core.io.replace_folder`).
+    """Write release.json into `staging` (which holds the SAEs) and move it onto `folder` (`sae_core.staging.replace_folder`).
 
     A crash between retiring the old release and moving the new one in leaves no release.json at
     `folder`, which reads as "no release" and trains again, never as half of one.

@@ -2,8 +2,8 @@
 writer leaves behind.
 
 No writer writes where readers look. It writes a file or folder under a sibling dot-name and renames it into
-place (one atomic rename); a folder it replaces is first renamed aside, and deleted once the new one is in
-place (`sae_core.io.replace_folder`):
+place (one atomic rename); a folder it replaces is exchanged with the new one, or renamed aside first where
+the OS cannot exchange, and deleted once the new one is in place (`replace_folder`):
 
     .<name>.tmp-<host>-<pid>-<token>   staged: being written, published as <name>
     .<name>.old-<host>-<pid>-<token>   retired: the version of the folder <name> that a writer replaced
@@ -21,6 +21,8 @@ Names written before this scheme (`.<name>.tmp-<hex>`, `.<name>.old-<hex>`, `.<n
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import re
@@ -35,6 +37,13 @@ from pathlib import Path
 STALE_AFTER_SECONDS = 24 * 3600
 """A leftover whose writer cannot be asked (another host, an old name) is taken as abandoned after a day
 untouched: no PeerLens write runs that long without touching what it writes."""
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # Linux, glibc >= 2.28
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_CANNOT_EXCHANGE = {errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV}
+"""renameat2's errors that mean "cannot exchange here" (a path missing, a kernel or filesystem without it)."""
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _NAMED = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{12}")
@@ -57,6 +66,54 @@ def staged_sibling(path: str | os.PathLike) -> Path:
 def retired_sibling(path: str | os.PathLike) -> Path:
     """Where this process moves the folder `path` aside while it replaces it."""
     return _sibling(Path(path), "old")
+
+
+def replace_folder(staged: Path, folder: Path, attempts: int = 5) -> None:
+    """Move the fully written `staged` folder to `folder`, replacing any previous version.
+
+    Where the OS can (Linux's renameat2), the two are exchanged in one step, so a reader of `folder` finds a
+    whole version at every instant; the old one, now at the staged name, is renamed to a retired name and
+    deleted. Elsewhere os.replace cannot overwrite a non-empty directory, so the old one is first renamed
+    aside and deleted only once the new one is in place: `folder` is then missing for the instant between
+    the two renames (a writer killed there leaves its old version whole under the retired name, which
+    `plan_cleanup` puts back). Another writer may put its own folder there between the two renames; then
+    that one is retired too and the move retried: the last writer wins whole, and neither sees an error or
+    half of the other's folder.
+    """
+    if exchange(staged, folder):
+        retired = retired_sibling(folder)
+        os.rename(staged, retired)  # the old version, under the name that says what it is
+        shutil.rmtree(retired, ignore_errors=True)
+        return
+    for _ in range(attempts):
+        retired = retired_sibling(folder)
+        try:
+            os.replace(folder, retired)
+        except FileNotFoundError:  # nothing there yet, or another writer retired it first
+            pass
+        try:
+            os.replace(staged, folder)
+            moved = True
+        except OSError:  # another writer's folder arrived in between: retire it and try again
+            moved = False
+        shutil.rmtree(retired, ignore_errors=True)
+        if moved:
+            return
+    raise OSError(f"could not move {staged} to {folder}: other writers kept replacing it")
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the entries at `a` and `b` in one atomic step (renameat2 with RENAME_EXCHANGE): a reader of either
+    path finds one of the two at every instant. False, with nothing changed, where either is missing or the
+    OS or filesystem cannot exchange."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in _CANNOT_EXCHANGE:
+        return False
+    raise OSError(error, os.strerror(error), str(a), None, str(b))
 
 
 class Writer(Enum):

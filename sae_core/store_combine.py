@@ -24,8 +24,7 @@ from sae_core.activation_store import (
     open_store_file,
 )
 from sae_core.full_disk import naming_a_full_disk
-from sae_core.io import replace_folder
-from sae_core.staging import staged_sibling
+from sae_core.staging import replace_folder, staged_sibling
 
 
 def copy_documents(store: ActivationStore, documents: set[str], writer: ActivationStoreWriter) -> int:

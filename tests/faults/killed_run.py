@@ -234,7 +234,7 @@ def _training_its_second_sae(root: Path, marker: Path) -> None:
 
 
 def _publishing_while_the_old_release_is_deleted(root: Path, marker: Path) -> None:
-    """Retrain the release; stop when publishing it deletes the release it replaces (`sae_core.io.replace_folder`
+    """Retrain the release; stop when publishing it deletes the release it replaces (`sae_core.staging.replace_folder`
     renames the old folder to a `.old-` dot-name and deletes it)."""
     import shutil
 

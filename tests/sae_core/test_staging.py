@@ -1,6 +1,7 @@
 """Specification of staging names and the cleanup after killed writers (sae_core.staging, `peerlens clean`)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -10,7 +11,17 @@ import pytest
 
 from peerlens.query.cli import main
 from sae_core import staging
-from sae_core.staging import Action, Writer, carry_out, find_leftovers, plan_cleanup, retired_sibling, staged_sibling
+from sae_core.staging import (
+    Action,
+    Writer,
+    carry_out,
+    exchange,
+    find_leftovers,
+    plan_cleanup,
+    replace_folder,
+    retired_sibling,
+    staged_sibling,
+)
 
 DAY = 24 * 3600
 
@@ -55,6 +66,56 @@ def test_a_staged_and_a_retired_name_are_dot_siblings_that_name_their_target_and
     assert staged.parent == retired.parent == target.parent
     assert staged.name.startswith(".peer_scores.parquet.tmp-") and retired.name.startswith(".peer_scores.parquet.old-")
     assert f"-{os.getpid()}-" in staged.name and staged != staged_sibling(target)  # one name per write
+
+
+def can_exchange(folder: Path) -> bool:
+    a, b = folder / "probe-a", folder / "probe-b"
+    a.mkdir(), b.mkdir()
+    try:
+        return exchange(a, b)
+    finally:
+        a.rmdir(), b.rmdir()
+
+
+def test_a_reader_finds_a_whole_folder_at_every_step_of_a_replace(tmp_path, monkeypatch):
+    if not can_exchange(tmp_path):
+        pytest.skip("this OS or filesystem cannot exchange two paths (renameat2 RENAME_EXCHANGE)")
+    folder = write(tmp_path / "release", {"release.json": "old"})
+    staged = write(staged_sibling(folder), {"release.json": "new"})
+    seen = []
+
+    def watched(step):
+        def around(*args, **kwargs):
+            seen.append((folder / "release.json").read_text())  # FileNotFoundError when the folder is missing
+            result = step(*args, **kwargs)
+            seen.append((folder / "release.json").read_text())
+            return result
+        return around
+
+    with monkeypatch.context() as patch:
+        for name in ("rename", "replace"):
+            patch.setattr(staging.os, name, watched(getattr(os, name)))
+        patch.setattr(staging.shutil, "rmtree", watched(shutil.rmtree))
+        replace_folder(staged, folder)
+    assert seen and set(seen) == {"new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]
+
+
+@pytest.mark.parametrize("os_can_exchange", [True, False])
+def test_a_replace_leaves_the_new_folder_and_nothing_beside_it(tmp_path, monkeypatch, os_can_exchange):
+    if not os_can_exchange:
+        monkeypatch.setattr(staging, "_renameat2", None)
+    folder = tmp_path / "store"
+    for version in ("first", "second"):  # into an empty name, then over a folder
+        replace_folder(write(staged_sibling(folder), {"store.json": version}), folder)
+        assert (folder / "store.json").read_text() == version
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_an_exchange_with_a_missing_path_changes_nothing(tmp_path):
+    present = write(tmp_path / "present", {"x": "kept"})
+    assert not exchange(present, tmp_path / "missing") and not exchange(tmp_path / "missing", present)
+    assert (present / "x").read_text() == "kept" and not (tmp_path / "missing").exists()
 
 
 def test_a_leftover_says_what_it_was_for_its_size_and_whether_its_writer_is_running(tmp_path):
