@@ -291,25 +291,24 @@ def daily_prices(
     No rows when the source has no prices (your own universe may not): then the clusters are made, and the
     evaluations that need returns are left out of a graph run (`assets.graph_run.RETURN_EVALUATIONS`)."""
     if config.source == "sample":
-        raw = company_data.daily_prices()
-        source_counts: dict[str, int] = {}
+        loaded = company_data.daily_prices()
     elif config.source == "yfinance":
         tickers = sorted(company_data.company_texts().frame.ticker.unique())
         with retried_when_unreachable("yfinance"):
             loaded = yfinance.daily_prices(tickers)
             if loaded.rule_counts["tickers_without_data"] == len(tickers):
                 raise ConnectionError(f"yfinance returned no prices for any of {len(tickers)} tickers")
-        raw, source_counts = loaded.frame, loaded.rule_counts
     else:
         raise ValueError(f"daily_prices source {config.source!r} is not 'sample' or 'yfinance'")
-    cleaned = clean_daily_prices(raw, PriceCleaning(config.max_close_outside_range, config.jump_log_return))
+    cleaned = clean_daily_prices(loaded.frame, PriceCleaning(config.max_close_outside_range, config.jump_log_return))
     prices = cleaned.prices
     jumps = prices[prices.jump][["ticker", "date"]]
     return Output(
         prices,
         data_version=frame_version(prices),
         metadata={
-            **rule_metadata({**source_counts, **cleaned.rule_counts}),
+            **rule_metadata({**loaded.rule_counts, **cleaned.rule_counts}),
+            **{f"{rule}_tickers": ", ".join(tickers) or "none" for rule, tickers in loaded.affected_tickers.items()},
             "tickers": int(prices.ticker.nunique()),
             "first_date": str(prices.date.min().date()) if len(prices) else "none",
             "last_date": str(prices.date.max().date()) if len(prices) else "none",
@@ -356,6 +355,8 @@ def monthly_returns(context: AssetExecutionContext, daily_prices: pd.DataFrame):
             "months": len(parts),
             "rows": len(returns),
             "nan_returns_from_jumps": int(returns.jump_in_month.sum()),
+            # A month without any close leaves the next return NaN rather than a two-month return.
+            "nan_returns_from_missing_months": int((returns.log_return.isna() & ~returns.jump_in_month).sum()),
             "tickers": int(returns.ticker.nunique()),
         },
     )

@@ -41,8 +41,9 @@ class CompanyDataResource(ConfigurableResource):
         """When the industry labels were known, for reports: labels known only later are not point in time."""
         raise NotImplementedError
 
-    def daily_prices(self) -> pd.DataFrame:
-        """Raw daily prices (`peerlens.sources.returns.PRICE_COLUMNS`); no rows when the source has none."""
+    def daily_prices(self) -> sample.LoadedTable:
+        """Raw daily prices (`peerlens.sources.returns.PRICE_COLUMNS`), and the rows loading left out; no rows when
+        the source has none."""
         raise NotImplementedError
 
     def index_membership(self) -> pd.DataFrame:
@@ -51,7 +52,7 @@ class CompanyDataResource(ConfigurableResource):
 
     def price_tickers(self) -> set[str]:
         """Tickers with at least one usable close (positive: price cleaning drops every other row)."""
-        prices = self.daily_prices()
+        prices = self.daily_prices().frame
         return set(prices.ticker[prices.close > 0].unique())
 
 
@@ -121,10 +122,10 @@ class SampleDataResource(CompanyDataResource):
             return "GICS as of May 2017 (sp500_2017/company_bio.csv); SIC from cik_ticker.csv (2019): known only later"
         return "GICS from constituents.csv (2026) and SIC from cik_ticker.csv (2019): both known only today"
 
-    def daily_prices(self) -> pd.DataFrame:
+    def daily_prices(self) -> sample.LoadedTable:
         if self.vintage == "2017":
-            return sample_2017.load_prices_2017(self.root()).frame
-        return sample.load_daily_prices(self.root())
+            return sample_2017.load_prices_2017(self.root())
+        return sample.LoadedTable(sample.load_daily_prices(self.root()), {})
 
     def index_membership(self) -> pd.DataFrame:
         """The 2017 vintage's point-in-time spells; none for the 2024 vintage."""
@@ -156,12 +157,12 @@ class UniverseResource(CompanyDataResource):
     def label_vintages(self) -> str:
         return f"the codes on each company's newest text in {self.path}: as current as the file says"
 
-    def daily_prices(self) -> pd.DataFrame:
+    def daily_prices(self) -> sample.LoadedTable:
         prices = universe.load_universe_prices(self.path)
-        if prices is not None:
-            return prices
-        empty = {"date": "datetime64[ns]", "ticker": object, "volume": "int64"}
-        return pd.DataFrame({column: pd.Series(dtype=empty.get(column, "float64")) for column in PRICE_COLUMNS})
+        if prices is None:
+            empty = {"date": "datetime64[ns]", "ticker": object, "volume": "int64"}
+            prices = pd.DataFrame({column: pd.Series(dtype=empty.get(column, "float64")) for column in PRICE_COLUMNS})
+        return sample.LoadedTable(prices, {})
 
     def index_membership(self) -> pd.DataFrame:
         return no_membership()

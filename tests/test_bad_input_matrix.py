@@ -23,11 +23,12 @@ import assets.sources
 from assets.activations import llm_activations
 from assets.clusters import CompanyClustersConfig, current_company_clusters
 from assets.partitions import TEXT_DATES
-from assets.sources import company_descriptions, daily_prices
+from assets.sources import company_descriptions, daily_prices, monthly_returns
 from definitions import resources_from_environment
 from peerlens.similarity.point_in_time import universe_as_of
 from peerlens.sources.edgar import EdgarClient, EdgarError, EdgarRefused, extract_item1_business
 from peerlens.sources.returns import clean_daily_prices, month_end_log_returns
+from peerlens.sources.sample import LoadedTable
 from peerlens.sources.texts import texts_from_records
 from resources import ArtifactStorage, ComputeResource, EdgarResource, LanguageModelResource, TableIOManager
 from sae_core.activation_stream import StoreRows
@@ -183,11 +184,24 @@ def test_a_reused_ticker_names_the_company_whose_latest_text_is_newer():
 # --- prices ---------------------------------------------------------------------------------------
 
 
+def test_rows_the_price_source_leaves_out_are_counted_and_named_in_daily_prices_metadata(tmp_path, monkeypatch):
+    """The 2017 sample drops the series of tickers a later company took (`REUSED_PRICE_TICKERS`): the count and
+    the tickers reach daily_prices' metadata beside the cleaning rules'."""
+    dates = ["2020-01-02", "2020-01-03"]
+    loaded = LoadedTable(daily_rows("GOOD", dates, [10, 10.1]), {"reused_ticker_rows_dropped": 7},
+                         {"reused_ticker_rows_dropped": ["DOW", "IR"]})
+    environment = {**resources_from_environment(), "io_manager": TableIOManager(root=str(tmp_path))}
+    monkeypatch.setattr(type(environment["company_data"]), "daily_prices", lambda self: loaded)
+    metadata = metadata_of(materialize([daily_prices], resources=environment), "daily_prices")
+    assert metadata["rule/reused_ticker_rows_dropped"] == 7 and metadata["reused_ticker_rows_dropped_tickers"] == "DOW, IR"
+    assert metadata["rule/rows_out"] == 2
+
+
 def test_nan_zero_and_negative_closes_are_dropped_and_counted_in_daily_prices_metadata(tmp_path, monkeypatch):
     dates = ["2020-01-02", "2020-01-03", "2020-01-06", "2020-01-07"]
     raw = pd.concat([daily_rows("GOOD", dates, [10, 10.1, 10.2, 10.3]), daily_rows("BAD", dates, [5, np.nan, 0, -5])])
     environment = {**resources_from_environment(), "io_manager": TableIOManager(root=str(tmp_path))}
-    monkeypatch.setattr(type(environment["company_data"]), "daily_prices", lambda self: raw.reset_index(drop=True))
+    monkeypatch.setattr(type(environment["company_data"]), "daily_prices", lambda self: LoadedTable(raw.reset_index(drop=True), {}))
     result = materialize([daily_prices], resources=environment)
     metadata = metadata_of(result, "daily_prices")
     assert metadata["rule/null_close_dropped"] == 1 and metadata["rule/nonpositive_close_dropped"] == 2
@@ -201,6 +215,18 @@ def test_a_gap_of_days_changes_no_return_and_a_missing_month_is_nan_not_a_jump()
     by_month = returns.set_index("month")
     assert by_month.loc["2020-02", "log_return"] == pytest.approx(np.log(11 / 10))
     assert np.isnan(by_month.loc["2020-04", "log_return"]) and not by_month.loc["2020-04", "jump_in_month"]
+
+
+def test_a_missing_month_is_counted_in_monthly_returns_metadata(tmp_path, monkeypatch):
+    dates = ["2020-01-31", "2020-02-28", "2020-04-30", "2020-05-29"]  # no close in March
+    full = sorted([*dates, "2020-03-31"])
+    gapped = pd.concat([daily_rows("GAP", dates, [10.0, 11.0, 12.0, 12.5]), daily_rows("FULL", full, [5, 5, 5, 5, 5])])
+    environment = {**resources_from_environment(), "io_manager": TableIOManager(root=str(tmp_path))}
+    monkeypatch.setattr(type(environment["company_data"]), "daily_prices", lambda self: LoadedTable(gapped, {}))
+    assert materialize([daily_prices], resources=environment).success
+    result = materialize([daily_prices, monthly_returns], resources=environment, selection=[monthly_returns],
+                         partition_key="2020-04-01")
+    assert metadata_of(result, "monthly_returns")["nan_returns_from_missing_months"] == 1  # GAP's April
 
 
 # --- a universe of one ----------------------------------------------------------------------------
