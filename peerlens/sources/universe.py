@@ -132,7 +132,7 @@ def _require_values(path: Path, frame: pd.DataFrame, columns) -> None:
     for column in columns:
         empty = frame.index[frame[column].map(lambda value: is_blank(value))]
         if len(empty):
-            _fail(path, empty, column, "empty or whitespace-only value")
+            _fail(path, empty, column, "empty value (nothing but whitespace, invisible characters or markup)")
 
 
 def _parse_dates(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:

@@ -131,12 +131,16 @@ def test_bad_norms_are_refused(norms, message):
 # --- what counts as text ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["", " \t\n", "\u200b", "\u200b\u200c\u200d\u2060\ufeff\u00ad", "\u3000\u00a0"])
-def test_whitespace_and_invisible_characters_alone_are_blank(text):
+@pytest.mark.parametrize(
+    "text",
+    ["", " \t\n", "\u200b", "\u200b\u200c\u200d\u2060\ufeff\u00ad", "\u3000\u00a0",
+     "<p>&nbsp;</p>", "<div class='x'>\n<br/>&#8203;</div><!-- <b>empty</b> -->"],
+)
+def test_whitespace_invisible_characters_and_markup_alone_are_blank(text):
     assert is_blank(text)
 
 
-@pytest.mark.parametrize("text", ["a", "\u200bAmazon", "株式会社", "—", "5"])
+@pytest.mark.parametrize("text", ["a", "\u200bAmazon", "株式会社", "—", "5", "<p>Makes anvils.</p>", "&amp;", "<3", "a < b"])
 def test_one_visible_character_makes_text(text):
     assert not is_blank(text)
     assert checked_text(text, "company 'AMZN'") == text

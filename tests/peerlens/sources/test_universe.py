@@ -97,11 +97,12 @@ def test_a_missing_misnamed_or_repeated_column_is_named_with_the_nearest_known_o
     [
         (["a,A,Acme,Anvils.,2021-03-15", "b,B,Bolt,Bolts.,15/03/2021"], "known_by", "not a YYYY-MM-DD date", ["row 2 ('15/03/2021')"]),
         (["a,A,Acme,Anvils.,2021-03-15", "b,B,Bolt,Bolts.,"], "known_by", "empty", ["row 2"]),
-        (["a,A,Acme,   ,2021-03-15"], "description", "empty or whitespace-only", ["row 1"]),
-        (["a,A,Acme,Anvils.,2021-03-15", "b,B,Bolt,,2021-03-15"], "description", "empty or whitespace-only", ["row 2"]),
+        (["a,A,Acme,   ,2021-03-15"], "description", "empty value", ["row 1"]),
+        (["a,A,Acme,Anvils.,2021-03-15", "b,B,Bolt,,2021-03-15"], "description", "empty value", ["row 2"]),
+        (["a,A,Acme,Anvils.,2021-03-15", "b,B,Bolt,<p>&nbsp;</p>,2021-03-15"], "description", "or markup", ["row 2"]),
         (["a,A,Acme,Anvils.,2021-03-15", "b,,Bolt,Bolts.,2021-03-15"], "ticker", "empty", ["row 2"]),
         (["a,A,Acme,Anvils.,2021-03-15", "b,B B,Bolt,Bolts.,2021-03-15"], "ticker", "not a ticker", ["row 2 ('B B')"]),
-        (["a,A,Acme,Anvils.,2021-03-15", "b,<b>,Bolt,Bolts.,2021-03-15"], "ticker", "not a ticker", ["row 2 ('<b>')"]),
+        (["a,A,Acme,Anvils.,2021-03-15", "b,<b>B</b>,Bolt,Bolts.,2021-03-15"], "ticker", "not a ticker", ["row 2 ('<b>B</b>')"]),
         # The same row twice, and one company given two texts on one day without a source to tell them apart.
         (["a,A,Acme,Anvils.,2021-03-15", "a,A,Acme,Anvils.,2021-03-15"], "id", "more than one row", ["row 1", "row 2"]),
         (["a,A,Acme,Anvils.,2021-03-15", "b,B,Bolt,Bolts.,2021-03-15", "a,A,Acme,Anvils and more.,2021-03-15"],
