@@ -304,10 +304,33 @@ def universe_months_window(folder: str | Path) -> tuple[str, str]:
     the month after the last one. Without: from the month after the first text, with no end ("" means up
     to now): the clustering dates then run to today.
     """
-    prices = load_universe_prices(folder)
-    if prices is not None:
-        first, last = prices.date.min(), prices.date.max()
+    dates = _price_dates(folder)
+    if dates is not None:
+        first, last = dates.min(), dates.max()
         start = (first + pd.offsets.MonthBegin(1)).normalize()
         return start.strftime("%Y-%m-%d"), (last + pd.offsets.MonthBegin(1)).normalize().strftime("%Y-%m-%d")
     first_text = load_universe_companies(folder).frame.known_by.min()
     return (first_text + pd.offsets.MonthBegin(1)).normalize().strftime("%Y-%m-%d"), ""
+
+
+def _price_dates(folder: str | Path) -> pd.Series | None:
+    """The date column of the universe's prices file, parsed; None without prices. Only that column is read: the
+    partitions need it whenever the definitions load, and a long prices file is mostly other columns. A file
+    whose dates cannot be read this way is read whole, so that its error is the full reader's."""
+    path = universe_file(folder, PRICES, required=False)
+    if path is None:
+        return None
+    try:
+        if path.suffix == ".parquet":
+            frame = _as_text(pd.read_parquet(path, columns=["date"]))
+        else:
+            frame = pd.read_csv(path, usecols=["date"], dtype=str, keep_default_na=False, encoding="utf-8")
+    except (ValueError, KeyError, OSError, pd.errors.ParserError):  # UnicodeDecodeError is a ValueError
+        frame = pd.DataFrame()
+    if "date" not in frame or frame.empty:
+        return load_universe_prices(folder).date
+    frame.index = pd.RangeIndex(1, len(frame) + 1, name="row")
+    frame["date"] = frame["date"].str.strip()
+    _require_values(path, frame, ("date",))
+    return _parse_dates(path, frame, "date")
+

@@ -71,6 +71,27 @@ def test_a_parquet_universe_reads_as_its_csv_does(tmp_path):
                                   check_like=False, check_dtype=False)
 
 
+def test_the_window_is_read_from_the_dates_of_a_csv_prices_file(tmp_path):
+    prices = "date,ticker,close,volume\n2019-12-31,ACME,10,5\n2021-06-30,ACME,11,\n2020-05-04,ACME,12,7\n"
+    folder = universe(tmp_path, f"{HEADER}\nacme,ACME,Acme,Makes anvils.,2021-03-15\n", prices)
+    assert universe_months_window(folder) == ("2020-01-01", "2021-07-01")
+
+
+@pytest.mark.parametrize(
+    "prices, problem",
+    [
+        ("date,ticker,close\n2020-01-02,ACME,10\n02/01/2020,ACME,11\n", "column 'date': not a YYYY-MM-DD date in row 2"),
+        ("date,ticker,close\n2020-01-02,ACME,10\n ,ACME,11\n", "column 'date': empty value"),
+        ("day,ticker,close\n2020-01-02,ACME,10\n", "column 'date' is missing; column 'day' is not a known column"),
+        ("date,ticker,close\n", "no rows"),
+    ],
+)
+def test_a_prices_file_whose_dates_cannot_give_the_window_is_named(tmp_path, prices, problem):
+    folder = universe(tmp_path, f"{HEADER}\nacme,ACME,Acme,Makes anvils.,2021-03-15\n", prices)
+    message = error_of(universe_months_window, folder)
+    assert "prices.csv" in message and problem in message, message
+
+
 def test_without_a_prices_file_the_window_follows_the_texts_to_today(tmp_path):
     folder = universe(tmp_path, f"{HEADER}\nacme,ACME,Acme,Makes anvils.,2021-03-15\n")
     assert load_universe_prices(folder) is None
