@@ -61,7 +61,7 @@ def resources_from_environment() -> dict:
         "company_data": company_data_from_environment(),
         # Named, not copied: the UI's resource page then shows the variable, never the name and e-mail in it.
         "edgar": EdgarResource(user_agent=EnvVar(EDGAR_USER_AGENT_ENV) if os.environ.get(EDGAR_USER_AGENT_ENV) else ""),
-        "yfinance": YFinanceResource(enabled=os.environ.get("PEERLENS_PRICE_SOURCE", "sample") == "yfinance"),
+        "yfinance": YFinanceResource(enabled=os.environ.get("PEERLENS_PRICE_SOURCE", "company_data") == "yfinance"),
         "language_model": LanguageModelResource(name=os.environ.get("PEERLENS_MODEL", DEFAULT_MODEL)),
         "compute": ComputeResource(device=os.environ.get("PEERLENS_DEVICE", "auto")),
         "sae_trainer": SaeTrainer(

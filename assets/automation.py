@@ -42,12 +42,12 @@ monthly_refresh_job = define_asset_job(
 @schedule(job=monthly_refresh_job, cron_schedule="0 6 2 * *", execution_timezone="UTC")
 def monthly_refresh_schedule(context: ScheduleEvaluationContext, yfinance: YFinanceResource):
     """On the 2nd of each month: the month just ended, its prices from yfinance when the deployment is live
-    (PEERLENS_PRICE_SOURCE=yfinance), else from the offline sample."""
+    (PEERLENS_PRICE_SOURCE=yfinance), else from the company_data resource (the sample, or your universe)."""
     this_month = pd.Timestamp(context.scheduled_execution_time).tz_localize(None).normalize().replace(day=1)
     month = (this_month - pd.DateOffset(months=1)).strftime("%Y-%m-%d")
     if month not in MONTHS.get_partition_keys():
         return SkipReason(f"month {month} is outside the monthly partitions (PEERLENS_MONTHS_START/END)")
-    source = "yfinance" if yfinance.enabled else "sample"
+    source = "yfinance" if yfinance.enabled else "company_data"
     return RunRequest(
         run_key=f"month:{month}",
         partition_key=month,

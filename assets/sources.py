@@ -277,7 +277,11 @@ def every_company_has_an_industry_row(
 
 
 class DailyPricesConfig(Config):
-    source: str = Field(default="sample", description="'sample' (offline) or 'yfinance' (live).")
+    source: str = Field(
+        default="company_data",
+        description="'company_data': the company_data resource's prices (the sample, or your universe's file), "
+        "offline; 'yfinance': live.",
+    )
     max_close_outside_range: float = PriceCleaning.max_close_outside_range
     jump_log_return: float = PriceCleaning.jump_log_return
 
@@ -290,7 +294,7 @@ def daily_prices(
 
     No rows when the source has no prices (your own universe may not): then the clusters are made, and the
     evaluations that need returns are left out of a graph run (`assets.graph_run.RETURN_EVALUATIONS`)."""
-    if config.source == "sample":
+    if config.source == "company_data":
         loaded = company_data.daily_prices()
     elif config.source == "yfinance":
         tickers = sorted(company_data.company_texts().frame.ticker.unique())
@@ -299,7 +303,7 @@ def daily_prices(
             if loaded.rule_counts["tickers_without_data"] == len(tickers):
                 raise ConnectionError(f"yfinance returned no prices for any of {len(tickers)} tickers")
     else:
-        raise ValueError(f"daily_prices source {config.source!r} is not 'sample' or 'yfinance'")
+        raise ValueError(f"daily_prices source {config.source!r} is not 'company_data' or 'yfinance'")
     cleaned = clean_daily_prices(loaded.frame, PriceCleaning(config.max_close_outside_range, config.jump_log_return))
     prices = cleaned.prices
     jumps = prices[prices.jump][["ticker", "date"]]

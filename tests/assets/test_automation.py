@@ -84,7 +84,7 @@ def test_refreshes_are_one_run_per_filing_day_and_the_day_is_read_back_from_the_
         filing_day("10k:a1")
 
 
-@pytest.mark.parametrize("live, source", [(False, "sample"), (True, "yfinance")])
+@pytest.mark.parametrize("live, source", [(False, "company_data"), (True, "yfinance")])
 def test_the_monthly_schedule_refreshes_the_month_just_ended_from_the_configured_source(live, source):
     from definitions import defs
 
