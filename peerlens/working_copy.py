@@ -28,6 +28,7 @@ from pathlib import Path
 
 import fsspec
 
+from sae_core.full_disk import naming_a_full_disk
 from sae_core.staging import staged_sibling
 
 HOME_ENV = "PEERLENS_HOME"
@@ -137,7 +138,8 @@ def _download(fs, remote: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = staged_sibling(target)
     try:
-        fs.get_file(remote, str(staging))
+        with naming_a_full_disk(f"the working copy's {target} (from {remote})"):
+            fs.get_file(remote, str(staging))
         os.replace(staging, target)
     finally:
         staging.unlink(missing_ok=True)
