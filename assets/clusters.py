@@ -100,7 +100,7 @@ def _inputs(company_features, text_embeddings, company_descriptions, industry_co
         texts=company_descriptions,
         sae_features=dense_features(company_features),  # once: every date's universe is a subset of its rows
         embeddings=text_embeddings.set_index("text_id")[EMBEDDING_COLUMNS],
-        codes=industry_codes.set_index("ticker"),
+        codes=industry_codes,
         membership=index_membership,
         listed=daily_prices.groupby("ticker").date.min(),
     )

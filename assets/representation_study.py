@@ -131,7 +131,7 @@ def representation_study(
     ]
     listed = daily_prices.groupby("ticker").date.min()
     study = score_representations(
-        representations, texts, dates, industry_codes.set_index("ticker"), monthly_returns,
+        representations, texts, dates, industry_codes, monthly_returns,
         RepresentationStudyConfig(anchor=config.anchor, neighbours=config.neighbours, pca_components=config.pca_components,
                                   matched_draws=config.matched_draws, n_boot=config.n_boot),
         members_on=(lambda day: members_on(index_membership, day)) if len(index_membership) else None,

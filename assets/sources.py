@@ -239,7 +239,9 @@ def membership_spells_do_not_overlap(index_membership: pd.DataFrame) -> AssetChe
 
 @asset(group_name="sources", kinds={"pandas", "parquet"})
 def industry_codes(company_descriptions: pd.DataFrame, company_data: CompanyDataResource) -> Output[pd.DataFrame]:
-    """SIC (4-digit, 2-digit, division) and GICS (sector, sub-industry) per ticker, joined on CIK where possible.
+    """SIC (4-digit, 2-digit, division) and GICS (sector, sub-industry) per ticker, joined on CIK where possible:
+    one row per (ticker, known_by). Your universe's codes are dated by the texts that carry them, and a clustering
+    uses those known before its date; the sample's are undated snapshots (known_by NaT), used on every date.
 
     When the labels were known is in the metadata: a label known only after a scored period is not point in time.
     """
@@ -252,7 +254,8 @@ def industry_codes(company_descriptions: pd.DataFrame, company_data: CompanyData
         metadata={
             "label_vintages": company_data.label_vintages(),
             **rule_metadata(loaded.rule_counts),
-            "ticker_cik_conflicts_tickers": ", ".join(loaded.affected_tickers.get("ticker_cik_conflicts", [])) or "none",
+            **{f"{rule}_tickers": ", ".join(loaded.affected_tickers.get(rule, [])) or "none"
+               for rule in ("ticker_cik_conflicts", "tickers_whose_codes_change") if rule in loaded.rule_counts},
             "distinct_sic4": int(frame.sic4.nunique()),
             "distinct_gics_sub_industry": int(frame.gics_sub_industry.nunique()),
             "preview": table_preview(frame),
@@ -264,12 +267,14 @@ def industry_codes(company_descriptions: pd.DataFrame, company_data: CompanyData
 def every_company_has_an_industry_row(
     company_descriptions: pd.DataFrame, industry_codes: pd.DataFrame
 ) -> AssetCheckResult:
-    """One industry row per ticker (codes may be missing, the row may not)."""
+    """An industry row for every ticker (codes may be missing, the row may not), one per (ticker, known_by)."""
     missing = sorted(set(company_descriptions.ticker) - set(industry_codes.ticker))
+    repeated = industry_codes[industry_codes.duplicated(["ticker", "known_by"], keep=False)].ticker.unique()
     return AssetCheckResult(
-        passed=not missing and len(industry_codes) == company_descriptions.ticker.nunique(),
+        passed=not missing and not len(repeated),
         metadata={
             "missing": ", ".join(missing) or "none",
+            "repeated_ticker_and_known_by": ", ".join(sorted(repeated)) or "none",
             "sic4_missing": int(industry_codes.sic4.isna().sum()),
             "gics_missing": int(industry_codes.gics_sub_industry.isna().sum()),
         },

@@ -25,10 +25,13 @@ import os
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from assets.clusters import EMBEDDING_COLUMNS
 from assets.features import dense_features, feature_layer, features_of_texts
 from peerlens.layout import read_table
 from peerlens.similarity.layer_representations import residual_representations, selected_layer, text_tokens
+from peerlens.similarity.point_in_time import codes_as_of
 from peerlens.similarity.probing import sparse_probe_accuracy
 from peerlens.sources.texts import latest_texts
 from sae_core.activation_store import ActivationStore
@@ -44,7 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     home, tables = args.home, Path(args.home) / "tables"
     texts = latest_texts(read_table(home, "company_descriptions"))
-    codes = read_table(home, "industry_codes").drop_duplicates("ticker").set_index("ticker")
+    # The codes of today, to match each company's latest text.
+    codes = codes_as_of(read_table(home, "industry_codes"), pd.Timestamp.today() + pd.Timedelta(days=1))
     release = SaeSet.from_dict(json.loads((tables / "group_saes.json").read_text()))
     store = ActivationStore(Path(args.home) / json.loads((tables / "activation_corpus.json").read_text())["folder"])
     layer = feature_layer(-1, store.n_layers)

@@ -34,7 +34,8 @@ class CompanyDataResource(ConfigurableResource):
         raise NotImplementedError
 
     def industry_codes(self, companies: pd.DataFrame) -> sample.LoadedTable:
-        """Codes (`peerlens.sources.universe.CODE_COLUMNS`) for each row of `companies` (ticker, cik)."""
+        """Codes (`peerlens.sources.universe.CODE_COLUMNS`) of the tickers of `companies` (ticker, cik): at least one
+        row per ticker, one per (ticker, known_by)."""
         raise NotImplementedError
 
     def label_vintages(self) -> str:
@@ -104,12 +105,14 @@ class SampleDataResource(CompanyDataResource):
         return sample.LoadedTable(texts, counts, affected)
 
     def industry_codes(self, companies: pd.DataFrame) -> sample.LoadedTable:
-        """SIC and GICS per company (see `sample.load_industry_codes`); the 2017 vintage's GICS is May 2017's."""
+        """SIC and GICS per company (see `sample.load_industry_codes`); the 2017 vintage's GICS is May 2017's. The
+        sample's codes are snapshots, undated (known_by NaT): they hold on every clustering date."""
         loaded = sample.load_industry_codes(self.root(), companies)
+        undated = loaded.frame.assign(known_by=pd.NaT).astype({"known_by": "datetime64[ns]"}).loc[:, list(universe.CODE_COLUMNS)]
         if self.vintage == "2024":
-            return loaded
+            return sample.LoadedTable(undated, loaded.rule_counts, loaded.affected_tickers)
         gics = sample_2017.load_gics_2017(self.root()).frame.set_index("ticker")
-        frame = loaded.frame.copy()
+        frame = undated.copy()
         for column in ("gics_sector", "gics_sub_industry"):
             frame[column] = frame.ticker.map(gics[column]).astype("string")
         counts = {k: v for k, v in loaded.rule_counts.items() if not k.startswith("gics_")}
@@ -155,7 +158,7 @@ class UniverseResource(CompanyDataResource):
         return universe.universe_industry_codes(self._companies().frame, companies)
 
     def label_vintages(self) -> str:
-        return f"the codes on each company's newest text in {self.path}: as current as the file says"
+        return f"the codes on each text in {self.path}, each in force from the day its text became known"
 
     def daily_prices(self) -> sample.LoadedTable:
         prices = universe.load_universe_prices(self.path)

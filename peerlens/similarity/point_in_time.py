@@ -1,7 +1,8 @@
 """Point-in-time clusterings: what every method would have grouped on a given day, from what was known then.
 
 A clustering dated D (its `as_of`) is made from each company's latest text with known_by < D
-(`peerlens.sources.texts.texts_known_before`), on the companies that were index members on D and have prices.
+(`peerlens.sources.texts.texts_known_before`), on the companies that were index members on D and have prices,
+and the code methods use the industry codes known before D (`codes_as_of`).
 The evaluations score year Y with the clustering dated on or before 1 January of Y, and trade window W
 with the one dated on or before W's first day, so no text published on or after the start of a scored
 period can move its score.
@@ -23,6 +24,19 @@ uses, 1 July adds a half-yearly refit for trading."""
 
 DistancesOf = Callable[[pd.DataFrame], dict[str, np.ndarray]]
 """Universe texts (TEXT_COLUMNS rows, in order) → feature method → (n, n) distances in that order."""
+
+
+def codes_as_of(codes: pd.DataFrame, day: object) -> pd.DataFrame:
+    """The industry codes in force on `day`, indexed by ticker (the code columns).
+
+    `codes`: industry_codes, one row per (ticker, known_by). Each ticker's row known latest strictly before
+    `day` is used, by the rule of `texts_known_before`; a row with known_by NaT is an undated snapshot that
+    holds on every date (the sample's codes; README says when they were known). A ticker with no row known
+    before `day` is left out: a company without a code is its own cluster under that code.
+    """
+    in_force = codes[codes.known_by.isna() | (codes.known_by < pd.Timestamp(day))]
+    latest = in_force.sort_values("known_by", na_position="first", kind="stable").drop_duplicates("ticker", keep="last")
+    return latest.set_index("ticker").drop(columns="known_by")
 
 
 def clustering_dates(texts: pd.DataFrame, last_day: object, months: tuple[int, ...] = CLUSTERING_MONTHS) -> list[pd.Timestamp]:
@@ -77,7 +91,8 @@ def point_in_time_clusterings(
     `members_on(day)` and `tradable_on(day)` (e.g. tickers whose prices have started) narrow the universe;
     None keeps every company. Dates whose universe has fewer than `min_companies` companies are skipped
     (none left: empty frames).
-    `codes`: industry codes indexed by ticker (see `peerlens.similarity.methods.cluster_every_method`).
+    `codes`: industry_codes (ticker, known_by, code columns); each date uses the codes in force on it
+    (`codes_as_of`), so a code changed on or after a date cannot move its clustering.
     A `min_companies` below 2 is a ValueError naming it: one company has no distance to cut.
     """
     if min_companies < 2:
@@ -90,7 +105,7 @@ def point_in_time_clusterings(
         if len(universe) < min_companies:
             continue
         tickers = universe.ticker.tolist()
-        clustering = cluster_every_method(tickers, distances_of(universe), codes, config)
+        clustering = cluster_every_method(tickers, distances_of(universe), codes_as_of(codes, day), config)
         ids = universe.set_index("ticker")
         frames.append(
             clustering.frame.assign(

@@ -40,7 +40,7 @@ from peerlens.similarity.clustering import (
 )
 from peerlens.similarity.company_latents import company_profiles
 from peerlens.similarity.embeddings import reduced_cosine_distances, tfidf_matrix
-from peerlens.similarity.point_in_time import universe_as_of
+from peerlens.similarity.point_in_time import codes_as_of, universe_as_of
 
 SPECIFICITY = "specificity"
 """The pooling that weights mean-pooled latents by ln(n / df) and compares unit profiles."""
@@ -177,7 +177,8 @@ def score_representations(
         representations: distinct names; `config.anchor` must be one of them.
         texts: the text history (TEXT_COLUMNS: text_id, ticker, description, known_by, …).
         dates: scoring dates, each the 1 January of the year it scores (earlier dates score nothing).
-        codes: industry codes indexed by ticker (the reference and the agreement labels among the columns).
+        codes: industry_codes (ticker, known_by, the reference and the agreement labels among the columns); each
+            date uses the codes in force on it (`codes_as_of`).
         monthly_returns: month ("YYYY-MM"), ticker, log_return.
         members_on, tradable_on: narrow each date's universe (see `universe_as_of`).
     """
@@ -194,7 +195,7 @@ def score_representations(
         universe = universe_as_of(texts, day, members_on(day) if members_on else None, tradable_on(day) if tradable_on else None)
         if len(universe) < config.min_companies:
             continue
-        day_codes = codes.reindex(universe.ticker)
+        day_codes = codes_as_of(codes, day).reindex(universe.ticker)
         reference = labels_from_codes(day_codes[config.reference].reset_index(drop=True))
         labels = {config.reference: reference, RANDOM: random_clusters_like(reference, seed=config.random_seed)}
         n_clusters = len(np.unique(reference))

@@ -46,8 +46,9 @@ COMPANY_COLUMNS = ("id", "ticker", "name", "description", "known_by")
 OPTIONAL_COMPANY_COLUMNS = ("source", "cik", "sic", "gics_sector", "gics_sub_industry")
 PRICE_REQUIRED = ("date", "ticker", "close")
 PRICE_OPTIONAL = ("open", "high", "low", "volume")
-CODE_COLUMNS = ("ticker", "cik", "sic4", "sic2", "sic_division", "sic_source", "gics_sector", "gics_sub_industry")
-"""industry_codes' columns, the same for the sample and your universe."""
+CODE_COLUMNS = ("ticker", "known_by", "cik", "sic4", "sic2", "sic_division", "sic_source", "gics_sector", "gics_sub_industry")
+"""industry_codes' columns, the same for the sample and your universe: one row per (ticker, known_by), known_by NaT
+for codes that hold on every date (`peerlens.similarity.point_in_time.codes_as_of`)."""
 
 
 class UniverseError(ValueError):
@@ -247,25 +248,30 @@ def load_universe_companies(folder: str | Path) -> LoadedTable:
 
 
 def universe_industry_codes(texts: pd.DataFrame, companies: pd.DataFrame) -> LoadedTable:
-    """industry_codes (CODE_COLUMNS) for each ticker of `companies` (ticker, cik), from the codes on the
-    newest text that carries the ticker; a code left empty there is <NA> (the company is its own cluster
-    under that code)."""
-    newest = texts.sort_values("known_by").drop_duplicates("ticker", keep="last").set_index("ticker")
-    rows = newest.reindex(companies.ticker)
+    """industry_codes (CODE_COLUMNS) of the tickers of `companies` (ticker, cik), dated: a row for each day a
+    text carrying the ticker became known, with that text's codes (of two texts on one day, the one whose source
+    sorts last). A clustering dated D so uses the codes of the texts known before D, as it uses their words; a
+    code left empty on a text is <NA> (the company is its own cluster under that code)."""
+    rows = texts[texts.ticker.isin(companies.ticker)].sort_values(["ticker", "known_by", "source"], kind="stable")
+    rows = rows.drop_duplicates(["ticker", "known_by"], keep="last").reset_index(drop=True)
     sic4 = rows.sic4.astype("string")
     frame = pd.DataFrame({
-        "ticker": companies.ticker.to_numpy(),
-        "cik": companies.cik.astype("Int64").to_numpy(),
-        "sic4": sic4.to_numpy(),
-        "sic2": sic4.str[:2].to_numpy(),
+        "ticker": rows.ticker,
+        "known_by": rows.known_by,
+        "cik": rows.cik.astype("Int64"),
+        "sic4": sic4,
+        "sic2": sic4.str[:2],
         "sic_division": [sic_division(code) if isinstance(code, str) else pd.NA for code in sic4],
-        "sic_source": sic4.notna().map({True: "universe", False: pd.NA}).to_numpy(),
-        "gics_sector": rows.gics_sector.to_numpy(),
-        "gics_sub_industry": rows.gics_sub_industry.to_numpy(),
+        "sic_source": sic4.notna().map({True: "universe", False: pd.NA}),
+        "gics_sector": rows.gics_sector,
+        "gics_sub_industry": rows.gics_sub_industry,
     })
-    frame = frame.astype({"cik": "Int64", **{column: "string" for column in CODE_COLUMNS if column != "cik"}})
-    counts = {"sic_missing": int(frame.sic4.isna().sum()), "gics_missing": int(frame.gics_sub_industry.isna().sum())}
-    return LoadedTable(frame, counts)
+    frame = frame.astype({"cik": "Int64", **{column: "string" for column in CODE_COLUMNS if column not in ("cik", "known_by")}})
+    newest = frame.drop_duplicates("ticker", keep="last")
+    changed = frame.groupby("ticker")[["sic4", "gics_sub_industry"]].nunique(dropna=False).gt(1).any(axis=1)
+    counts = {"sic_missing": int(newest.sic4.isna().sum()), "gics_missing": int(newest.gics_sub_industry.isna().sum()),
+              "tickers_whose_codes_change": int(changed.sum())}
+    return LoadedTable(frame, counts, {"tickers_whose_codes_change": sorted(changed.index[changed])})
 
 
 def load_universe_prices(folder: str | Path) -> pd.DataFrame | None:

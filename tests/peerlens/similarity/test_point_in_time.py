@@ -17,6 +17,7 @@ from peerlens.similarity.methods import CODE_METHODS, ClusteringConfig
 from peerlens.pairs.pairs_trading import PairsConfig
 from peerlens.similarity.point_in_time import (
     clustering_dates,
+    codes_as_of,
     clusterings_by_date,
     point_in_time_clusterings,
     universe_as_of,
@@ -71,26 +72,34 @@ def monthly_returns(close: pd.DataFrame) -> pd.DataFrame:
 
 
 def codes(texts: pd.DataFrame) -> pd.DataFrame:
+    """industry_codes of the planted sectors: one undated row per ticker (held on every date, as the sample's)."""
     tickers = sorted(texts.ticker.unique())
-    frame = pd.DataFrame({column: [sector_of(t) for t in tickers] for column in CODE_METHODS.values()}, index=tickers)
-    return frame
+    frame = pd.DataFrame({column: [sector_of(t) for t in tickers] for column in CODE_METHODS.values()})
+    return frame.assign(ticker=tickers, known_by=pd.NaT)
+
+
+def recoded(codes: pd.DataFrame, ticker: str, sector: str, known_by: str) -> pd.DataFrame:
+    """`codes` plus a row giving `ticker` the codes of `sector` from `known_by` (a reclassification)."""
+    row = {**{column: sector for column in CODE_METHODS.values()}, "ticker": ticker, "known_by": pd.Timestamp(known_by)}
+    return pd.concat([codes, pd.DataFrame([row])], ignore_index=True)
 
 
 def tfidf_distances(universe: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"tfidf": reduced_cosine_distances(tfidf_matrix(universe.description.tolist(), min_df=1), n_components=8)}
 
 
-def clusters(texts: pd.DataFrame) -> pd.DataFrame:
+def clusters(texts: pd.DataFrame, industry_codes: pd.DataFrame | None = None) -> pd.DataFrame:
     dates = clustering_dates(texts, "2019-12-31")
-    built = point_in_time_clusterings(texts, dates, tfidf_distances, codes(texts), ClusteringConfig(), min_companies=5)
+    industry_codes = codes(texts) if industry_codes is None else industry_codes
+    built = point_in_time_clusterings(texts, dates, tfidf_distances, industry_codes, ClusteringConfig(), min_companies=5)
     return built.frame
 
 
 STUDY = StudyConfig(n_boot=50, matched_draws=2, theta_grid_points=6, lookback_years=2)
 
 
-def yearly(texts: pd.DataFrame, returns: pd.DataFrame) -> pd.DataFrame:
-    frame = clusters(texts).drop(columns=["text_id", "company_id"])
+def yearly(texts: pd.DataFrame, returns: pd.DataFrame, industry_codes: pd.DataFrame | None = None) -> pd.DataFrame:
+    frame = clusters(texts, industry_codes).drop(columns=["text_id", "company_id"])
     return mean_correlation_study(returns, frame, STUDY).yearly.set_index(["method", "year"]).sort_index()
 
 
@@ -129,6 +138,29 @@ def test_a_text_dated_before_the_year_does_change_its_scores(returns):
     after = yearly(retext(history(), "T03", "chip", "2017-12-31"), returns)
     pd.testing.assert_frame_equal(before.xs(2017, level="year"), after.xs(2017, level="year"))
     assert before.loc[("tfidf", 2018), "mc_cluster"] != after.loc[("tfidf", 2018), "mc_cluster"]
+
+
+def test_codes_in_force_are_each_ticker_s_latest_known_before_the_day_or_its_undated_row():
+    frame = pd.DataFrame({
+        "ticker": ["A", "A", "A", "B", "C"],
+        "known_by": pd.to_datetime(["2016-01-01", "2017-01-01", "2018-01-01", None, "2019-01-01"]),
+        "gics_sub_industry": ["a16", "a17", "a18", "b", "c19"],
+    })
+    assert codes_as_of(frame, "2017-01-01").gics_sub_industry.to_dict() == {"A": "a16", "B": "b"}  # strictly before
+    assert codes_as_of(frame, "2017-01-02").gics_sub_industry.to_dict() == {"A": "a17", "B": "b"}
+    assert codes_as_of(frame, "2030-01-01").gics_sub_industry.to_dict() == {"A": "a18", "B": "b", "C": "c19"}
+
+
+def test_a_code_changed_on_the_first_day_of_a_year_changes_nothing_scored_in_it_and_one_before_does(returns):
+    texts = history()
+    before = yearly(texts, returns)
+    # T03, a bank, is reclassified as a chip maker on 1 January 2018: the clustering dated that day cannot see it.
+    on_the_day = yearly(texts, returns, recoded(codes(texts), "T03", "chip", "2018-01-01"))
+    for year in (2017, 2018):
+        pd.testing.assert_frame_equal(before.xs(year, level="year"), on_the_day.xs(year, level="year"))
+    assert before.loc[("gics_sub_industry", 2019), "mc_cluster"] != on_the_day.loc[("gics_sub_industry", 2019), "mc_cluster"]
+    day_before = yearly(texts, returns, recoded(codes(texts), "T03", "chip", "2017-12-31"))
+    assert before.loc[("gics_sub_industry", 2018), "mc_cluster"] != day_before.loc[("gics_sub_industry", 2018), "mc_cluster"]
 
 
 def pairs_by_window(texts: pd.DataFrame, close: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

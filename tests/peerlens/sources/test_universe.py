@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from peerlens.similarity.methods import ClusteringConfig, cluster_count_without_codes, cluster_every_method
+from peerlens.similarity.point_in_time import codes_as_of
 from peerlens.sources.universe import (
     UniverseError,
     load_universe_companies,
@@ -57,6 +58,20 @@ def test_the_worked_example_loads_as_a_text_history_with_its_codes_and_prices():
     assert prices.ticker.nunique() == 12 and "NWFR" not in set(prices.ticker)
     assert prices.open.isna().all() and (prices.volume == 0).all()
     assert universe_months_window(EXAMPLE) == ("2015-02-01", "2018-01-01")
+
+
+def test_codes_are_dated_by_the_texts_that_carry_them_and_a_clustering_uses_those_known_before_its_date(tmp_path):
+    rows = ["acme,ACME,Acme,Makes anvils.,2015-03-01,Steel", "acme,ACME,Acme,Makes apps.,2019-03-01,Software",
+            "bolt,BOLT,Bolt,Makes bolts.,2015-03-01,"]
+    texts = load_universe_companies(universe(tmp_path, f"{HEADER},gics_sub_industry\n" + "\n".join(rows) + "\n")).frame
+    loaded = universe_industry_codes(texts, texts.drop_duplicates("ticker", keep="last")[["ticker", "cik"]])
+    frame = loaded.frame
+    assert frame.ticker.tolist() == ["ACME", "ACME", "BOLT"]
+    assert frame.known_by.dt.strftime("%Y-%m-%d").tolist() == ["2015-03-01", "2019-03-01", "2015-03-01"]
+    assert frame.gics_sub_industry.fillna("none").tolist() == ["Steel", "Software", "none"]
+    assert loaded.rule_counts["tickers_whose_codes_change"] == 1 and loaded.rule_counts["gics_missing"] == 1
+    assert codes_as_of(loaded.frame, "2019-01-01").at["ACME", "gics_sub_industry"] == "Steel"
+    assert codes_as_of(loaded.frame, "2019-07-01").at["ACME", "gics_sub_industry"] == "Software"
 
 
 def test_a_parquet_universe_reads_as_its_csv_does(tmp_path):
