@@ -12,7 +12,7 @@ CPU) and a deployment (EDGAR + yfinance, a GPU) with nothing but environment var
     PEERLENS_SAE_LAUNCHER       in_process | torchrun: where SAE training runs (default in_process)
     PEERLENS_SAE_NPROC          torchrun processes per node, e.g. 8 on an 8-GPU node (default 1)
     PEERLENS_EDGAR_USER_AGENT   'Name email@domain' for SEC EDGAR (switches the new-filings sensor on)
-    PEERLENS_PRICE_SOURCE       sample | yfinance: where the monthly schedule refreshes prices from
+    PEERLENS_PRICE_SOURCE       company_data | yfinance: where the monthly schedule refreshes prices from
     PEERLENS_VINTAGE            2017 | 2024: the offline sample's text vintage (default 2017)
     PEERLENS_MONTHS_START/END   the monthly partitions and clustering dates (default your universe's prices, else
                                 2007-02-01 .. 2020-10-01, the 2017 vintage's)
@@ -26,6 +26,7 @@ from dagster import Definitions, EnvVar
 
 from assets import all_asset_checks, all_assets
 from assets.automation import filings_refresh_job, monthly_refresh_job, monthly_refresh_schedule, new_10k_filings
+from assets.maintenance import storage_cleanup, weekly_storage_cleanup
 from assets.saes import SaeQualityThresholds
 from resources import (
     ArtifactStorage,
@@ -75,8 +76,8 @@ def resources_from_environment() -> dict:
 defs = Definitions(
     assets=all_assets,
     asset_checks=all_asset_checks,
-    jobs=[monthly_refresh_job, filings_refresh_job],
-    schedules=[monthly_refresh_schedule],
+    jobs=[monthly_refresh_job, filings_refresh_job, storage_cleanup],
+    schedules=[monthly_refresh_schedule, weekly_storage_cleanup],
     sensors=[new_10k_filings],
     resources=resources_from_environment(),
 )

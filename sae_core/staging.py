@@ -216,6 +216,21 @@ def plan_cleanup(leftovers: list[Leftover], stale_after_seconds: float = STALE_A
     return sorted(plan, key=lambda step: str(step[0].path))
 
 
+def plan_rows(plan: list[tuple[Leftover, Action]], root: Path) -> list[dict]:
+    """One record per leftover for a report: action, kind (staged or retired), mib, idle_hours, writer and
+    path (relative to `root`)."""
+    return [{"action": action.value, "kind": "retired" if leftover.retired else "staged", "mib": leftover.bytes / 2**20,
+             "idle_hours": leftover.idle_seconds / 3600, "writer": leftover.writer.value,
+             "path": leftover.path.relative_to(root).as_posix()} for leftover, action in plan]
+
+
+def plan_totals(plan: list[tuple[Leftover, Action]]) -> dict[str, float]:
+    """How many leftovers each action takes (removed, restored, kept), and the MiB the removals free."""
+    taken = {action: [leftover for leftover, chosen in plan if chosen is action] for action in Action}
+    return {"removed": len(taken[Action.REMOVE]), "removed_mib": sum(left.bytes for left in taken[Action.REMOVE]) / 2**20,
+            "restored": len(taken[Action.RESTORE]), "kept": len(taken[Action.KEEP])}
+
+
 def carry_out(plan: list[tuple[Leftover, Action]]) -> None:
     """Remove or restore as `plan` says; restores first, so that a folder is back before its other retired
     versions go. A folder that a writer published since the plan was made is not replaced by a restore."""

@@ -20,7 +20,16 @@ from pathlib import Path
 
 from peerlens.query.peers import HOME_ENV, PairExplanation, PeerIndex, PeerList
 from peerlens.working_copy import storage_copy
-from sae_core.staging import STALE_AFTER_SECONDS, Action, Leftover, carry_out, find_leftovers, plan_cleanup
+from sae_core.staging import (
+    STALE_AFTER_SECONDS,
+    Action,
+    Leftover,
+    carry_out,
+    find_leftovers,
+    plan_cleanup,
+    plan_rows,
+    plan_totals,
+)
 
 SIMILARITY_NOTE = "cosine of specificity-weighted SAE company features"
 NAME_WIDTH = 28
@@ -113,29 +122,21 @@ def format_pair(result: PairExplanation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mib(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:.1f} MiB"
-
-
 def format_cleanup(plan: list[tuple[Leftover, Action]], root: Path, dry_run: bool) -> str:
     """One row per leftover under `root` (what is done with it, and why), then the totals."""
     if not plan:
         return f"No leftovers of killed writers under {root}.\n"
-    rows = [
-        [action.value, "retired" if leftover.retired else "staged", _mib(leftover.bytes),
-         f"{leftover.idle_seconds / 3600:.1f} h", leftover.writer.value, leftover.path.relative_to(root).as_posix()]
-        for leftover, action in plan
-    ]
-    totals = {action: [leftover for leftover, chosen in plan if chosen is action] for action in Action}
-    freed = sum(leftover.bytes for leftover in totals[Action.REMOVE])
+    rows = [[row["action"], row["kind"], f"{row['mib']:.1f} MiB", f"{row['idle_hours']:.1f} h", row["writer"], row["path"]]
+            for row in plan_rows(plan, root)]
+    totals = plan_totals(plan)
     lines = [
         f"Leftovers of writers under {root}:",
         "",
         *_table(["action", "kind", "size", "idle", "writer", "path"], rows, right={2, 3}),
         "",
-        f"{'Would remove' if dry_run else 'Removed'} {len(totals[Action.REMOVE])} ({_mib(freed)}), "
-        f"{'would restore' if dry_run else 'restored'} {len(totals[Action.RESTORE])} folder(s) to their names; "
-        f"kept {len(totals[Action.KEEP])} whose writer may still be at work.",
+        f"{'Would remove' if dry_run else 'Removed'} {totals['removed']} ({totals['removed_mib']:.1f} MiB), "
+        f"{'would restore' if dry_run else 'restored'} {totals['restored']} folder(s) to their names; "
+        f"kept {totals['kept']} whose writer may still be at work.",
     ]
     return "\n".join(lines) + "\n"
 
