@@ -25,7 +25,7 @@ import pandas as pd
 
 from peerlens.working_copy import root_uri, storage_copy
 from sae_core.full_disk import naming_a_full_disk
-from sae_core.staging import staged_sibling
+from sae_core.staging import publish_file, staged_sibling
 
 
 def storage_root(storage: str | os.PathLike | None = None) -> Path:
@@ -75,7 +75,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     try:
         with naming_a_full_disk(path):
             write(staging)
-            os.replace(staging, path)
+            publish_file(staging, path)
     finally:
         staging.unlink(missing_ok=True)
     return path

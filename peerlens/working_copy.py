@@ -29,7 +29,7 @@ from pathlib import Path
 import fsspec
 
 from sae_core.full_disk import naming_a_full_disk
-from sae_core.staging import staged_sibling
+from sae_core.staging import publish_file, staged_sibling
 
 HOME_ENV = "PEERLENS_HOME"
 CACHE_ENV = "PEERLENS_CACHE"
@@ -140,7 +140,7 @@ def _download(fs, remote: str, target: Path) -> None:
     try:
         with naming_a_full_disk(f"the working copy's {target} (from {remote})"):
             fs.get_file(remote, str(staging))
-        os.replace(staging, target)
+            publish_file(staging, target)
     finally:
         staging.unlink(missing_ok=True)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,7 +49,7 @@ from sae_core.distributed import (
 )
 from sae_core.full_disk import naming_a_full_disk
 from sae_core.sae import SparseAutoencoder
-from sae_core.staging import staged_sibling
+from sae_core.staging import publish_file, staged_sibling
 from sae_core.train import TrainResult, train_sae
 
 ROWS_FILE = "rows.safetensors"
@@ -75,14 +74,14 @@ def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
     staged = staged_sibling(path)
     with naming_a_full_disk(path):
         save_file({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, staged)
-    os.replace(staged, path)
+        publish_file(staged, path)
 
 
 def _write_json(document: dict[str, Any], path: Path) -> None:
     staged = staged_sibling(path)
     with naming_a_full_disk(path):
         staged.write_text(json.dumps(document, indent=2))
-    os.replace(staged, path)
+        publish_file(staged, path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -186,7 +186,7 @@ class ActivationStoreWriter:
             index.to_parquet(self._tmp / INDEX, index=False)
             save_file({"norms": torch.cat(self._norms)}, str(self._tmp / TOKEN_NORMS))
             (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        replace_folder(self._tmp, self.folder)
+            replace_folder(self._tmp, self.folder)
         return open_published(self.folder)
 
     def abort(self) -> None:

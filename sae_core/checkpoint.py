@@ -1,7 +1,7 @@
 """Resumable training state: what `train_sae` saves every `checkpoint_every` steps, and its checks.
 
 A checkpoint is one file, `<checkpoint_dir>/train_state.safetensors`, so it is replaced atomically
-(written to a temp file, fsynced, then os.replace'd): a crash leaves the previous checkpoint or the
+(written to a staged file, synced, then renamed: `sae_core.staging.publish_file`): a crash leaves the previous checkpoint or the
 new one, never a mix. It holds
 
     tensors (safetensors)   sae/<name>                   every parameter and buffer of the SAE
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from sae_core.config import SaeConfig, TrainConfig
 from sae_core.full_disk import naming_a_full_disk
 from sae_core.optim import ScheduleFree
 from sae_core.sae import SparseAutoencoder
-from sae_core.staging import staged_sibling
+from sae_core.staging import publish_file, staged_sibling
 
 CHECKPOINT_FILENAME = "train_state.safetensors"
 FORMAT_VERSION = 2
@@ -120,7 +119,7 @@ def save_checkpoint(
     progress: TrainingProgress,
     identity: dict[str, Any],
 ) -> None:
-    """Write the state atomically to `path` (temp file + fsync + os.replace)."""
+    """Write the state atomically and durably to `path` (a staged file, published by `publish_file`)."""
     tensors = {f"sae/{name}": value.detach().cpu().contiguous() for name, value in sae.state_dict().items()}
     for name, parameter in sae.named_parameters():
         state = optimizer.state[parameter]
@@ -142,11 +141,9 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = staged_sibling(path)
     try:
-        with naming_a_full_disk(f"the checkpoint {path}"), open(staged, "wb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(staged, path)
+        with naming_a_full_disk(f"the checkpoint {path}"):
+            staged.write_bytes(payload)
+            publish_file(staged, path)
     except BaseException:
         staged.unlink(missing_ok=True)
         raise

@@ -145,7 +145,7 @@ def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any
         with naming_a_full_disk(f"the SAE {folder}"):
             save_file(weights, staged / WEIGHTS_FILENAME, metadata={"format": "pt"})
             (staged / CFG_FILENAME).write_text(cfg_text + "\n")
-        replace_folder(staged, folder)
+            replace_folder(staged, folder)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

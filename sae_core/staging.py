@@ -68,6 +68,15 @@ def retired_sibling(path: str | os.PathLike) -> Path:
     return _sibling(Path(path), "old")
 
 
+def publish_file(staged: Path, path: Path) -> None:
+    """Rename the fully written file `staged` onto `path`, durably: its bytes reach the disk before the rename,
+    and the rename before this returns (fsync of the file, then of the folder). Without the first, a power cut
+    after the rename can leave `path` empty on filesystems that delay allocation."""
+    _sync(staged)
+    os.replace(staged, path)
+    _sync(path.parent)
+
+
 def replace_folder(staged: Path, folder: Path, attempts: int = 5) -> None:
     """Move the fully written `staged` folder to `folder`, replacing any previous version.
 
@@ -78,11 +87,15 @@ def replace_folder(staged: Path, folder: Path, attempts: int = 5) -> None:
     the two renames (a writer killed there leaves its old version whole under the retired name, which
     `plan_cleanup` puts back). Another writer may put its own folder there between the two renames; then
     that one is retired too and the move retried: the last writer wins whole, and neither sees an error or
-    half of the other's folder.
+    half of the other's folder. Every file of `staged` is on disk before it is published (as `publish_file`).
     """
+    for entry in sorted(staged.rglob("*"), key=lambda entry: -len(entry.parts)):  # files, then their folders
+        _sync(entry)
+    _sync(staged)
     if exchange(staged, folder):
         retired = retired_sibling(folder)
         os.rename(staged, retired)  # the old version, under the name that says what it is
+        _sync(folder.parent)
         shutil.rmtree(retired, ignore_errors=True)
         return
     for _ in range(attempts):
@@ -96,10 +109,21 @@ def replace_folder(staged: Path, folder: Path, attempts: int = 5) -> None:
             moved = True
         except OSError:  # another writer's folder arrived in between: retire it and try again
             moved = False
+        if moved:
+            _sync(folder.parent)
         shutil.rmtree(retired, ignore_errors=True)
         if moved:
             return
     raise OSError(f"could not move {staged} to {folder}: other writers kept replacing it")
+
+
+def _sync(path: Path) -> None:
+    """fsync the file or folder at `path` (a folder's fsync makes the renames and creations in it durable)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def exchange(a: Path, b: Path) -> bool:

@@ -103,7 +103,7 @@ def combine_stores(stores: Sequence[ActivationStore], folder: str | Path) -> Act
             index.to_parquet(staging / INDEX, index=False)
             save_file({"norms": torch.cat([store.token_norms() for store in stores])}, str(staging / TOKEN_NORMS))
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        replace_folder(staging, folder)
+            replace_folder(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -258,12 +258,10 @@ def test_stale_temp_files_of_a_killed_write_are_removed_by_the_next_checkpoint(t
 def test_a_full_disk_while_checkpointing_is_an_error_naming_the_checkpoint_and_leaves_no_staging(tmp_path, monkeypatch):
     import errno
 
-    import sae_core.checkpoint
-
-    def disk_full(_descriptor):
+    def disk_full(_descriptor):  # a filesystem that reports the full disk when the write is synced
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sae_core.checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match=rf"the disk is full: no space left to write the checkpoint {tmp_path}") as raised:
         train_sae(small_data(), SAE_CFG, train_cfg(tmp_path))
     assert raised.value.errno == errno.ENOSPC and not list(tmp_path.iterdir())

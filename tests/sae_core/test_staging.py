@@ -18,6 +18,7 @@ from sae_core.staging import (
     exchange,
     find_leftovers,
     plan_cleanup,
+    publish_file,
     replace_folder,
     retired_sibling,
     staged_sibling,
@@ -110,6 +111,42 @@ def test_a_replace_leaves_the_new_folder_and_nothing_beside_it(tmp_path, monkeyp
         replace_folder(write(staged_sibling(folder), {"store.json": version}), folder)
         assert (folder / "store.json").read_text() == version
         assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def synced_and_renamed(monkeypatch) -> list[tuple[str, str]]:
+    """Record every fsync (by the path it names) and every rename, in order."""
+    events = []
+    fsync, replace, rename = os.fsync, os.replace, os.rename
+
+    def recorded_fsync(descriptor):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        return fsync(descriptor)
+
+    def recorded(step, name):
+        return lambda source, target: (events.append((name, f"{source} -> {target}")), step(source, target))[1]
+
+    monkeypatch.setattr(staging.os, "fsync", recorded_fsync)
+    monkeypatch.setattr(staging.os, "replace", recorded(replace, "rename"))
+    monkeypatch.setattr(staging.os, "rename", recorded(rename, "rename"))
+    return events
+
+
+def test_a_published_file_is_on_disk_before_its_rename_and_the_rename_before_it_returns(tmp_path, monkeypatch):
+    path = tmp_path / "scores.parquet"
+    staged = write(staged_sibling(path), text="new")
+    events = synced_and_renamed(monkeypatch)
+    publish_file(staged, path)
+    assert events == [("fsync", str(staged)), ("rename", f"{staged} -> {path}"), ("fsync", str(tmp_path))]
+
+
+def test_every_file_of_a_replacing_folder_is_on_disk_before_it_is_published(tmp_path, monkeypatch):
+    folder = write(tmp_path / "release", {"release.json": "old"})
+    staged = write(staged_sibling(folder), {"release.json": "new", "sae_00/cfg.json": "{}"})
+    events = synced_and_renamed(monkeypatch)
+    replace_folder(staged, folder)
+    synced_first = {path for kind, path in events[:4] if kind == "fsync"}
+    assert synced_first == {str(staged), str(staged / "release.json"), str(staged / "sae_00"), str(staged / "sae_00/cfg.json")}
+    assert ("fsync", str(tmp_path)) in events and (folder / "release.json").read_text() == "new"
 
 
 def test_an_exchange_with_a_missing_path_changes_nothing(tmp_path):
