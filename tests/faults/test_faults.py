@@ -30,6 +30,7 @@ from sae_core.io import load_sae
 from sae_core.release import load_release
 from sae_core.staging import Action, Writer, carry_out, find_leftovers, plan_cleanup
 from tests.assets.test_group_saes_config import tiny_store
+from tests.full_disk import needs_dev_full, stage_on_a_full_disk
 from tests.faults.killed_run import (
     AFTER,
     BEFORE,
@@ -225,7 +226,7 @@ def test_a_table_write_killed_half_way_keeps_the_stored_table_whole_and_a_new_ru
 # --- a full disk -----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, the device whose every write is ENOSPC")
+@needs_dev_full
 def test_a_full_disk_during_a_table_write_is_an_error_naming_the_table_and_the_stored_table_stays_whole(
     tmp_path, monkeypatch
 ):
@@ -234,14 +235,7 @@ def test_a_full_disk_during_a_table_write_is_an_error_naming_the_table_and_the_s
     assert write_scores(root, rows=10, seed=0).success
     path = table_path(root, "peer_scores")
     stored = path.read_bytes()
-    staged_sibling = peerlens.layout.staged_sibling
-
-    def staging_on_a_full_disk(target: Path) -> Path:
-        staging = staged_sibling(target)
-        staging.symlink_to("/dev/full")
-        return staging
-
-    monkeypatch.setattr(peerlens.layout, "staged_sibling", staging_on_a_full_disk)
+    stage_on_a_full_disk(monkeypatch, peerlens.layout)
     result = write_scores(root, rows=20_000, seed=1, raise_on_error=False)
 
     assert not result.success

@@ -2,7 +2,6 @@
 synced file by file, between caches that share nothing but the bucket."""
 
 import errno
-from pathlib import Path
 
 import fsspec
 import pytest
@@ -10,6 +9,7 @@ import pytest
 import peerlens.working_copy
 from peerlens.working_copy import CACHE_ENV, WorkingCopy, is_remote, storage_copy
 from sae_core.staging import find_leftovers
+from tests.full_disk import needs_dev_full, stage_on_a_full_disk
 from tests.servers import s3_fsspec_config, s3_server
 
 pytest.importorskip("moto.server", reason="needs moto[server] and s3fs (the test extra)")
@@ -89,7 +89,7 @@ def test_a_remote_root_is_cached_where_peerlens_cache_says(s3, tmp_path, monkeyp
     assert copy.pull("tables") == tmp_path / "cache" / "tables"  # nothing stored yet: nothing to bring
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, the device whose every write is ENOSPC")
+@needs_dev_full
 def test_a_full_disk_while_pulling_is_an_error_naming_the_file_and_the_cached_copy_stays_whole(s3, tmp_path, monkeypatch):
     a, b = _copies(s3, tmp_path, "full-disk")
     (a.local / "tables").mkdir(parents=True)
@@ -98,14 +98,7 @@ def test_a_full_disk_while_pulling_is_an_error_naming_the_file_and_the_cached_co
     b.pull("tables")
     (a.local / "tables/t.parquet").write_text("v2, longer")
     a.push("tables")
-    staged_sibling = peerlens.working_copy.staged_sibling
-
-    def staging_on_a_full_disk(target: Path) -> Path:
-        staging = staged_sibling(target)
-        staging.symlink_to("/dev/full")
-        return staging
-
-    monkeypatch.setattr(peerlens.working_copy, "staged_sibling", staging_on_a_full_disk)
+    stage_on_a_full_disk(monkeypatch, peerlens.working_copy)
     with pytest.raises(OSError, match="the disk is full: no space left to write the working copy's .*t.parquet") as raised:
         b.pull("tables")
     assert raised.value.errno == errno.ENOSPC
