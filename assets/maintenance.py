@@ -22,7 +22,7 @@ from pydantic import Field
 from assets.metadata import markdown_table
 from peerlens.working_copy import storage_copy
 from resources import ArtifactStorage
-from sae_core.staging import STALE_AFTER_SECONDS, carry_out, find_leftovers, plan_cleanup, plan_rows, plan_totals
+from sae_core.staging import STALE_AFTER_SECONDS, clean_leftovers, plan_rows, plan_totals
 
 
 class StorageCleanupConfig(Config):
@@ -38,9 +38,7 @@ class StorageCleanupConfig(Config):
 def clean_storage_leftovers(context: OpExecutionContext, config: StorageCleanupConfig, artifacts: ArtifactStorage):
     """Remove (or put back) what killed writers left under the storage root's working copy on this machine."""
     root = storage_copy(artifacts.root).local
-    plan = plan_cleanup(find_leftovers(root), config.stale_after_hours * 3600) if root.is_dir() else []
-    if not config.dry_run:
-        carry_out(plan)
+    plan = clean_leftovers(root, config.stale_after_hours * 3600, config.dry_run) if root.is_dir() else []
     totals = plan_totals(plan)
     context.log.info(f"{'would remove' if config.dry_run else 'removed'} {totals['removed']} "
                      f"({totals['removed_mib']:.1f} MiB), restored {totals['restored']}, kept {totals['kept']} under {root}")

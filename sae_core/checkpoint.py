@@ -1,8 +1,8 @@
 """Resumable training state: what `train_sae` saves every `checkpoint_every` steps, and its checks.
 
 A checkpoint is one file, `<checkpoint_dir>/train_state.safetensors`, so it is replaced atomically
-(written to a staged file, synced, then renamed: `sae_core.staging.publish_file`): a crash leaves the previous checkpoint or the
-new one, never a mix. It holds
+(written to a staged file, synced, then renamed: `sae_core.staging.publish_file`): a crash leaves the
+previous checkpoint or the new one, never a mix. It holds
 
     tensors (safetensors)   sae/<name>                   every parameter and buffer of the SAE
                             optimizer/<name>/<key>       the optimiser's state for each parameter:

@@ -240,6 +240,14 @@ def plan_cleanup(leftovers: list[Leftover], stale_after_seconds: float = STALE_A
     return sorted(plan, key=lambda step: str(step[0].path))
 
 
+def clean_leftovers(root: Path, stale_after_seconds: float = STALE_AFTER_SECONDS, dry_run: bool = False) -> list[tuple[Leftover, Action]]:
+    """Find the leftovers under `root`, plan their cleanup and, unless `dry_run`, carry it out; returns the plan."""
+    plan = plan_cleanup(find_leftovers(root), stale_after_seconds)
+    if not dry_run:
+        carry_out(plan)
+    return plan
+
+
 def plan_rows(plan: list[tuple[Leftover, Action]], root: Path) -> list[dict]:
     """One record per leftover for a report: action, kind (staged or retired), mib, idle_hours, writer and
     path (relative to `root`)."""

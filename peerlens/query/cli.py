@@ -24,9 +24,7 @@ from sae_core.staging import (
     STALE_AFTER_SECONDS,
     Action,
     Leftover,
-    carry_out,
-    find_leftovers,
-    plan_cleanup,
+    clean_leftovers,
     plan_rows,
     plan_totals,
 )
@@ -148,10 +146,7 @@ def clean(storage: str | None, stale_after_hours: float, dry_run: bool) -> str:
     root = storage_copy(storage).local
     if not root.is_dir():
         raise FileNotFoundError(f"no storage root at {root}")
-    plan = plan_cleanup(find_leftovers(root), stale_after_hours * 3600)
-    if not dry_run:
-        carry_out(plan)
-    return format_cleanup(plan, root, dry_run)
+    return format_cleanup(clean_leftovers(root, stale_after_hours * 3600, dry_run), root, dry_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,12 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "clean":
             text = clean(args.storage, args.stale_after_hours, args.dry_run)
-        elif args.command == "peers":
-            index = PeerIndex.load(args.storage, as_of=args.as_of)
-            text = format_peers(index.peers(args.ticker, n=args.n, n_shared=args.shared))
         else:
             index = PeerIndex.load(args.storage, as_of=args.as_of)
-            text = format_pair(index.explain_pair(args.a, args.b, n_shared=args.shared))
+            if args.command == "peers":
+                text = format_peers(index.peers(args.ticker, n=args.n, n_shared=args.shared))
+            else:
+                text = format_pair(index.explain_pair(args.a, args.b, n_shared=args.shared))
     except (FileNotFoundError, ValueError) as error:
         print(f"peerlens: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
