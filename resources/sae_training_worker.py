@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from peerlens.layout import atomic_write
 from sae_core.architectures import build_sae
 from sae_core.config import SaeConfig, TrainConfig
 from sae_core.distributed import (
@@ -47,9 +48,7 @@ from sae_core.distributed import (
     destroy_process_group,
     init_process_group_from_environment,
 )
-from sae_core.full_disk import naming_a_full_disk
 from sae_core.sae import SparseAutoencoder
-from sae_core.staging import publish_file, staged_sibling
 from sae_core.train import TrainResult, train_sae
 
 ROWS_FILE = "rows.safetensors"
@@ -71,17 +70,12 @@ class TrainingJob(NamedTuple):
 
 
 def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
-    staged = staged_sibling(path)
-    with naming_a_full_disk(path):
-        save_file({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, staged)
-        publish_file(staged, path)
+    tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
+    atomic_write(path, lambda staged: save_file(tensors, staged))
 
 
 def _write_json(document: dict[str, Any], path: Path) -> None:
-    staged = staged_sibling(path)
-    with naming_a_full_disk(path):
-        staged.write_text(json.dumps(document, indent=2))
-        publish_file(staged, path)
+    atomic_write(path, lambda staged: staged.write_text(json.dumps(document, indent=2)))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
